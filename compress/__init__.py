@@ -12,3 +12,10 @@ __all__ = [
     "InputShapeError", "InvalidConfigError", "InvalidParameterError", "SlimmableNetwork", "TraceError",
     "UnsupportedOpError", "extract_subnet",
 ]
+
+from .bn import recalibrate_bn
+from .export import ExportReport, export_onnx
+from .flops import FlopReport, count_flops
+from .reorder import reorder_channels_
+
+__all__ += ["recalibrate_bn", "ExportReport", "export_onnx", "FlopReport", "count_flops", "reorder_channels_"]
