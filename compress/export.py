@@ -8,6 +8,8 @@ nothing for static CNN graphs.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import tempfile
 import warnings
@@ -31,6 +33,7 @@ class ExportReport:
     """What :func:`export_onnx` checked."""
 
     path: str
+    exporter: str
     opset: int
     batch_sizes_checked: list[int]
     max_abs_diff: float
@@ -66,6 +69,31 @@ def _check_path(path: Path) -> None:
                           "Pass a path in a writable folder.")
 
 
+def _export(model: nn.Module, inputs: tuple, tmp: str, opset: int, input_names: list[str],
+            output_names: list[str], axes: dict | None) -> str:
+    """Export with the TorchScript exporter, falling back to torch.export's for ops the
+    former cannot express (e.g. adaptive pooling to a size that does not divide the input)."""
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    errors = []
+    try:  # MultiheadAttention's fused inference path has no ONNX export
+        torch.backends.mha.set_fastpath_enabled(False)
+        for name, dynamo, version in (("torchscript", False, opset), ("dynamo", True, max(opset, 18))):
+            try:
+                with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
+                        contextlib.redirect_stderr(io.StringIO()):
+                    warnings.simplefilter("ignore")
+                    torch.onnx.export(model, inputs, tmp, dynamo=dynamo, opset_version=version,
+                                      input_names=input_names, output_names=output_names, dynamic_axes=axes,
+                                      **({"verbose": False} if dynamo else {"do_constant_folding": True}))
+                return name
+            except Exception as exc:
+                errors.append(f"{name}: {type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}")
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
+    raise ExportError(f"torch.onnx.export failed for {type(model).__name__} with both exporters: "
+                      + " | ".join(errors))
+
+
 def export_onnx(model: nn.Module, example_inputs: Any, path: str | os.PathLike, *, opset: int = 17,
                 atol: float = ATOL, rtol: float = RTOL, dynamic_batch: bool = True) -> ExportReport:
     """Export ``model`` to ONNX atomically and verify it against onnxruntime (CPU).
@@ -73,8 +101,10 @@ def export_onnx(model: nn.Module, example_inputs: Any, path: str | os.PathLike, 
     The file is written to a temporary name in the target folder, checked with
     ``onnx.checker``, run with onnxruntime at the example batch size and (with a
     dynamic batch axis) at batch size + 1, and only then renamed into place.
-    Outputs must satisfy ``|ort - torch| <= atol + rtol * |torch|`` element-wise
-    (defaults 1e-4 and 1e-3: float32 kernels differ in summation order).
+    Outputs must satisfy ``max |ort - torch| <= atol + rtol * max |torch|`` per
+    output (defaults 1e-4 and 1e-3: float32 kernels differ in summation order, and
+    deep randomly initialised nets have outputs in the tens or hundreds, so the
+    tolerance scales with the output's magnitude).
 
     Raises:
         ExportError: the path is not writable or the export failed.
@@ -102,14 +132,7 @@ def export_onnx(model: nn.Module, example_inputs: Any, path: str | os.PathLike, 
             outputs = _flatten(model(*inputs))
         output_names = [f"output{i}" if len(outputs) > 1 else "output" for i in range(len(outputs))]
         axes = {n: {0: "batch"} for n in input_names + output_names} if dynamic_batch else None
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                torch.onnx.export(model, inputs, tmp, dynamo=False, opset_version=opset, input_names=input_names,
-                                  output_names=output_names, dynamic_axes=axes, do_constant_folding=True)
-        except Exception as exc:
-            raise ExportError(f"torch.onnx.export failed for {type(model).__name__}: {type(exc).__name__}: {exc}") \
-                from exc
+        exporter = _export(model, inputs, tmp, opset, input_names, output_names, axes)
         proto = onnx.load(tmp)
         onnx.checker.check_model(proto)
         opts = ort.SessionOptions()
@@ -124,17 +147,21 @@ def export_onnx(model: nn.Module, example_inputs: Any, path: str | os.PathLike, 
                 expected = [t.numpy() for t in _flatten(model(*batch))]
             got = session.run(None, {n: t.numpy() for n, t in zip(input_names, batch)})
             for e, g in zip(expected, got):
-                diff = np.abs(e - g)
-                worst = max(worst, float(diff.max()) if diff.size else 0.0)
-                if not np.all(diff <= atol + rtol * np.abs(e)):
+                if e.shape != g.shape:
+                    raise ExportMismatchError(f"onnxruntime output shape {g.shape} != torch {e.shape}.")
+                diff = float(np.abs(e - g).max()) if e.size else 0.0
+                scale = float(np.abs(e).max()) if e.size else 0.0
+                worst = max(worst, diff)
+                if diff > atol + rtol * scale:
                     raise ExportMismatchError(
-                        f"onnxruntime output differs from torch by up to {float(diff.max()):.3g} at batch size "
-                        f"{batch[0].shape[0]} (tolerance {atol} + {rtol} * |torch|); the ONNX file was not written.")
+                        f"onnxruntime output differs from torch by up to {diff:.3g} at batch size "
+                        f"{batch[0].shape[0]} (tolerance {atol} + {rtol} * {scale:.3g}); the ONNX file was not "
+                        "written.")
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
         for m, mode in modes.items():
             m.training = mode
-    return ExportReport(str(path), opset, [int(b[0].shape[0]) for b in batches], worst, atol, rtol,
+    return ExportReport(str(path), exporter, proto.opset_import[0].version, [int(b[0].shape[0]) for b in batches], worst, atol, rtol,
                         len(proto.graph.node), input_names, output_names)

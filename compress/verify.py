@@ -1,0 +1,134 @@
+"""Check a model end to end against independent references.
+
+For a model and example inputs: the channel space builds; at max, min and random
+configs the extracted subnet equals the in-place slimmed network, at max config
+it equals the original model, its analytic FLOPs equal fvcore's count of the
+extracted subnet, and its ONNX export matches onnxruntime. Used by the zoo test
+and ``tools/zoo_coverage.py``; useful to users before they slim a new model.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import CompressError
+from .export import export_onnx
+from .extract import extract_subnet
+from .flops import count_flops
+from .slimmable import SlimmableNetwork
+from .tracing import as_input_tuple
+
+MAX_ABS_DIFF = 1e-5
+
+
+@dataclass
+class VerifyReport:
+    """Outcome of :func:`verify_model` (``ok`` False comes with ``error``)."""
+
+    ok: bool
+    groups: int = 0
+    frozen_groups: int = 0
+    configs_checked: int = 0
+    max_vs_original: float = 0.0
+    max_sub_vs_dynamic: float = 0.0
+    flops_full: int = 0
+    flops_min: int = 0
+    onnx_max_abs_diff: float = 0.0
+    seconds: float = 0.0
+    error: str | None = None
+    unknown_ops: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _max_diff(a: Any, b: Any) -> float:
+    if isinstance(a, torch.Tensor):
+        return float((a - b).abs().max()) if a.numel() else 0.0
+    return max(_max_diff(x, y) for x, y in zip(a, b))
+
+
+def _scale(a: Any) -> float:
+    if isinstance(a, torch.Tensor):
+        return float(a.abs().max()) if a.numel() else 0.0
+    return max(_scale(x) for x in a)
+
+
+def verify_model(model: nn.Module, example_inputs: Any, n_random: int = 3, onnx: bool = True,
+                 divisor: int = 8, seed: int = 0) -> VerifyReport:
+    """Run every independent check on ``model``; see the module docstring.
+
+    Differences are compared relative to the output scale (random-init nets can
+    have outputs in the hundreds): ``|a - b| <= 1e-5 * max(1, max|a|)``.
+    """
+    start = time.perf_counter()
+    inputs = as_input_tuple(example_inputs)
+    rep = VerifyReport(ok=False)
+    try:
+        model = model.eval()
+        net = SlimmableNetwork(model, inputs, divisor=divisor)
+        space = net.space
+        rep.groups, rep.frozen_groups = len(space.free), len(space.frozen)
+        rep.unknown_ops = sorted(set(net.coupling.unknown_ops.values()))[:10]
+        with torch.no_grad():
+            ref = model(*inputs)
+            tol = MAX_ABS_DIFF * max(1.0, _scale(ref))
+            net.set_config(space.max_config())
+            rep.max_vs_original = _max_diff(net(*inputs), ref)
+            if rep.max_vs_original > tol:
+                raise AssertionError(f"max config differs from the original by {rep.max_vs_original:.3g}")
+            configs = [space.max_config(), space.min_config()] + [space.random_config(seed + i)
+                                                                 for i in range(n_random)]
+            flops = net.flops_model().flops_batch(configs)
+            rep.flops_full, rep.flops_min = int(flops[0]), int(flops[1])
+            for i, cfg in enumerate(configs):
+                net.set_config(cfg)
+                dyn = net(*inputs)
+                sub = extract_subnet(net, cfg)
+                out = sub(*inputs)
+                d = _max_diff(out, dyn)
+                rep.max_sub_vs_dynamic = max(rep.max_sub_vs_dynamic, d)
+                if d > MAX_ABS_DIFF * max(1.0, _scale(dyn)):
+                    raise AssertionError(f"extracted subnet differs from the dynamic one by {d:.3g} at config {i}")
+                counted = count_flops(sub, inputs).total
+                if counted != int(flops[i]):
+                    raise AssertionError(f"analytic FLOPs {int(flops[i])} != fvcore {counted} at config {i}")
+                if onnx and i in (1, len(configs) - 1):
+                    with tempfile.TemporaryDirectory() as tmp:
+                        r = export_onnx(sub, inputs, Path(tmp) / "sub.onnx")
+                    rep.onnx_max_abs_diff = max(rep.onnx_max_abs_diff, r.max_abs_diff)
+                rep.configs_checked += 1
+            net.set_config(None)
+        rep.ok = True
+    except (CompressError, AssertionError, RuntimeError) as exc:
+        rep.error = f"{type(exc).__name__}: {exc}"[:500]
+    rep.seconds = round(time.perf_counter() - start, 2)
+    return rep
+
+
+# Input resolution per torchvision model for zoo checks: small where the model allows it.
+ZOO_INPUTS: dict[str, dict[str, Any]] = {
+    "inception_v3": {"resolution": 96},
+    "maxvit_t": {"resolution": 224},
+    **{f"vit_{v}": {"resolution": 64, "kwargs": {"image_size": 64}} for v in ("b_16", "b_32", "l_16", "l_32")},
+    "vit_h_14": {"resolution": 56, "kwargs": {"image_size": 56}},
+}
+DEFAULT_ZOO_RESOLUTION = 64
+
+
+def zoo_model(name: str) -> tuple[nn.Module, torch.Tensor]:
+    """A randomly initialised torchvision model and a small example input for it."""
+    import torchvision
+
+    spec = ZOO_INPUTS.get(name, {})
+    torch.manual_seed(0)
+    model = torchvision.models.get_model(name, weights=None, **spec.get("kwargs", {})).eval()
+    res = spec.get("resolution", DEFAULT_ZOO_RESOLUTION)
+    return model, torch.randn(1, 3, res, res)
