@@ -33,6 +33,7 @@ class TMeta:
     cdim: int | None = None
     atoms: np.ndarray | None = None
     attr: fx.Node | None = None
+    why: str | None = None  # for an untracked tensor: why its channels are not tracked
 
 
 @dataclass
@@ -174,7 +175,8 @@ class CouplingContext:
             return self.new_atoms(meta.shape[dim], label, f"{label}: reads a channel-split tensor")
         shape = meta.shape if isinstance(meta, (TMeta, IdMeta)) else ()
         n = shape[dim] if shape else 0
-        return self.new_atoms(n, label, f"{label}: input dim {dim} is not a tracked channel dim")
+        why = getattr(meta, "why", None) or f"{label}: input dim {dim} is not a tracked channel dim"
+        return self.new_atoms(n, f"{label}:input", why)
 
     def module_atoms(self, name: str, role: str, atoms: np.ndarray) -> np.ndarray:
         """Record the atoms of a module's dim; a module called twice couples both calls."""

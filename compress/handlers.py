@@ -27,12 +27,12 @@ FunctionHandler = Callable[[Propagator, fx.Node, tuple, dict, Any], Any]
 
 
 # ---- helpers -------------------------------------------------------------------------
-def untracked(value: Any) -> Any:
-    """Meta of a value whose dims are all at full width."""
+def untracked(value: Any, why: str | None = None) -> Any:
+    """Meta of a value whose dims are all at full width (``why`` says what made it so)."""
     if isinstance(value, torch.Tensor):
-        return TMeta(tuple(value.shape))
+        return TMeta(tuple(value.shape), why=why)
     if isinstance(value, (list, tuple)):
-        return [untracked(v) for v in value]
+        return [untracked(v, why) for v in value]
     return None
 
 
@@ -72,7 +72,7 @@ def unknown(p: Propagator, n: fx.Node, args: tuple, kwargs: dict, value: Any, wh
     reason = f"{_op_name(n)} at node {n.name!r} is not understood{why}"
     p.ctx.unknown_ops[n.name] = reason
     freeze_all(p, n, reason)
-    return untracked(value)
+    return untracked(value, f"reads the output of {reason}")
 
 
 def _op_name(n: fx.Node) -> str:

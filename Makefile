@@ -1,0 +1,34 @@
+# Two commands do everything on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+ARCH := $(shell uname -m)
+ifeq ($(ARCH),aarch64)
+TORCH := torch==2.9.1 torchvision==0.24.1
+else
+TORCH := torch==2.14.1 torchvision==0.29.1
+endif
+
+$(VENV)/.installed: pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet $(TORCH)
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $@
+
+.PHONY: install demo test test-slow zoo bench
+install: $(VENV)/.installed
+
+demo: $(VENV)/.installed  ## the main job on the built-in default
+	$(PY) examples/demo.py
+
+test: $(VENV)/.installed  ## the default test run (well under 20 minutes)
+	$(PY) -m pytest -q -m "not slow"
+
+test-slow: $(VENV)/.installed  ## the whole torchvision zoo and other long checks
+	$(PY) -m pytest -q -m slow
+
+zoo: $(VENV)/.installed  ## coverage table over the torchvision zoo -> docs/zoo_coverage.md
+	$(PY) tools/zoo_coverage.py
+
+bench: $(VENV)/.installed  ## channel-space speed benchmark -> docs/benchmarks.md
+	$(PY) benchmarks/bench_channel_space.py
