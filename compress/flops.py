@@ -17,6 +17,7 @@ Ops fvcore does not know are listed in ``FlopReport.unsupported``, never hidden.
 from __future__ import annotations
 
 import math
+import warnings
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
@@ -103,7 +104,8 @@ def count_flops(model: nn.Module, example_inputs: Any) -> FlopReport:
     modes = {m: m.training for m in model.modules()}
     try:
         model.eval()
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # jit tracer warnings about Python values in the graph
             analysis = FlopCountAnalysis(model, inputs)
             for name, handler in EXTRA_FLOP_HANDLERS.items():
                 analysis.set_op_handle(name, handler)

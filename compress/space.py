@@ -35,6 +35,9 @@ class ChannelSpace:
         self.free = [g for g in groups if not g.frozen]
         self.frozen = [g for g in groups if g.frozen]
         self.full_widths = np.array([g.width for g in groups], dtype=np.int64)
+        self._divisor = np.array([g.divisor for g in groups], dtype=np.int64)
+        self._min_width = np.array([g.allowed_widths()[0] for g in groups], dtype=np.int64)
+        self._frozen = np.array([g.frozen for g in groups], dtype=bool)
 
     def __len__(self) -> int:
         return len(self.free)
@@ -85,21 +88,23 @@ class ChannelSpace:
             raise InvalidConfigError(
                 f"The config names {len(unknown)} group(s) this space does not have: {hint}. "
                 f"Use names from space.max_config() ({len(self.free)} slimmable groups).")
+        index = self.index
         for name, w in config.items():
-            g = self.groups[self.index[name]]
-            if isinstance(w, (bool, np.bool_)) or not isinstance(w, (int, np.integer)):
+            if type(w) is not int and (isinstance(w, (bool, np.bool_)) or not isinstance(w, (int, np.integer))):
                 raise InvalidConfigError(f"The width of group {name!r} must be an int. Got {w!r} instead.")
-            w = int(w)
-            if g.frozen and w != g.width:
+            k[index[name]] = w
+        full = self.full_widths
+        ok = (k == full) | (~self._frozen & (k >= self._min_width) & (k <= full) & (k % self._divisor == 0))
+        if not ok.all():
+            g = self.groups[int(np.flatnonzero(~ok)[0])]
+            w = int(k[self.index[g.name]])
+            if g.frozen:
                 raise InvalidConfigError(
-                    f"Group {name!r} is frozen at width {g.width} ({g.frozen_reason}). Got width {w}; "
+                    f"Group {g.name!r} is frozen at width {g.width} ({g.frozen_reason}). Got width {w}; "
                     "leave it out of the config.")
-            allowed = g.allowed_widths()
-            if w != g.width and not (allowed[0] <= w <= g.width and w % g.divisor == 0):
-                raise InvalidConfigError(
-                    f"Width {w} of group {name!r} is not allowed: widths are multiples of {g.divisor} in "
-                    f"[{allowed[0]}, {g.width}], or the full width {g.width}.")
-            k[self.index[name]] = w
+            raise InvalidConfigError(
+                f"Width {w} of group {g.name!r} is not allowed: widths are multiples of {g.divisor} in "
+                f"[{g.allowed_widths()[0]}, {g.width}], or the full width {g.width}.")
         return k
 
     def config_from_widths(self, k: Iterable[int]) -> Config:
