@@ -153,7 +153,8 @@ class Poly:
         return Poly(out)
 
 
-def _numel_poly(meta: TMeta, spec_of) -> Poly:
+def numel_poly(meta: TMeta, spec_of) -> Poly:
+    """Element count of a tensor as a polynomial in the live count of its channel dim."""
     if meta.cdim is None:
         return Poly.const(math.prod(meta.shape))
     rest = math.prod(meta.shape) // meta.shape[meta.cdim] if meta.shape[meta.cdim] else 0
@@ -166,16 +167,16 @@ def _count(spec_of, meta: TMeta) -> Poly:
 
 # kind -> FLOPs polynomial of one op (see the module docstring for the convention)
 FLOP_FORMULAS = {
-    "conv": lambda op, s: _numel_poly(op.output, s) * op.params["kernel"]
+    "conv": lambda op, s: numel_poly(op.output, s) * op.params["kernel"]
     * (Poly.const(op.params["gs"]) if op.params["gs"] else _count(s, op.inputs[0])),
-    "linear": lambda op, s: _numel_poly(op.inputs[0], s) * _count(s, op.output),
-    "batch_norm": lambda op, s: _numel_poly(op.inputs[0], s) * (2 if op.params["affine"] else 1),
-    "layer_norm": lambda op, s: _numel_poly(op.inputs[0], s) * (5 if op.params["affine"] else 4),
-    "elementwise": lambda op, s: _numel_poly(op.output, s),
-    "adaptive_avg_pool": lambda op, s: _numel_poly(op.inputs[0], s),
-    "mean": lambda op, s: _numel_poly(op.inputs[0], s),
-    "pool": lambda op, s: _numel_poly(op.output, s) * op.params["area"],
-    "upsample": lambda op, s: _numel_poly(op.output, s) * op.params["scale"],
+    "linear": lambda op, s: numel_poly(op.inputs[0], s) * _count(s, op.output),
+    "batch_norm": lambda op, s: numel_poly(op.inputs[0], s) * (2 if op.params["affine"] else 1),
+    "layer_norm": lambda op, s: numel_poly(op.inputs[0], s) * (5 if op.params["affine"] else 4),
+    "elementwise": lambda op, s: numel_poly(op.output, s),
+    "adaptive_avg_pool": lambda op, s: numel_poly(op.inputs[0], s),
+    "mean": lambda op, s: numel_poly(op.inputs[0], s),
+    "pool": lambda op, s: numel_poly(op.output, s) * op.params["area"],
+    "upsample": lambda op, s: numel_poly(op.output, s) * op.params["scale"],
 }
 
 
@@ -183,67 +184,37 @@ class FlopsModel:
     """FLOPs of any config of a slimmable network, in microseconds per config.
 
     Every op whose cost depends on channel widths has a formula in
-    ``FLOP_FORMULAS``; channel counts are sums of clipped group widths, so a batch
-    of configs is a handful of numpy operations. The part that no config changes
-    is taken once from fvcore on the full-width subnet, so the total equals
-    :func:`count_flops` of the extracted subnet at every config.
+    ``FLOP_FORMULAS``; channel counts are sums of clipped group widths
+    (``counts.SpecCounter``), so a batch of configs is a handful of numpy
+    operations. The part that no config changes is taken once from fvcore on the
+    full-width subnet, so the total equals :func:`count_flops` of the extracted
+    subnet at every config.
     """
 
     def __init__(self, net) -> None:
-        self.net = net
-        self.space = net.space
-        ga = net.assignment
-        specs: dict[bytes, int] = {}
-        spec_runs: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
-
-        def spec_of(atoms: np.ndarray) -> int:
-            g, i = ga.atom_group[atoms], ga.atom_index[atoms]
-            key = g.tobytes() + b"|" + i.tobytes()
-            if key not in specs:
-                specs[key] = len(spec_runs)
-                spec_runs.append(_runs(g, i))
-            return specs[key]
-
-        total = Poly()
-        for op in net.coupling.flop_ops:
-            total = total + FLOP_FORMULAS[op.kind](op, spec_of)
-        self._compile(total, spec_runs)
-        full = self._variable(self.space.full_widths[None, :])[0]
+        from .counts import SpecCounter
         from .extract import extract_subnet
 
-        reference = count_flops(extract_subnet(net, self.space.max_config()), net.example_inputs).total
-        self.constant = int(reference - full)
-
-    def _compile(self, poly: Poly, spec_runs: list) -> None:
-        n = len(spec_runs)
-        self._run_group = np.concatenate([r[0] for r in spec_runs]) if n else np.zeros(0, np.int64)
-        self._run_start = np.concatenate([r[1] for r in spec_runs]) if n else np.zeros(0, np.int64)
-        self._run_len = np.concatenate([r[2] for r in spec_runs]) if n else np.zeros(0, np.int64)
-        self._run_mult = np.concatenate([r[3] for r in spec_runs]) if n else np.zeros(0, np.int64)
-        self._run_spec = np.concatenate([np.full(len(r[0]), s) for s, r in enumerate(spec_runs)]) if n \
-            else np.zeros(0, np.int64)
-        self._n_specs = n
-        first = np.searchsorted(self._run_spec, np.arange(n))
-        self._nonempty = np.array([len(r[0]) > 0 for r in spec_runs], dtype=bool)
-        self._spec_first_run = first[self._nonempty]
-        self._const0 = poly.terms.get((), 0)
-        lin = [(k[0], c) for k, c in poly.terms.items() if len(k) == 1 and c]
-        bil = [(k[0], k[1], c) for k, c in poly.terms.items() if len(k) == 2 and c]
+        self.net = net
+        self.space = net.space
+        self.counter = SpecCounter(net.assignment.atom_group, net.assignment.atom_index)
+        total = Poly()
+        for op in net.coupling.flop_ops:
+            total = total + FLOP_FORMULAS[op.kind](op, self.counter.spec)
+        self._const0 = total.terms.get((), 0)
+        lin = [(k[0], c) for k, c in total.terms.items() if len(k) == 1 and c]
+        bil = [(k[0], k[1], c) for k, c in total.terms.items() if len(k) == 2 and c]
         self._lin_var = np.array([v for v, _ in lin], dtype=np.int64)
         self._lin_coef = np.array([c for _, c in lin], dtype=np.int64)
         self._bil_u = np.array([u for u, _, _ in bil], dtype=np.int64)
         self._bil_v = np.array([v for _, v, _ in bil], dtype=np.int64)
         self._bil_coef = np.array([c for _, _, c in bil], dtype=np.int64)
-
-    def _counts(self, widths: np.ndarray) -> np.ndarray:
-        kept = np.clip(widths[:, self._run_group] - self._run_start, 0, self._run_len) * self._run_mult
-        counts = np.zeros((widths.shape[0], self._n_specs), dtype=np.int64)
-        if kept.shape[1]:
-            counts[:, self._nonempty] = np.add.reduceat(kept, self._spec_first_run, axis=1)
-        return counts
+        full = self._variable(self.space.full_widths[None, :])[0]
+        reference = count_flops(extract_subnet(net, self.space.max_config()), net.example_inputs).total
+        self.constant = int(reference - full)
 
     def _variable(self, widths: np.ndarray) -> np.ndarray:
-        counts = self._counts(widths)
+        counts = self.counter.counts(widths)
         out = np.full(widths.shape[0], self._const0, dtype=np.int64)
         if len(self._lin_var):
             out += counts[:, self._lin_var] @ self._lin_coef
@@ -263,19 +234,6 @@ class FlopsModel:
     def flops_batch(self, configs: Sequence[Mapping[str, int]]) -> np.ndarray:
         """FLOPs of each config (validated)."""
         return self.flops_widths(self.widths_matrix(configs))
-
-
-def _runs(g: np.ndarray, i: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Compress (group, index) positions into runs (group, start, length, multiplicity)."""
-    if len(g) == 0:
-        return (np.zeros(0, np.int64),) * 4
-    key = g.astype(np.int64) * (1 << 32) + i
-    uniq, mult = np.unique(key, return_counts=True)
-    ug, ui = uniq >> 32, uniq & ((1 << 32) - 1)
-    brk = np.flatnonzero((np.diff(ug) != 0) | (np.diff(ui) != 1) | (np.diff(mult) != 0)) + 1
-    starts = np.concatenate([[0], brk])
-    ends = np.concatenate([brk, [len(uniq)]])
-    return ug[starts], ui[starts], ends - starts, mult[starts]
 
 
 __all__ = ["count_flops", "FlopReport", "FlopsModel", "EXTRA_FLOP_HANDLERS", "FlopOp"]

@@ -444,7 +444,8 @@ def conv(p: Propagator, n: fx.Node, mod: nn.Module, args: tuple, kwargs: dict, v
     out = TMeta(tuple(value.shape), 1, out_atoms)
     in_meta = TMeta(x.shape, 1, in_atoms) if isinstance(x, (TMeta, IdMeta)) else None
     if in_meta is not None:
-        _flop(p, "conv", n, [in_meta], out, kernel=math.prod(mod.kernel_size), gs=gs_in if g > 1 else None)
+        _flop(p, "conv", n, [in_meta], out, kernel=math.prod(mod.kernel_size), gs=gs_in if g > 1 else None,
+              kernel_size=tuple(mod.kernel_size), gs_out=gs_out, groups=g)
     return out
 
 

@@ -1,0 +1,70 @@
+"""A board the host cannot reach: models go out in a bundle, a latency table comes back.
+
+    bundle = write_bundle({"resnet18_w050": "r18.onnx"}, {"input": [1, 3, 224, 224]}, "bundle.zip")
+    # on the board:  python3 profile_device.py bundle.zip --out board.json --threads 4
+    table = LatencyTable.load("board.json")
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Mapping
+
+from compress.errors import check_parameter
+
+from . import profile_device as pd
+from .errors import DeviceUnavailableError
+
+
+def write_bundle(models: Mapping[str, str | os.PathLike], input_shapes: Mapping[str, list[int]],
+                 path: str | os.PathLike, meta: Mapping[str, dict] | None = None) -> Path:
+    """Write a profiling bundle (ONNX models + manifest) atomically; returns its path.
+
+    Args:
+        models: model name -> ONNX file.
+        input_shapes: input name -> shape used for every model.
+        path: the .zip to write.
+        meta: optional per-model metadata (e.g. the channel config) carried into the table.
+    """
+    check_parameter(len(models) > 0, "models", "write_bundle", "a non-empty mapping", models)
+    path = Path(path)
+    manifest = {"schema_version": pd.BUNDLE_SCHEMA_VERSION, "kind": pd.BUNDLE_KIND, "models": []}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as z:
+            for i, (name, onnx_path) in enumerate(models.items()):
+                arc = f"models/{i:05d}.onnx"
+                z.write(onnx_path, arc)
+                manifest["models"].append({"name": name, "file": arc, "inputs": dict(input_shapes),
+                                           "meta": dict((meta or {}).get(name, {}))})
+            z.writestr("manifest.json", json.dumps(manifest, indent=1))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+class BoardDevice:
+    """A remote board: timing happens there, from a bundle, with ``tools/profile_device.py``."""
+
+    name = "board"
+
+    def __init__(self, threads: int = 1, table: str | os.PathLike | None = None) -> None:
+        check_parameter(isinstance(threads, int) and not isinstance(threads, bool) and threads > 0, "threads",
+                        "BoardDevice", "a positive int", threads)
+        self.threads = threads
+        self.table = table
+
+    def measure(self, *args, **kwargs):
+        raise DeviceUnavailableError(
+            "A board cannot be timed from the host. Write a bundle with devices.write_bundle(...), run "
+            f"`python3 profile_device.py bundle.zip --out board.json --threads {self.threads}` on the board, "
+            "and load the table it writes.")
+
+    write_bundle = staticmethod(write_bundle)

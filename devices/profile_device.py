@@ -1,0 +1,284 @@
+#!/usr/bin/env python3
+"""Profile a bundle of ONNX models on this device into a latency table.
+
+Runs on an edge board with nothing but Python 3, numpy and onnxruntime (no
+torch, no onnx package, nothing from this project), so copy this one file to
+the board with the bundle the host wrote:
+
+    python3 profile_device.py bundle.zip --out board.json --threads 4
+
+For every model of the bundle it measures the whole-model latency (warm-up,
+then at least 50 runs until the median is stable; median, p25, p75 and raw
+samples) and the time of every kernel as onnxruntime executes it (fused nodes of
+the optimised graph, from onnxruntime's profiler). Each finished model is
+flushed to ``--out`` atomically (temporary file, then rename), so a crash or
+Ctrl-C loses nothing finished, and running the same command again resumes with
+the models not yet measured.
+
+Exit codes: 0 done, 2 bad input (unknown bundle schema, unreadable bundle,
+output from another device or bundle), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+import zipfile
+
+BUNDLE_SCHEMA_VERSION = 1
+TABLE_SCHEMA_VERSION = 1
+BUNDLE_KIND = "compress-profiling-bundle"
+TABLE_KIND = "compress-latency-table"
+OPT_LEVELS = ("disable", "basic", "extended", "all")
+
+
+class ProfileInputError(Exception):
+    """Bad input to the profiler: says what is wrong and what to do."""
+
+
+# ---- device fingerprint ----------------------------------------------------------------
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key = line.split(":", 1)[0].strip().lower()
+                if key in ("model name", "hardware", "cpu model"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def fingerprint(threads: int, opt_level: str) -> dict:
+    """What identifies the timing conditions: CPU, cores, runtime version, optimisation, threads."""
+    import onnxruntime as ort
+
+    return {"cpu": cpu_model(), "machine": platform.machine(), "cores": os.cpu_count(),
+            "runtime": "onnxruntime", "runtime_version": ort.__version__, "opt_level": opt_level,
+            "threads": threads}
+
+
+# ---- measurement protocol ----------------------------------------------------------------
+def measure(run, warmup: int = 10, min_runs: int = 50, max_runs: int = 400, rel_tol: float = 0.01) -> dict:
+    """Time ``run()``: warm up, then at least ``min_runs`` runs until the median is stable.
+
+    Stable means adding the last 10 runs moved the median by less than ``rel_tol``.
+    Returns median, p25, p75 (ms) and the raw samples.
+    """
+    for _ in range(warmup):
+        run()
+    samples: list[float] = []
+    while len(samples) < max_runs:
+        t = time.perf_counter()
+        run()
+        samples.append((time.perf_counter() - t) * 1e3)
+        if len(samples) >= min_runs and len(samples) % 10 == 0:
+            before = statistics.median(samples[:-10])
+            now = statistics.median(samples)
+            if abs(now - before) <= rel_tol * now:
+                break
+    q = statistics.quantiles(samples, n=4)
+    return {"median_ms": statistics.median(samples), "p25_ms": q[0], "p75_ms": q[2], "runs": len(samples),
+            "samples_ms": [round(s, 5) for s in samples]}
+
+
+def session_options(threads: int, opt_level: str, profile_prefix: str | None = None):
+    import onnxruntime as ort
+
+    levels = {"disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+              "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+              "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+              "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = levels[opt_level]
+    so.log_severity_level = 3
+    if profile_prefix is not None:
+        so.enable_profiling = True
+        so.profile_file_prefix = profile_prefix
+    return so
+
+
+def _feeds(session, shapes: dict, seed: int = 0) -> dict:
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for inp in session.get_inputs():
+        shape = shapes.get(inp.name) or [d if isinstance(d, int) else 1 for d in inp.shape]
+        feeds[inp.name] = rng.standard_normal(shape).astype(np.float32)
+    return feeds
+
+
+def profile_model(model: bytes | str, shapes: dict, threads: int = 1, opt_level: str = "all",
+                  kernel_runs: int = 20, **measure_kw) -> dict:
+    """Whole-model latency (no profiler attached) and per-kernel times (profiler on)."""
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(model, session_options(threads, opt_level), providers=["CPUExecutionProvider"])
+    feeds = _feeds(sess, shapes)
+    total = measure(lambda: sess.run(None, feeds), **measure_kw)
+    with tempfile.TemporaryDirectory() as tmp:
+        prof = ort.InferenceSession(model, session_options(threads, opt_level, os.path.join(tmp, "p")),
+                                    providers=["CPUExecutionProvider"])
+        for _ in range(5):
+            prof.run(None, feeds)
+        path = prof.end_profiling()  # discard warm-up events
+        prof = ort.InferenceSession(model, session_options(threads, opt_level, os.path.join(tmp, "q")),
+                                    providers=["CPUExecutionProvider"])
+        for _ in range(kernel_runs):
+            prof.run(None, feeds)
+        path = prof.end_profiling()
+        with open(path) as f:
+            events = json.load(f)
+    return {**total, "kernels": kernels_from_profile(events, kernel_runs)}
+
+
+def kernels_from_profile(events: list, runs: int) -> list[dict]:
+    """One record per executed kernel, in execution order, with its median time over the runs."""
+    order: list[str] = []
+    by_name: dict[str, dict] = {}
+    for e in events:
+        if e.get("cat") != "Node" or not e.get("name", "").endswith("_kernel_time"):
+            continue
+        name = e["name"][: -len("_kernel_time")]
+        if name not in by_name:
+            args = e.get("args", {})
+            by_name[name] = {"name": name, "op": args.get("op_name", "?"),
+                             "inputs": [list(s.values())[0] for s in args.get("input_type_shape", [])],
+                             "outputs": [list(s.values())[0] for s in args.get("output_type_shape", [])],
+                             "durs": []}
+            order.append(name)
+        by_name[name]["durs"].append(float(e.get("dur", 0)))
+    out = []
+    for name in order:
+        rec = by_name[name]
+        durs = rec.pop("durs")
+        rec["us"] = statistics.median(durs)
+        rec["calls"] = len(durs) / max(1, runs)
+        out.append(rec)
+    return out
+
+
+# ---- bundles and tables ------------------------------------------------------------------
+def read_manifest(bundle: str) -> dict:
+    try:
+        with zipfile.ZipFile(bundle) as z:
+            manifest = json.loads(z.read("manifest.json"))
+    except (OSError, zipfile.BadZipFile, KeyError, ValueError) as exc:
+        raise ProfileInputError(f"Cannot read bundle {bundle!r}: {exc}. Pass a bundle written by "
+                                "devices.write_bundle on the host.") from exc
+    if manifest.get("kind") != BUNDLE_KIND:
+        raise ProfileInputError(f"{bundle!r} is not a profiling bundle (kind {manifest.get('kind')!r}).")
+    version = manifest.get("schema_version")
+    if version != BUNDLE_SCHEMA_VERSION:
+        raise ProfileInputError(
+            f"Bundle {bundle!r} has schema version {version!r}; this profile_device.py reads version "
+            f"{BUNDLE_SCHEMA_VERSION}. Copy the profile_device.py that came with the compress version that "
+            "wrote the bundle, or write the bundle again with this version.")
+    return manifest
+
+
+def sha256_file(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def write_json_atomic(path: str, data: dict) -> None:
+    """Write JSON to a temporary file in the same folder, fsync, then rename over ``path``."""
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def load_resumable(out: str, bundle_hash: str, fp: dict) -> dict | None:
+    if not os.path.exists(out):
+        return None
+    try:
+        with open(out) as f:
+            table = json.load(f)
+    except ValueError as exc:
+        raise ProfileInputError(f"{out!r} exists but is not a readable table ({exc}); move it away to start "
+                                "afresh.") from exc
+    if table.get("bundle_sha256") != bundle_hash:
+        raise ProfileInputError(f"{out!r} holds results of another bundle; pass a new --out path.")
+    if table.get("fingerprint") != fp:
+        raise ProfileInputError(f"{out!r} was measured under other conditions ({table.get('fingerprint')}); "
+                                f"now {fp}. Pass a new --out path.")
+    return table
+
+
+def run(bundle: str, out: str, threads: int, opt_level: str, quiet: bool = False, min_runs: int = 50,
+        kernel_runs: int = 20) -> dict:
+    if threads <= 0:
+        raise ProfileInputError(f"--threads must be a positive int. Got {threads}.")
+    if opt_level not in OPT_LEVELS:
+        raise ProfileInputError(f"--opt-level must be one of {OPT_LEVELS}. Got {opt_level!r}.")
+    manifest = read_manifest(bundle)
+    fp = fingerprint(threads, opt_level)
+    bundle_hash = sha256_file(bundle)
+    table = load_resumable(out, bundle_hash, fp) or {
+        "schema_version": TABLE_SCHEMA_VERSION, "kind": TABLE_KIND, "fingerprint": fp,
+        "bundle_sha256": bundle_hash, "bundle_meta": manifest.get("meta", {}), "records": []}
+    done = {r["model"] for r in table["records"]}
+    todo = [m for m in manifest["models"] if m["name"] not in done]
+    total = len(manifest["models"])
+    if not quiet:
+        print(f"{len(done)} of {total} models already measured; {len(todo)} to go", file=sys.stderr)
+    with zipfile.ZipFile(bundle) as z:
+        for i, entry in enumerate(todo, len(done) + 1):
+            start = time.perf_counter()
+            rec = profile_model(z.read(entry["file"]), entry.get("inputs", {}), threads, opt_level,
+                                kernel_runs=kernel_runs, min_runs=min_runs)
+            table["records"].append({"model": entry["name"], "meta": entry.get("meta", {}), **rec})
+            write_json_atomic(out, table)
+            if not quiet:
+                print(f"[{i}/{total}] {entry['name']}: {rec['median_ms']:.3f} ms "
+                      f"({len(rec['kernels'])} kernels, {time.perf_counter() - start:.1f} s)", file=sys.stderr,
+                      flush=True)
+    return table
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("bundle", help="bundle .zip written on the host")
+    ap.add_argument("--out", required=True, help="latency table to write (JSON); resumed if it exists")
+    ap.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads (default 1)")
+    ap.add_argument("--opt-level", default="all", choices=OPT_LEVELS)
+    ap.add_argument("--min-runs", type=int, default=50)
+    ap.add_argument("--quiet", action="store_true")
+    args = ap.parse_args(argv)
+    try:
+        run(args.bundle, args.out, args.threads, args.opt_level, args.quiet, args.min_runs)
+    except ProfileInputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; finished models are saved in {args.out}. Run the same command to resume.",
+              file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

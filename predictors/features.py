@@ -1,0 +1,63 @@
+"""Kernel features: one row per executed kernel, from a profile record or from a channel config.
+
+Both sources must give the same numbers for the same kernel: a profiled
+onnxruntime kernel is described by its shapes, a layer of a slimmable network by
+its channel counts at a config; ``conv_rows`` / ``gemm_rows`` turn either into
+the regressor's feature matrix.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+CONV_OPS = {"Conv", "FusedConv", "NchwcConv"}
+GEMM_OPS = {"Gemm", "MatMul", "FusedMatMul", "FusedGemm"}
+
+CONV_RAW = ("cin", "cout", "hin", "win", "hout", "wout", "kh", "kw", "groups", "has_sum")
+GEMM_RAW = ("rows", "in_features", "out_features")
+
+
+def _log2(x: np.ndarray) -> np.ndarray:
+    return np.log2(np.maximum(x, 1.0))
+
+
+def conv_rows(raw: np.ndarray) -> np.ndarray:
+    """Regressor features of conv kernels from raw (n, 10) columns in ``CONV_RAW`` order."""
+    cin, cout, hin, win, hout, wout, kh, kw, groups, has_sum = (raw[:, i].astype(np.float64) for i in range(10))
+    stride = np.maximum(1.0, np.round(hin / np.maximum(hout, 1)))
+    cin_g = cin / np.maximum(groups, 1)
+    flops = hout * wout * cout * cin_g * kh * kw
+    mem = cin * hin * win + cout * hout * wout + cout * cin_g * kh * kw
+    depthwise = ((groups == cin) & (cin_g == 1)).astype(np.float64)
+    return np.column_stack([
+        _log2(cin), _log2(cout), _log2(hout * wout), kh, kw, stride, _log2(groups), depthwise,
+        (cin % 8 == 0), (cout % 8 == 0), (cin % 16 == 0), (cout % 16 == 0), (cout % 32 == 0),
+        _log2(flops), _log2(mem), has_sum, _log2(cin_g),
+    ]).astype(np.float64)
+
+
+def gemm_rows(raw: np.ndarray) -> np.ndarray:
+    rows, fin, fout = (raw[:, i].astype(np.float64) for i in range(3))
+    return np.column_stack([_log2(rows), _log2(fin), _log2(fout), _log2(rows * fin * fout),
+                            (fin % 8 == 0), (fout % 8 == 0), (fout % 16 == 0)]).astype(np.float64)
+
+
+FAMILIES = {"conv": (CONV_RAW, conv_rows), "gemm": (GEMM_RAW, gemm_rows)}
+
+
+def raw_from_kernel(k: dict) -> tuple[str, tuple[int, ...]] | None:
+    """(family, raw tuple) of a profiled kernel, or None for kernels outside the families."""
+    op, ins, outs = k["op"], k["inputs"], k["outputs"]
+    if op in CONV_OPS and len(ins) >= 2 and len(ins[0]) == 4 and len(ins[1]) == 4 and outs and len(outs[0]) == 4:
+        n, cin, hin, win = ins[0]
+        cout, cin_g, kh, kw = ins[1]
+        _, _, hout, wout = outs[0]
+        groups = max(1, cin // max(1, cin_g))
+        has_sum = int(any(len(s) == 4 for s in ins[2:]))
+        return "conv", (cin, cout, hin, win, hout, wout, kh, kw, groups, has_sum)
+    if op in GEMM_OPS and ins and outs and len(ins[0]) >= 2:
+        rows = math.prod(outs[0][:-1])
+        return "gemm", (rows, ins[0][-1], outs[0][-1])
+    return None

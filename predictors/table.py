@@ -1,0 +1,84 @@
+"""Latency tables: what a device measured, as a versioned JSON file (no pickles).
+
+A table holds the device fingerprint and one record per profiled model: its
+whole-model latency statistics and the kernels onnxruntime executed, each with
+its input/output shapes and median time. Tables written by
+``tools/profile_device.py`` on a board load here unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from devices import profile_device as pd
+
+from .errors import CorruptTableError, FingerprintMismatchError, SchemaVersionError
+
+# Fields of the fingerprint that must agree for two measurements to be comparable.
+FINGERPRINT_KEYS = ("cpu", "machine", "cores", "runtime", "runtime_version", "opt_level", "threads")
+
+
+def check_fingerprint(expected: dict, got: dict, what: str) -> None:
+    diff = {k: (expected.get(k), got.get(k)) for k in FINGERPRINT_KEYS if expected.get(k) != got.get(k)}
+    if diff:
+        detail = ", ".join(f"{k}: {a!r} vs {b!r}" for k, (a, b) in diff.items())
+        raise FingerprintMismatchError(
+            f"{what} was measured on another device or setting ({detail}). Profile this device, or use the "
+            "table that was measured on it.")
+
+
+@dataclass
+class LatencyTable:
+    """A device's measured models and kernels.
+
+    Example:
+        >>> table = LatencyTable.load("board.json")
+        >>> table.records[0]["median_ms"]
+    """
+
+    fingerprint: dict
+    records: list[dict] = field(default_factory=list)
+    meta: dict = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "LatencyTable":
+        """Read a table; truncated or foreign files get a named error."""
+        try:
+            data = json.loads(Path(path).read_text())
+        except ValueError as exc:
+            raise CorruptTableError(f"{str(path)!r} is not a complete JSON latency table ({exc}); it may have "
+                                    "been truncated. Profile again or restore the file.") from exc
+        if not isinstance(data, dict) or data.get("kind") != pd.TABLE_KIND:
+            raise CorruptTableError(f"{str(path)!r} is not a latency table (kind {data.get('kind') if isinstance(data, dict) else None!r}).")
+        if data.get("schema_version") != pd.TABLE_SCHEMA_VERSION:
+            raise SchemaVersionError(f"{str(path)!r} has table schema version {data.get('schema_version')!r}; "
+                                     f"this version reads {pd.TABLE_SCHEMA_VERSION}. Profile again.")
+        try:
+            table = cls(dict(data["fingerprint"]), list(data["records"]), dict(data.get("bundle_meta", {})))
+            for r in table.records:
+                r["model"], r["median_ms"], r["kernels"]  # noqa: B018 (presence check)
+        except (KeyError, TypeError) as exc:
+            raise CorruptTableError(f"{str(path)!r} misses field {exc}; profile again.") from exc
+        return table
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write atomically (temporary file, then rename)."""
+        pd.write_json_atomic(str(path), {"schema_version": pd.TABLE_SCHEMA_VERSION, "kind": pd.TABLE_KIND,
+                                         "fingerprint": self.fingerprint, "bundle_meta": self.meta,
+                                         "records": self.records})
+
+    def merge(self, other: "LatencyTable") -> "LatencyTable":
+        """Records of both tables (the same device only); later records win on name clashes."""
+        check_fingerprint(self.fingerprint, other.fingerprint, "The table to merge")
+        by_name = {r["model"]: r for r in self.records}
+        by_name.update({r["model"]: r for r in other.records})
+        return LatencyTable(self.fingerprint, list(by_name.values()), {**self.meta, **other.meta})
+
+    def check_device(self, fingerprint: dict) -> None:
+        check_fingerprint(self.fingerprint, fingerprint, "This table")
+
+    def __len__(self) -> int:
+        return len(self.records)

@@ -1,0 +1,1 @@
+../devices/profile_device.py
