@@ -1,0 +1,342 @@
+"""Where latency is predicted: kernel regressors + exact table hits + a fitted per-model overhead.
+
+Model latency = sum over its compute kernels (conv, linear) of their predicted
+time + a linear overhead in that sum and in the element count of the other ops
+(pooling, element-wise, layout changes), fitted per model family on measured
+whole-model latencies (and globally, for families never profiled). A kernel whose
+exact shape was measured uses the measured median; others use the regressor of
+its family (a JSON-saved tree ensemble over log features).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import warnings
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from compress.counts import SpecCounter
+from compress.flops import numel_poly
+from devices import profile_device as pd
+
+from .errors import CorruptTableError, NotFittedError, SchemaVersionError
+from .features import FAMILIES, raw_from_kernel
+from .forest import ForestModel
+from .table import LatencyTable, check_fingerprint
+
+PREDICTOR_KIND = "compress-latency-predictor"
+PREDICTOR_SCHEMA_VERSION = 1
+OTHER_KINDS = ("elementwise", "pool", "adaptive_avg_pool", "mean", "upsample")
+_FUSABLE_BETWEEN = ("BatchNorm", "ReLU", "ReLU6", "Hardtanh", "Identity")
+
+
+class NetKernels:
+    """The compute kernels of a slimmable network as functions of its config."""
+
+    def __init__(self, net) -> None:
+        self.net = net
+        self.counter = SpecCounter(net.assignment.atom_group, net.assignment.atom_index)
+        spec = self.counter.spec
+        modules = dict(net.graph_module.named_modules())
+        self.convs, self.gemms = [], []
+        other_terms: dict[tuple, int] = defaultdict(int)
+        self.other_ops: list[tuple[int, int]] = []  # (spec of channels, elements per channel) of other ops
+        for op in net.coupling.flop_ops:
+            if op.kind == "conv":
+                i, o = op.inputs[0], op.output
+                kh, kw = op.params["kernel_size"] if len(op.params["kernel_size"]) == 2 else (op.params["kernel_size"][0], 1)
+                self.convs.append({"in": spec(i.atoms), "out": spec(o.atoms), "hin": i.shape[2], "win": i.shape[3] if len(i.shape) > 3 else 1,
+                                   "hout": o.shape[2], "wout": o.shape[3] if len(o.shape) > 3 else 1, "kh": kh, "kw": kw,
+                                   "gs_out": op.params["gs_out"] if op.params["gs"] else None,
+                                   "groups": op.params["groups"], "has_sum": int(_feeds_add(op.node, modules)),
+                                   "batch": i.shape[0]})
+            elif op.kind == "linear":
+                i, o = op.inputs[0], op.output
+                self.gemms.append({"in": spec(i.atoms), "out": spec(o.atoms),
+                                   "rows": math.prod(i.shape[:-1])})
+            elif op.kind in OTHER_KINDS:
+                for key, c in numel_poly(op.output, spec).terms.items():
+                    other_terms[key] += c
+                    if len(key) == 1:
+                        self.other_ops.append((key[0], c))
+        self.other_const = other_terms.pop((), 0)
+        self.other_vars = np.array([k[0] for k in other_terms], dtype=np.int64)
+        self.other_coef = np.array(list(other_terms.values()), dtype=np.int64)
+        self.unmodelled = Counter(r.split(" at node")[0] for r in net.coupling.unknown_ops.values())
+
+    def raw(self, widths: np.ndarray, block: int = 1) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+        """Raw kernel features per family, shape (n_configs, n_kernels, n_raw), the element count of the
+        other ops, and the element count of those whose channels are not a multiple of ``block``.
+
+        ``block`` is the runtime's channel block (onnxruntime's NCHWc layout pads conv channels to 8 or
+        16 on x86 and runs unaligned element-wise ops separately, with layout reorders around them)."""
+        counts = self.counter.counts(widths)
+        n = widths.shape[0]
+        out = {}
+
+        def pad(c: np.ndarray, least: int) -> np.ndarray:
+            return c if block <= 1 else np.where(c >= least, -(-c // block) * block, c)
+
+        if self.convs:
+            cols = []
+            for c in self.convs:
+                cin, cout = counts[:, c["in"]], counts[:, c["out"]]
+                # the runtime fuses a residual add only when the channels fill whole blocks
+                has_sum = c["has_sum"] * (cout % block == 0) if block > 1 else np.full(n, c["has_sum"])
+                if c["gs_out"] and c["gs_out"] > 1:
+                    groups = cout // c["gs_out"]
+                elif c["gs_out"] == 1:  # depthwise: padded with its channels
+                    cin, cout = pad(cin, block // 2), pad(cout, block // 2)
+                    groups = cout
+                else:
+                    cin, cout, groups = pad(cin, block + 1), pad(cout, block // 2), np.full(n, c["groups"])
+                cols.append(np.stack([cin, cout, np.full(n, c["hin"]), np.full(n, c["win"]), np.full(n, c["hout"]),
+                                      np.full(n, c["wout"]), np.full(n, c["kh"]), np.full(n, c["kw"]), groups,
+                                      has_sum], axis=1))
+            out["conv"] = np.stack(cols, axis=1)
+        if self.gemms:
+            out["gemm"] = np.stack([np.stack([np.full(n, g["rows"]), counts[:, g["in"]], counts[:, g["out"]]], axis=1)
+                                    for g in self.gemms], axis=1)
+        other = self.other_const + (counts[:, self.other_vars] @ self.other_coef if len(self.other_vars) else 0)
+        unaligned = np.zeros(n)
+        if block > 1:
+            for sp, per in self.other_ops:
+                cnt = counts[:, sp]
+                unaligned += per * cnt * (cnt % block != 0)
+        return out, np.asarray(other, dtype=np.float64) * np.ones(n), unaligned
+
+
+def _conv_chain_to(node, modules):
+    """The conv whose output reaches ``node`` through BN / activations only, or None."""
+    cur = node
+    for _ in range(4):
+        if not hasattr(cur, "op"):
+            return None
+        if cur.op == "call_module":
+            kind = type(modules[cur.target]).__name__.replace("Slim", "")
+            if kind.startswith("Conv"):
+                return cur
+            if kind.startswith(_FUSABLE_BETWEEN) and cur.args:
+                cur = cur.args[0]
+                continue
+        return None
+    return None
+
+
+def _feeds_add(node, modules) -> bool:
+    """Whether onnxruntime fuses a residual add into this conv: the add's first operand is this conv
+    (through BN / activations), or its first operand is no conv and the second one is."""
+    import operator
+
+    import torch
+
+    cur = node
+    for _ in range(4):
+        users = list(cur.users)
+        if len(users) != 1:
+            return False
+        u = users[0]
+        if u.op == "call_function" and u.target in (operator.add, operator.iadd, torch.add):
+            first = _conv_chain_to(u.args[0], modules)
+            return first is node or (first is None and _conv_chain_to(u.args[1], modules) is node)
+        if u.op == "call_module" and type(modules[u.target]).__name__.replace("Slim", "").startswith(_FUSABLE_BETWEEN):
+            cur = u
+            continue
+        return False
+    return False
+
+
+class LatencyPredictor:
+    """Predicts onnxruntime latency of any config of a profiled (or never profiled) model.
+
+    sklearn-style: ``__init__`` stores settings, ``fit`` learns from latency tables
+    and returns self, learned state ends in ``_``; ``save``/``load`` use JSON.
+
+    Args:
+        n_trees, max_depth: size of each kernel family's tree ensemble.
+        seed: random seed of the ensembles.
+
+    Example:
+        >>> pred = LatencyPredictor().fit(table, nets={"resnet18": net})
+        >>> pred.predict_ms(net, [net.space.uniform_config(0.5)], family="resnet18")
+    """
+
+    def __init__(self, n_trees: int = 40, max_depth: int | None = 18, seed: int = 0) -> None:
+        self.n_trees = n_trees
+        self.max_depth = max_depth
+        self.seed = seed
+
+    # ---- fitting ------------------------------------------------------------------------
+    def fit(self, tables: LatencyTable | Sequence[LatencyTable], nets: Mapping[str, Any] | None = None) -> "LatencyPredictor":
+        """Fit kernel regressors on every kernel of ``tables`` and the overhead on whole-model records.
+
+        Records whose ``meta`` has ``family`` (a key of ``nets``) and ``config`` are
+        whole-model measurements of that network at that config.
+        """
+        tables = [tables] if isinstance(tables, LatencyTable) else list(tables)
+        if not tables:
+            raise NotFittedError("fit needs at least one latency table.")
+        fp = tables[0].fingerprint
+        for t in tables[1:]:
+            check_fingerprint(fp, t.fingerprint, "A table passed to fit")
+        rows: dict[str, list] = defaultdict(list)
+        ys: dict[str, list] = defaultdict(list)
+        exact: dict[tuple, list] = defaultdict(list)
+        for t in tables:
+            for rec in t.records:
+                for k in rec["kernels"]:
+                    fr = raw_from_kernel(k)
+                    if fr is None or k["us"] <= 0:
+                        continue
+                    rows[fr[0]].append(fr[1])
+                    ys[fr[0]].append(k["us"])
+                    exact[(fr[0],) + tuple(int(v) for v in fr[1])].append(k["us"])
+        self.fingerprint_ = fp
+        self.block_ = _channel_block(rows.get("conv", []))
+        self.exact_ = {key: float(np.median(v)) for key, v in exact.items()}
+        self.forests_ = {}
+        for fam, raw in rows.items():
+            X = FAMILIES[fam][1](np.asarray(raw, dtype=np.float64))
+            self.forests_[fam] = ForestModel.fit(X, np.log(np.asarray(ys[fam])), self.n_trees, self.max_depth,
+                                                 seed=self.seed)
+        self._cache: dict[tuple, float] = {}
+        self.overhead_ = {}
+        samples = defaultdict(list)
+        for t in tables:
+            for rec in t.records:
+                fam, cfg = rec.get("meta", {}).get("family"), rec.get("meta", {}).get("config")
+                if nets and fam in nets and cfg is not None:
+                    samples[fam].append((cfg, rec["median_ms"]))
+        all_feats, all_y = [], []
+        for fam, items in samples.items():
+            nk = NetKernels(nets[fam])
+            widths = np.stack([nets[fam].space.widths(c) for c, _ in items])
+            feats = self._overhead_features(nk, widths)
+            y = np.array([m for _, m in items])
+            self.overhead_[fam] = _lstsq(feats, y).tolist()
+            all_feats.append(feats)
+            all_y.append(y)
+        self.global_overhead_ = _lstsq(np.concatenate(all_feats), np.concatenate(all_y)).tolist() if all_feats \
+            else [0.0, 1.0, 0.0, 0.0]
+        return self
+
+    def _overhead_features(self, nk: NetKernels, widths: np.ndarray) -> np.ndarray:
+        raw, other, unaligned = nk.raw(widths, self.block_)
+        kernel_ms = sum(self._kernel_us(fam, r) for fam, r in raw.items()) / 1e3
+        return np.column_stack([np.ones(len(widths)), kernel_ms, other / 1e6, unaligned / 1e6])
+
+    def _kernel_us(self, family: str, raw: np.ndarray) -> np.ndarray:
+        """Per-config sum of predicted kernel times (us) for raw features (n_cfg, n_kernels, n_raw)."""
+        if family not in self.forests_:
+            raise NotFittedError(f"No {family} kernels were in the tables this predictor was fitted on; profile "
+                                 "a model or kernel suite that has them.")
+        n, k, d = raw.shape
+        flat = raw.reshape(n * k, d).astype(np.int64)
+        uniq, inv = np.unique(flat, axis=0, return_inverse=True)
+        vals = np.empty(len(uniq))
+        missing = []
+        for j, row in enumerate(map(tuple, uniq.tolist())):
+            key = (family,) + row
+            v = self.exact_.get(key)
+            if v is None:
+                v = self._cache.get(key)
+            if v is None:
+                missing.append(j)
+            else:
+                vals[j] = v
+        if missing:
+            X = FAMILIES[family][1](uniq[missing].astype(np.float64))
+            pred = np.exp(self.forests_[family].predict(X))
+            vals[missing] = pred
+            for j, v in zip(missing, pred):
+                self._cache[(family,) + tuple(uniq[j].tolist())] = float(v)
+        return vals[inv.reshape(-1)].reshape(n, k).sum(axis=1)
+
+    # ---- prediction -----------------------------------------------------------------------
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "forests_"):
+            raise NotFittedError("This LatencyPredictor instance is not fitted yet. Call 'fit' with latency tables "
+                                 "before using it, or load a saved predictor.")
+
+    def predict_widths(self, nk: NetKernels, widths: np.ndarray, family: str | None = None) -> np.ndarray:
+        """Latency (ms) for an (n, groups) width array: the fast path (no validation)."""
+        self._check_fitted()
+        coef = np.asarray(self.overhead_.get(family, self.global_overhead_))
+        return self._overhead_features(nk, np.asarray(widths, dtype=np.int64)) @ coef
+
+    def predict_ms(self, net, configs: Sequence[Mapping[str, int]], family: str | None = None) -> np.ndarray:
+        """Predicted latency (ms) of each config of ``net``; ``family`` picks its fitted overhead."""
+        self._check_fitted()
+        nk = self.kernels_of(net)
+        if nk.unmodelled:
+            warnings.warn(f"{sum(nk.unmodelled.values())} ops have no latency predictor and are not counted: "
+                          f"{dict(nk.unmodelled)}", stacklevel=2)
+        widths = np.stack([net.space.widths(c) for c in configs])
+        return self.predict_widths(nk, widths, family)
+
+    def kernels_of(self, net) -> NetKernels:
+        cache = self.__dict__.setdefault("_nets", {})
+        if id(net) not in cache:
+            cache[id(net)] = NetKernels(net)
+        return cache[id(net)]
+
+    # ---- files ------------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the fitted predictor as JSON (atomically)."""
+        self._check_fitted()
+        pd.write_json_atomic(str(path), {
+            "schema_version": PREDICTOR_SCHEMA_VERSION, "kind": PREDICTOR_KIND, "fingerprint": self.fingerprint_,
+            "params": {"n_trees": self.n_trees, "max_depth": self.max_depth, "seed": self.seed},
+            "block": self.block_,
+            "forests": {k: f.to_dict() for k, f in self.forests_.items()},
+            "exact": [[list(k), v] for k, v in self.exact_.items()],
+            "overhead": self.overhead_, "global_overhead": self.global_overhead_})
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, fingerprint: dict | None = None) -> "LatencyPredictor":
+        """Read a saved predictor; with ``fingerprint``, refuse one fitted on another device."""
+        try:
+            d = json.loads(Path(path).read_text())
+        except ValueError as exc:
+            raise CorruptTableError(f"{str(path)!r} is not a complete JSON predictor file ({exc}); fit and save "
+                                    "it again.") from exc
+        if not isinstance(d, dict) or d.get("kind") != PREDICTOR_KIND:
+            raise CorruptTableError(f"{str(path)!r} is not a latency predictor file.")
+        if d.get("schema_version") != PREDICTOR_SCHEMA_VERSION:
+            raise SchemaVersionError(f"{str(path)!r} has predictor schema version {d.get('schema_version')!r}; "
+                                     f"this version reads {PREDICTOR_SCHEMA_VERSION}. Fit it again.")
+        if fingerprint is not None:
+            check_fingerprint(d["fingerprint"], fingerprint, "This predictor")
+        try:
+            p = cls(**d["params"])
+            p.fingerprint_ = d["fingerprint"]
+            p.block_ = int(d["block"])
+            p.forests_ = {k: ForestModel.from_dict(v) for k, v in d["forests"].items()}
+            p.exact_ = {tuple(k): v for k, v in d["exact"]}
+            p.overhead_ = d["overhead"]
+            p.global_overhead_ = d["global_overhead"]
+        except (KeyError, TypeError) as exc:
+            raise CorruptTableError(f"{str(path)!r} misses field {exc}; fit and save it again.") from exc
+        p._cache = {}
+        return p
+
+
+def _lstsq(X: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Least squares with relative (per-sample 1/y) weights: we care about percentage error."""
+    w = 1.0 / np.maximum(y, 1e-6)
+    coef, *_ = np.linalg.lstsq(X * w[:, None], y * w, rcond=None)
+    return coef
+
+
+def _channel_block(conv_raw: list) -> int:
+    """The channel block the runtime padded convs to (16, 8 or 1), read off the profiled conv shapes."""
+    couts = [r[1] for r in conv_raw if r[1] >= 8]
+    for block in (16, 8):
+        if couts and all(c % block == 0 for c in couts):
+            return block
+    return 1

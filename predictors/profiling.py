@@ -1,0 +1,84 @@
+"""Profile subnets of a model on a device into a latency table (in context), sampling adaptively."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+import torch
+
+from compress.export import export_onnx
+from compress.extract import extract_subnet
+from devices import profile_device as pd
+from devices.board import write_bundle
+
+from .table import LatencyTable
+
+
+def export_configs(net, configs: Sequence[Mapping[str, int]], family: str, folder: str | os.PathLike,
+                   start: int = 0) -> tuple[dict[str, str], dict[str, dict]]:
+    """Export each config's subnet to ONNX in ``folder``; returns name -> path and name -> meta."""
+    paths, meta = {}, {}
+    x = net.example_inputs
+    for i, cfg in enumerate(configs, start):
+        name = f"{family}/{i:04d}"
+        path = Path(folder) / f"{family}_{i:04d}.onnx"
+        export_onnx(extract_subnet(net, cfg), x, path)
+        paths[name] = str(path)
+        meta[name] = {"family": family, "config": dict(cfg)}
+    return paths, meta
+
+
+def profile_configs(net, configs: Sequence[Mapping[str, int]], family: str, out: str | os.PathLike,
+                    threads: int = 1, opt_level: str = "all", start: int = 0, quiet: bool = True) -> LatencyTable:
+    """Profile the subnets of ``configs`` (whole-model latency + kernels); results go to ``out`` (resumable)."""
+    shapes = {"input": list(net.example_inputs[0].shape)}
+    with tempfile.TemporaryDirectory() as tmp:
+        paths, meta = export_configs(net, configs, family, tmp, start)
+        bundle = write_bundle(paths, shapes, Path(tmp) / "bundle.zip", meta)
+        part = Path(tmp) / "part.json"
+        pd.run(str(bundle), str(part), threads, opt_level, quiet=quiet)
+        new = LatencyTable.load(part)
+    if Path(out).exists():
+        new = LatencyTable.load(out).merge(new)
+    new.save(out)
+    return new
+
+
+def unseen_kernel_mass(predictor, net, configs: Sequence[Mapping[str, int]]) -> np.ndarray:
+    """Predicted time (us) of each config's kernels that the tables never measured exactly."""
+    nk = predictor.kernels_of(net)
+    widths = np.stack([net.space.widths(c) for c in configs])
+    raw, _, _ = nk.raw(widths, predictor.block_)
+    mass = np.zeros(len(configs))
+    for fam, r in raw.items():
+        n, k, d = r.shape
+        flat = r.reshape(n * k, d).astype(np.int64)
+        hit = np.array([(fam,) + tuple(row) in predictor.exact_ for row in flat.tolist()]).reshape(n, k)
+        per = np.stack([predictor._kernel_us(fam, r[:, j:j + 1]) for j in range(k)], axis=1)
+        mass += (per * ~hit).sum(axis=1)
+    return mass
+
+
+def profile_family(net, family: str, out: str | os.PathLike, n_initial: int = 40, rounds: int = 2,
+                   per_round: int = 20, pool: int = 300, seed: int = 0, threads: int = 1,
+                   progress: bool = True) -> LatencyTable:
+    """In-context table for one model: random subnets first, then adaptively the configs whose kernels
+    the table covers worst (largest predicted time of kernels never measured)."""
+    from .latency import LatencyPredictor
+
+    space = net.space
+    configs = [space.max_config(), space.min_config()] + [space.random_config(seed + i) for i in range(n_initial - 2)]
+    table = profile_configs(net, configs, family, out, threads, quiet=not progress)
+    start = len(configs)
+    for r in range(rounds):
+        pred = LatencyPredictor(n_trees=20).fit(table, nets={family: net})
+        candidates = [space.random_config(10_000 * (r + 1) + seed + i) for i in range(pool)]
+        mass = unseen_kernel_mass(pred, net, candidates)
+        chosen = [candidates[i] for i in np.argsort(-mass)[:per_round]]
+        table = profile_configs(net, chosen, family, out, threads, start=start, quiet=not progress)
+        start += len(chosen)
+    return table
