@@ -86,8 +86,7 @@ class NetKernels:
             cols = []
             for c in self.convs:
                 cin, cout = counts[:, c["in"]], counts[:, c["out"]]
-                # the runtime fuses a residual add only when the channels fill whole blocks
-                has_sum = c["has_sum"] * (cout % block == 0) if block > 1 else np.full(n, c["has_sum"])
+                has_sum = np.full(n, c["has_sum"])
                 if c["gs_out"] and c["gs_out"] > 1:
                     groups = cout // c["gs_out"]
                 elif c["gs_out"] == 1:  # depthwise: padded with its channels
