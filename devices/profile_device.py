@@ -79,7 +79,7 @@ def measure(run, warmup: int = 10, min_runs: int = 50, max_runs: int = 400, rel_
         t = time.perf_counter()
         run()
         samples.append((time.perf_counter() - t) * 1e3)
-        if len(samples) >= min_runs and len(samples) % 10 == 0:
+        if len(samples) >= min_runs and len(samples) > 10 and len(samples) % 10 == 0:
             before = statistics.median(samples[:-10])
             now = statistics.median(samples)
             if abs(now - before) <= rel_tol * now:

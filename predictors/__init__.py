@@ -1,5 +1,15 @@
-"""Latency predictors: per-kernel lookup tables profiled on a device and fitted regressors.
+"""Latency predictors: per-kernel latency tables profiled on a device, and predictors fitted on them.
 
-This package is empty until the latency work (issue 3) lands; nothing here
-pretends to predict anything yet.
+    table = profile_family(net, "resnet18", "resnet18.lut.json")           # in-context kernels
+    pred = LatencyPredictor().fit(table, nets={"resnet18": net})
+    pred.predict_ms(net, configs, family="resnet18")                       # many configs, fast
 """
+
+from .errors import CorruptTableError, FingerprintMismatchError, NotFittedError, SchemaVersionError
+from .forest import ForestModel
+from .latency import LatencyPredictor, NetKernels
+from .profiling import profile_configs, profile_family
+from .table import LatencyTable
+
+__all__ = ["CorruptTableError", "FingerprintMismatchError", "ForestModel", "LatencyPredictor", "LatencyTable",
+           "NetKernels", "NotFittedError", "SchemaVersionError", "profile_configs", "profile_family"]

@@ -33,14 +33,15 @@ def export_configs(net, configs: Sequence[Mapping[str, int]], family: str, folde
 
 
 def profile_configs(net, configs: Sequence[Mapping[str, int]], family: str, out: str | os.PathLike,
-                    threads: int = 1, opt_level: str = "all", start: int = 0, quiet: bool = True) -> LatencyTable:
+                    threads: int = 1, opt_level: str = "all", start: int = 0, quiet: bool = True,
+                    min_runs: int = 50) -> LatencyTable:
     """Profile the subnets of ``configs`` (whole-model latency + kernels); results go to ``out`` (resumable)."""
     shapes = {"input": list(net.example_inputs[0].shape)}
     with tempfile.TemporaryDirectory() as tmp:
         paths, meta = export_configs(net, configs, family, tmp, start)
         bundle = write_bundle(paths, shapes, Path(tmp) / "bundle.zip", meta)
         part = Path(tmp) / "part.json"
-        pd.run(str(bundle), str(part), threads, opt_level, quiet=quiet)
+        pd.run(str(bundle), str(part), threads, opt_level, quiet=quiet, min_runs=min_runs)
         new = LatencyTable.load(part)
     if Path(out).exists():
         new = LatencyTable.load(out).merge(new)

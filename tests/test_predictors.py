@@ -1,0 +1,120 @@
+"""Latency tables and predictors: files, errors, and the predictor against measurements."""
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+import compress
+import predictors
+from predictors import LatencyPredictor, LatencyTable
+
+
+@pytest.fixture(scope="module")
+def profiled(tmp_path_factory):
+    torch.manual_seed(0)
+    net = compress.SlimmableNetwork(torchvision.models.resnet18(num_classes=10), torch.randn(1, 3, 32, 32))
+    configs = [net.space.max_config(), net.space.min_config()] + [net.space.random_config(s) for s in range(6)]
+    path = tmp_path_factory.mktemp("lut") / "r18.json"
+    table = predictors.profile_configs(net, configs, "resnet18", path, min_runs=20)
+    return net, table, path
+
+
+def test_table_round_trip_and_merge(profiled, tmp_path):
+    _, table, path = profiled
+    assert len(table) == 8 and all(r["meta"]["family"] == "resnet18" for r in table.records)
+    again = LatencyTable.load(path)
+    assert again.records == table.records and again.fingerprint == table.fingerprint
+    other = LatencyTable(dict(table.fingerprint), [dict(table.records[0], model="extra")])
+    assert len(table.merge(other)) == 9
+
+
+def test_corrupt_and_foreign_tables(profiled, tmp_path):
+    _, table, path = profiled
+    text = path.read_text()
+    (tmp_path / "cut.json").write_text(text[: len(text) // 2])
+    with pytest.raises(predictors.CorruptTableError, match="truncated"):
+        LatencyTable.load(tmp_path / "cut.json")
+    data = json.loads(text)
+    data["schema_version"] = 7
+    (tmp_path / "v7.json").write_text(json.dumps(data))
+    with pytest.raises(predictors.SchemaVersionError, match="schema version 7"):
+        LatencyTable.load(tmp_path / "v7.json")
+    (tmp_path / "x.json").write_text(json.dumps({"kind": "something else"}))
+    with pytest.raises(predictors.CorruptTableError, match="not a latency table"):
+        LatencyTable.load(tmp_path / "x.json")
+    board = LatencyTable(dict(table.fingerprint, cpu="Cortex-A72", threads=4), [])
+    with pytest.raises(predictors.FingerprintMismatchError, match="cpu: .*Cortex-A72"):
+        table.merge(board)
+    with pytest.raises(predictors.FingerprintMismatchError):
+        board.check_device(table.fingerprint)
+
+
+def test_json_forest_equals_sklearn():
+    from sklearn.ensemble import ExtraTreesRegressor
+
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(300, 5)), rng.normal(size=300)
+    forest = predictors.ForestModel.fit(X, y, n_trees=7, max_depth=6, seed=3)
+    ref = ExtraTreesRegressor(n_estimators=7, max_depth=6, random_state=3, n_jobs=1).fit(X, y)
+    Xt = rng.normal(size=(50, 5))
+    np.testing.assert_allclose(forest.predict(Xt), ref.predict(Xt), rtol=1e-12)
+    back = predictors.ForestModel.from_dict(json.loads(json.dumps(forest.to_dict())))
+    np.testing.assert_array_equal(back.predict(Xt), forest.predict(Xt))
+
+
+def test_predictor_fits_saves_and_loads(profiled, tmp_path):
+    net, table, _ = profiled
+    with pytest.raises(predictors.NotFittedError, match="not fitted yet"):
+        LatencyPredictor().predict_ms(net, [net.space.max_config()])
+    pred = LatencyPredictor(n_trees=10).fit(table, nets={"resnet18": net})
+    train = [r["meta"]["config"] for r in table.records]
+    measured = np.array([r["median_ms"] for r in table.records])
+    got = pred.predict_ms(net, train, family="resnet18")
+    assert np.all(np.isfinite(got)) and np.all(got > 0)
+    assert np.median(np.abs(got - measured) / measured) < 0.25  # in-sample sanity, not the accuracy benchmark
+    path = tmp_path / "pred.json"
+    pred.save(path)
+    loaded = LatencyPredictor.load(path, fingerprint=table.fingerprint)
+    fresh = [net.space.random_config(100 + s) for s in range(20)]
+    np.testing.assert_allclose(loaded.predict_ms(net, fresh, family="resnet18"),
+                               pred.predict_ms(net, fresh, family="resnet18"), rtol=1e-9)
+    with pytest.raises(predictors.FingerprintMismatchError):
+        LatencyPredictor.load(path, fingerprint=dict(table.fingerprint, threads=4))
+    path.write_text(path.read_text()[:100])
+    with pytest.raises(predictors.CorruptTableError):
+        LatencyPredictor.load(path)
+
+
+def test_fast_batch_queries_agree_with_single_ones(profiled):
+    net, table, _ = profiled
+    pred = LatencyPredictor(n_trees=10).fit(table, nets={"resnet18": net})
+    configs = [net.space.random_config(1000 + s) for s in range(300)]
+    batch = pred.predict_ms(net, configs, family="resnet18")
+    single = np.array([pred.predict_ms(net, [c], family="resnet18")[0] for c in configs[:10]])
+    np.testing.assert_allclose(batch[:10], single, rtol=1e-9)
+    # smaller widths are predicted faster on average
+    small = pred.predict_ms(net, [net.space.uniform_config(0.25)], family="resnet18")[0]
+    full = pred.predict_ms(net, [net.space.max_config()], family="resnet18")[0]
+    assert small < full
+
+
+def test_ops_without_predictor_are_reported(profiled):
+    _, table, _ = profiled
+
+    class Odd(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 16, 3), nn.Conv2d(16, 8, 1)
+
+        def forward(self, x):
+            return self.b(torch.cumsum(self.a(x), 1))
+
+    odd = compress.SlimmableNetwork(Odd(), torch.randn(1, 3, 16, 16))
+    pred = LatencyPredictor(n_trees=5).fit(table)
+    with pytest.warns(UserWarning, match=r"1 ops have no latency predictor.*cumsum"):
+        pred.predict_ms(odd, [odd.space.max_config()])

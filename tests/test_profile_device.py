@@ -1,0 +1,122 @@
+"""tools/profile_device.py: standalone (no torch), resumable, refuses unknown bundles."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import compress
+import devices
+
+SCRIPT = Path(__file__).resolve().parents[1] / "tools" / "profile_device.py"
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("bundle")
+    paths = {}
+    for i, width in enumerate((8, 16, 24, 32, 40, 48)):
+        model = nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.ReLU(), nn.Conv2d(width, width, 3, padding=1))
+        paths[f"m{i}"] = folder / f"m{i}.onnx"
+        compress.export_onnx(model.eval(), torch.randn(1, 3, 48, 48), paths[f"m{i}"])
+    return devices.write_bundle(paths, {"input": [1, 3, 48, 48]}, folder / "bundle.zip",
+                                meta={"m0": {"family": "toy"}})
+
+
+def _no_torch_env(tmp_path):
+    """PYTHONPATH with a `torch` that cannot be imported, as on a board without torch."""
+    fake = tmp_path / "fake"
+    (fake / "torch").mkdir(parents=True)
+    (fake / "torch" / "__init__.py").write_text("raise ImportError('torch is not installed on this board')\n")
+    return dict(os.environ, PYTHONPATH=str(fake))
+
+
+def _run(args, env, **kw):
+    return subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], env=env, capture_output=True, text=True,
+                          **kw)
+
+
+def test_runs_without_torch(bundle, tmp_path):
+    env = _no_torch_env(tmp_path)
+    check = subprocess.run([sys.executable, "-c", "import torch"], env=env, capture_output=True, text=True)
+    assert check.returncode != 0 and "not installed" in check.stderr
+    out = tmp_path / "board.json"
+    proc = _run([bundle, "--out", out, "--threads", 1, "--min-runs", 5], env)
+    assert proc.returncode == 0, proc.stderr
+    table = json.loads(out.read_text())
+    assert [r["model"] for r in table["records"]] == [f"m{i}" for i in range(6)]
+    assert table["records"][0]["meta"] == {"family": "toy"}
+    assert table["fingerprint"]["threads"] == 1
+    assert "[6/6]" in proc.stderr
+
+
+def test_killed_run_resumes_without_losing_or_repeating(bundle, tmp_path):
+    env = _no_torch_env(tmp_path)
+    out = tmp_path / "board.json"
+    proc = subprocess.Popen([sys.executable, str(SCRIPT), str(bundle), "--out", str(out), "--min-runs", "400"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    done = 0
+    while time.time() < deadline:
+        if out.exists():
+            done = len(json.loads(out.read_text())["records"])
+            if done >= 2:
+                break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    first = json.loads(out.read_text())["records"]  # a complete file, never half-written
+    assert 2 <= len(first) < 6, "the run finished before it could be killed"
+    resumed = _run([bundle, "--out", out, "--min-runs", 5], env)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"{len(first)} of 6 models already measured" in resumed.stderr
+    final = json.loads(out.read_text())["records"]
+    assert [r["model"] for r in final] == [f"m{i}" for i in range(6)]
+    assert final[:len(first)] == first  # finished work kept as it was, not measured again
+
+
+def test_ctrl_c_exits_cleanly(bundle, tmp_path):
+    out = tmp_path / "board.json"
+    proc = subprocess.Popen([sys.executable, str(SCRIPT), str(bundle), "--out", str(out), "--min-runs", "400"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not out.exists():
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    if proc.returncode == 0:
+        pytest.skip("finished before the interrupt")
+    assert proc.returncode == 130 and "resume" in err
+    json.loads(out.read_text())
+
+
+def test_unknown_bundle_schema_is_refused(bundle, tmp_path):
+    bad = tmp_path / "future.zip"
+    with zipfile.ZipFile(bundle) as src, zipfile.ZipFile(bad, "w") as dst:
+        for item in src.namelist():
+            data = src.read(item)
+            if item == "manifest.json":
+                manifest = json.loads(data)
+                manifest["schema_version"] = 99
+                data = json.dumps(manifest).encode()
+            dst.writestr(item, data)
+    proc = _run([bad, "--out", tmp_path / "o.json"], os.environ)
+    assert proc.returncode == 2
+    assert "schema version 99" in proc.stderr and "reads version 1" in proc.stderr
+    assert not (tmp_path / "o.json").exists()
+
+
+def test_bad_threads_and_bad_bundle(tmp_path):
+    (tmp_path / "junk.zip").write_text("not a zip")
+    proc = _run([tmp_path / "junk.zip", "--out", tmp_path / "o.json"], os.environ)
+    assert proc.returncode == 2 and "Cannot read bundle" in proc.stderr
+    proc = _run([tmp_path / "junk.zip", "--out", tmp_path / "o.json", "--threads", 0], os.environ)
+    assert proc.returncode == 2 and "--threads must be a positive int" in proc.stderr
