@@ -21,7 +21,8 @@ from .errors import DeviceUnavailableError
 
 
 def write_bundle(models: Mapping[str, str | os.PathLike], input_shapes: Mapping[str, list[int]],
-                 path: str | os.PathLike, meta: Mapping[str, dict] | None = None) -> Path:
+                 path: str | os.PathLike, meta: Mapping[str, dict] | None = None,
+                 model_inputs: Mapping[str, Mapping[str, list[int]]] | None = None) -> Path:
     """Write a profiling bundle (ONNX models + manifest) atomically; returns its path.
 
     Args:
@@ -29,6 +30,7 @@ def write_bundle(models: Mapping[str, str | os.PathLike], input_shapes: Mapping[
         input_shapes: input name -> shape used for every model.
         path: the .zip to write.
         meta: optional per-model metadata (e.g. the channel config) carried into the table.
+        model_inputs: optional per-model input shapes, overriding ``input_shapes``.
     """
     check_parameter(len(models) > 0, "models", "write_bundle", "a non-empty mapping", models)
     path = Path(path)
@@ -40,7 +42,8 @@ def write_bundle(models: Mapping[str, str | os.PathLike], input_shapes: Mapping[
             for i, (name, onnx_path) in enumerate(models.items()):
                 arc = f"models/{i:05d}.onnx"
                 z.write(onnx_path, arc)
-                manifest["models"].append({"name": name, "file": arc, "inputs": dict(input_shapes),
+                inputs = dict((model_inputs or {}).get(name, input_shapes))
+                manifest["models"].append({"name": name, "file": arc, "inputs": inputs,
                                            "meta": dict((meta or {}).get(name, {}))})
             z.writestr("manifest.json", json.dumps(manifest, indent=1))
         os.replace(tmp, path)
