@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PY) -m pip install --quiet -e ".[dev]"
 	touch $@
 
-.PHONY: install demo test test-slow zoo bench
+.PHONY: install demo test test-slow zoo bench bench-latency
 install: $(VENV)/.installed
 
 demo: $(VENV)/.installed  ## the main job on the built-in default
@@ -32,3 +32,6 @@ zoo: $(VENV)/.installed  ## coverage table over the torchvision zoo -> docs/zoo_
 
 bench: $(VENV)/.installed  ## channel-space speed benchmark -> docs/benchmarks.md
 	$(PY) benchmarks/bench_channel_space.py
+
+bench-latency: $(VENV)/.installed  ## latency predictor vs measured latency -> docs/latency_benchmark.md (~30 min)
+	$(PY) benchmarks/bench_latency.py

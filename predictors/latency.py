@@ -204,6 +204,7 @@ class LatencyPredictor:
             self.forests_[fam] = ForestModel.fit(X, np.log(np.asarray(ys[fam])), self.n_trees, self.max_depth,
                                                  seed=self.seed)
         self._cache: dict[tuple, float] = {}
+        self._layer_caches: dict[tuple, tuple] = {}
         self.overhead_ = {}
         samples = defaultdict(list)
         for t in tables:
@@ -226,7 +227,7 @@ class LatencyPredictor:
 
     def _overhead_features(self, nk: NetKernels, widths: np.ndarray) -> np.ndarray:
         raw, other, unaligned = nk.raw(widths, self.block_)
-        kernel_ms = sum(self._kernel_us(fam, r) for fam, r in raw.items()) / 1e3
+        kernel_ms = sum(self._layer_sum_us(nk, fam, r) for fam, r in raw.items()) / 1e3
         return np.column_stack([np.ones(len(widths)), kernel_ms, other / 1e6, unaligned / 1e6])
 
     def _kernel_us(self, family: str, raw: np.ndarray) -> np.ndarray:
@@ -255,6 +256,34 @@ class LatencyPredictor:
             for j, v in zip(missing, pred):
                 self._cache[(family,) + tuple(uniq[j].tolist())] = float(v)
         return vals[inv.reshape(-1)].reshape(n, k).sum(axis=1)
+
+    def _layer_sum_us(self, nk: NetKernels, family: str, raw: np.ndarray) -> np.ndarray:
+        """Like ``_kernel_us`` but cached per layer of one network: within a layer only the channel
+        counts (and so the groups) vary, so a sorted int64 key per layer turns a batch of configs into a
+        few ``searchsorted`` calls; only (cin, cout) pairs never seen go through the regressor."""
+        caches = self.__dict__.setdefault("_layer_caches", {})
+        n, k, _ = raw.shape
+        total = np.zeros(n)
+        var = (0, 1, 8) if family == "conv" else (0, 1, 2)
+        for j in range(k):
+            keys = (raw[:, j, var[0]].astype(np.int64) << 40) | (raw[:, j, var[1]].astype(np.int64) << 20) \
+                | raw[:, j, var[2]].astype(np.int64)
+            ck = (id(nk), family, j)
+            sk, sv = caches.get(ck, (np.zeros(0, np.int64), np.zeros(0)))
+            pos = np.searchsorted(sk, keys)
+            hit = (pos < len(sk)) & (sk[np.minimum(pos, len(sk) - 1)] == keys) if len(sk) else np.zeros(n, bool)
+            if not hit.all():
+                new_keys, first = np.unique(keys[~hit], return_index=True)
+                rows = raw[:, j, :][~hit][first]
+                vals = self._kernel_us(family, rows[:, None, :])
+                sk = np.concatenate([sk, new_keys])
+                sv = np.concatenate([sv, vals])
+                order = np.argsort(sk)
+                sk, sv = sk[order], sv[order]
+                caches[ck] = (sk, sv)
+                pos = np.searchsorted(sk, keys)
+            total += sv[pos]
+        return total
 
     # ---- prediction -----------------------------------------------------------------------
     def _check_fitted(self) -> None:
