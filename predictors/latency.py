@@ -188,13 +188,18 @@ class LatencyPredictor:
         exact: dict[tuple, list] = defaultdict(list)
         for t in tables:
             for rec in t.records:
+                # Kernel times come from a profiled session and drift with the machine's load between
+                # sessions; the whole-model median (>= 50 unprofiled runs) is the steadier number, so each
+                # record's kernel times are rescaled to add up to it (they keep their shares).
+                kernel_sum_us = sum(k["us"] for k in rec["kernels"])
+                scale = rec["median_ms"] * 1e3 / kernel_sum_us if kernel_sum_us > 0 else 1.0
                 for k in rec["kernels"]:
                     fr = raw_from_kernel(k)
                     if fr is None or k["us"] <= 0:
                         continue
                     rows[fr[0]].append(fr[1])
-                    ys[fr[0]].append(k["us"])
-                    exact[(fr[0],) + tuple(int(v) for v in fr[1])].append(k["us"])
+                    ys[fr[0]].append(k["us"] * scale)
+                    exact[(fr[0],) + tuple(int(v) for v in fr[1])].append(k["us"] * scale)
         self.fingerprint_ = fp
         self.block_ = _channel_block(rows.get("conv", []))
         self.exact_ = {key: float(np.median(v)) for key, v in exact.items()}
