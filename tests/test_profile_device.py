@@ -49,8 +49,9 @@ def test_runs_without_torch(bundle, tmp_path):
     check = subprocess.run([sys.executable, "-c", "import torch"], env=env, capture_output=True, text=True)
     assert check.returncode != 0 and "not installed" in check.stderr
     out = tmp_path / "board.json"
-    proc = _run([bundle, "--out", out, "--threads", 1, "--min-runs", 5], env)
+    proc = _run([bundle, "--out", out, "--threads", 1, "--min-runs", 5, "--batch", 4], env)
     assert proc.returncode == 0, proc.stderr
+    assert "batch of 4 saved" in proc.stderr and "batch of 2 saved" in proc.stderr
     table = json.loads(out.read_text())
     assert [r["model"] for r in table["records"]] == [f"m{i}" for i in range(6)]
     assert table["records"][0]["meta"] == {"family": "toy"}
@@ -61,8 +62,8 @@ def test_runs_without_torch(bundle, tmp_path):
 def test_killed_run_resumes_without_losing_or_repeating(bundle, tmp_path):
     env = _no_torch_env(tmp_path)
     out = tmp_path / "board.json"
-    proc = subprocess.Popen([sys.executable, str(SCRIPT), str(bundle), "--out", str(out), "--min-runs", "400"],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen([sys.executable, str(SCRIPT), str(bundle), "--out", str(out), "--min-runs", "400",
+                             "--batch", "1"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.time() + 120
     done = 0
     while time.time() < deadline:
@@ -85,8 +86,8 @@ def test_killed_run_resumes_without_losing_or_repeating(bundle, tmp_path):
 
 def test_ctrl_c_exits_cleanly(bundle, tmp_path):
     out = tmp_path / "board.json"
-    proc = subprocess.Popen([sys.executable, str(SCRIPT), str(bundle), "--out", str(out), "--min-runs", "400"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, str(SCRIPT), str(bundle), "--out", str(out), "--min-runs", "400",
+                             "--batch", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while time.time() < deadline and not out.exists():
         time.sleep(0.02)
