@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import fx, nn
 
-from .slim_layers import AttrSlice, ChannelPermute, Selection, take, unmake_slimmable
+from .slim_layers import AttrSlice, Selection, take, unmake_slimmable
 from .slimmable import SlimmableNetwork, _selection
 
 
@@ -133,4 +133,4 @@ def extract_subnet(net: SlimmableNetwork, config: Mapping[str, int] | None = Non
     return gm
 
 
-__all__ = ["extract_subnet", "ChannelPermute"]
+__all__ = ["extract_subnet"]

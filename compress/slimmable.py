@@ -97,6 +97,7 @@ class SlimmableNetwork(nn.Module):
     def _rewrite(self, gm: fx.GraphModule, res: CouplingResult, values: dict) -> None:
         nodes = {n.name: n for n in gm.graph.nodes}
         graph = gm.graph
+        self._perms: dict[str, np.ndarray] = {}
         for i, (node_name, (dim, parts)) in enumerate(res.splits.items()):
             n = nodes[node_name]
             mod_name = f"_slim_split_{i}"
@@ -113,7 +114,6 @@ class SlimmableNetwork(nn.Module):
                 new = graph.call_module(mod_name, (origin,))
             end.replace_all_uses_with(new)
             self._dims[("permute", mod_name)] = atoms
-            self._perms = getattr(self, "_perms", {})
             self._perms[mod_name] = perm
         i = 0
         for n in list(graph.nodes):

@@ -94,6 +94,7 @@ def main() -> None:
     ap.add_argument("--table", default="docs/zoo_coverage.md")
     ap.add_argument("--timeout", type=int, default=900, help="seconds per model")
     ap.add_argument("--models", nargs="*", help="only these models")
+    ap.add_argument("--include-large", action="store_true", help="also run the models left out for size")
     args = ap.parse_args()
     import torchvision
 
@@ -105,7 +106,7 @@ def main() -> None:
                 rec = json.loads(line)
                 results[rec["model"]] = rec
     names = args.models or torchvision.models.list_models(module=torchvision.models)
-    todo = [n for n in names if n not in results and n not in SKIP]
+    todo = [n for n in names if n not in results and (args.include_large or n not in SKIP)]
     print(f"{len(results)} done, {len(todo)} to run", flush=True)
     for i, name in enumerate(todo, 1):
         rec = {"model": name, **run_one(name, args.timeout)}
