@@ -44,7 +44,7 @@ class OrtCpuDevice:
         src = model if isinstance(model, bytes) else str(model)
         sess = ort.InferenceSession(src, pd.session_options(self.threads, self.opt_level),
                                     providers=["CPUExecutionProvider"])
-        feeds = pd._feeds(sess, input_shapes or {})
+        feeds = pd.random_feeds(sess, input_shapes or {})
         return Measurement.from_stats(pd.measure(lambda: sess.run(None, feeds), **protocol), self.fingerprint())
 
     def profile(self, model: str | os.PathLike | bytes, input_shapes: dict[str, list[int]] | None = None,

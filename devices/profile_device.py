@@ -144,7 +144,7 @@ def session_options(threads: int, opt_level: str, profile_prefix: str | None = N
     return so
 
 
-def _feeds(session, shapes: dict, seed: int = 0) -> dict:
+def random_feeds(session, shapes: dict, seed: int = 0) -> dict:
     import numpy as np
 
     rng = np.random.default_rng(seed)
@@ -161,7 +161,7 @@ def profile_model(model: bytes | str, shapes: dict, threads: int = 1, opt_level:
     import onnxruntime as ort
 
     sess = ort.InferenceSession(model, session_options(threads, opt_level), providers=["CPUExecutionProvider"])
-    feeds = _feeds(sess, shapes)
+    feeds = random_feeds(sess, shapes)
     total = measure(lambda: sess.run(None, feeds), **measure_kw)
     return {**total, "kernels": profile_kernels(model, shapes, threads, opt_level, kernel_runs)}
 
@@ -174,7 +174,7 @@ def profile_kernels(model: bytes | str, shapes: dict, threads: int = 1, opt_leve
     with tempfile.TemporaryDirectory() as tmp:
         prof = ort.InferenceSession(model, session_options(threads, opt_level, os.path.join(tmp, "p")),
                                     providers=["CPUExecutionProvider"])
-        feeds = _feeds(prof, shapes)
+        feeds = random_feeds(prof, shapes)
         for _ in range(5):
             prof.run(None, feeds)
         path = prof.end_profiling()  # discard warm-up events
@@ -301,7 +301,7 @@ def run(bundle: str, out: str, threads: int, opt_level: str, quiet: bool = False
             models = [z.read(e["file"]) for e in entries]
             sessions = [ort.InferenceSession(m, session_options(threads, opt_level), providers=["CPUExecutionProvider"])
                         for m in models]
-            feeds = [_feeds(s, e.get("inputs", {})) for s, e in zip(sessions, entries)]
+            feeds = [random_feeds(s, e.get("inputs", {})) for s, e in zip(sessions, entries)]
             runs = [lambda s=s, f=f: s.run(None, f) for s, f in zip(sessions, feeds)]
             totals = measure_interleaved(runs, min_runs=min_runs)
             del sessions, runs

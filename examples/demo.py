@@ -58,6 +58,21 @@ def main() -> None:
           f"onnxruntime matches torch at batch sizes {report.batch_sizes_checked}, "
           f"max |diff| = {report.max_abs_diff:.2e}")
 
+    # measured on this CPU with onnxruntime, 1 thread; both models timed in interleaved bursts so that the
+    # machine's slow phases hit them alike (compare the ratio, not absolute times across runs)
+    full_report = compress.export_onnx(model, x, out / "full.onnx")
+    shapes = {"input": list(x.shape)}
+    import onnxruntime as ort
+    from devices import profile_device as pd
+
+    sessions = [ort.InferenceSession(str(p), pd.session_options(1, "all"), providers=["CPUExecutionProvider"])
+                for p in (full_report.path, report.path)]
+    feeds = [pd.random_feeds(s, shapes) for s in sessions]
+    full_ms, sub_ms = (m["median_ms"] for m in pd.measure_interleaved(
+        [lambda s=s, f=f: s.run(None, f) for s, f in zip(sessions, feeds)]))
+    print(f"Measured latency (onnxruntime CPU, 1 thread, median of >= 50 runs): full {full_ms:.2f} ms, "
+          f"subnet {sub_ms:.2f} ms ({sub_ms / full_ms:.0%} of full; FLOPs {sub_flops / full:.0%} of full)")
+
     fm = net.flops_model()
     configs = [net.space.random_config(s) for s in range(400)]
     t = time.perf_counter()
