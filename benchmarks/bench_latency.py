@@ -29,6 +29,7 @@ import compress
 from compress.export import export_onnx
 from devices import get_device
 from predictors import LatencyPredictor, LatencyTable, profile_configs, profile_family
+from predictors.reference import corrected_ms
 from predictors.suite import profile_suite
 
 WITHIN = ("resnet18", "mobilenet_v2", "mobilenet_v3_small")
@@ -126,13 +127,13 @@ def main() -> None:
         pred = LatencyPredictor().fit([tables[fam]], nets={fam: nets[fam]})
         results["timing"][f"fit_{fam}_s"] = round(time.perf_counter() - t, 2)
         cfgs = [r["meta"]["config"] for r in tests[fam].records]
-        meas = np.array([r["median_ms"] for r in tests[fam].records])
+        meas = np.array([corrected_ms(r, pred.reference_ms_) for r in tests[fam].records])
         p = pred.predict_ms(nets[fam], cfgs, family=fam)
         # baseline: latency proportional to FLOPs, fitted on the training subnets
         fm = nets[fam].flops_model()
         tr = tables[fam].records
         f_tr = fm.flops_batch([r["meta"]["config"] for r in tr]).astype(float)
-        a, b = np.polyfit(f_tr, [r["median_ms"] for r in tr], 1)
+        a, b = np.polyfit(f_tr, [corrected_ms(r, pred.reference_ms_) for r in tr], 1)
         p_flops = a * fm.flops_batch(cfgs).astype(float) + b
         # baseline: sum of standalone layer latencies (first configs only: it is slow)
         cache: dict = {}
@@ -145,10 +146,10 @@ def main() -> None:
     pred = LatencyPredictor().fit([suite] + [tables[f] for f in WITHIN], nets={f: nets[f] for f in WITHIN})
     all_tr = [(f, r) for f in WITHIN for r in tables[f].records]
     f_all = np.array([nets[f].flops(r["meta"]["config"]) for f, r in all_tr], dtype=float)
-    a, b = np.polyfit(f_all, [r["median_ms"] for _, r in all_tr], 1)
+    a, b = np.polyfit(f_all, [corrected_ms(r, pred.reference_ms_) for _, r in all_tr], 1)
     for fam in CROSS:
         cfgs = [r["meta"]["config"] for r in tests[fam].records]
-        meas = np.array([r["median_ms"] for r in tests[fam].records])
+        meas = np.array([corrected_ms(r, pred.reference_ms_) for r in tests[fam].records])
         p = pred.predict_ms(nets[fam], cfgs)
         p_flops = a * nets[fam].flops_model().flops_batch(cfgs).astype(float) + b
         results["cross"][fam] = {"predictor": stats(p, meas), "flops_fitted": stats(p_flops, meas)}
@@ -211,7 +212,11 @@ def _table(results: dict, args, path: Path) -> None:
     lines = ["# Latency predictor vs measured latency", "",
              f"Command: `python benchmarks/bench_latency.py --resolution {args.resolution}`. Device: onnxruntime "
              f"{results['fingerprint']['runtime_version']} CPU ({results['fingerprint']['cpu']}), 1 thread, "
-             "median of >= 50 runs. Every test subnet is one the predictor never saw while fitting.", "",
+             "median of >= 50 runs, timed in interleaved batches of 8 beside a fixed reference model; every "
+             "measured latency is corrected to the common reference latency (ratio to the reference timed in "
+             "the same batch), because this shared machine drifts by 10-20% between batches "
+             "(docs/measurement_noise.md). The standalone-layer baseline is timed without that correction. "
+             "Every test subnet is one the predictor never saw while fitting.", "",
              "| test set / method | n | within +-10% | within +-5% | RMSPE | Spearman | bias |", "|---|---|---|---|---|---|---|"]
     for key in ("within", "cross"):
         for fam, r in results[key].items():

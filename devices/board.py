@@ -22,7 +22,9 @@ from .errors import DeviceUnavailableError
 
 def write_bundle(models: Mapping[str, str | os.PathLike], input_shapes: Mapping[str, list[int]],
                  path: str | os.PathLike, meta: Mapping[str, dict] | None = None,
-                 model_inputs: Mapping[str, Mapping[str, list[int]]] | None = None) -> Path:
+                 model_inputs: Mapping[str, Mapping[str, list[int]]] | None = None,
+                 reference: str | os.PathLike | None = None,
+                 reference_inputs: Mapping[str, list[int]] | None = None) -> Path:
     """Write a profiling bundle (ONNX models + manifest) atomically; returns its path.
 
     Args:
@@ -31,6 +33,8 @@ def write_bundle(models: Mapping[str, str | os.PathLike], input_shapes: Mapping[
         path: the .zip to write.
         meta: optional per-model metadata (e.g. the channel config) carried into the table.
         model_inputs: optional per-model input shapes, overriding ``input_shapes``.
+        reference: optional ONNX model timed in every batch, to correct for machine drift.
+        reference_inputs: its input shapes.
     """
     check_parameter(len(models) > 0, "models", "write_bundle", "a non-empty mapping", models)
     path = Path(path)
@@ -45,6 +49,9 @@ def write_bundle(models: Mapping[str, str | os.PathLike], input_shapes: Mapping[
                 inputs = dict((model_inputs or {}).get(name, input_shapes))
                 manifest["models"].append({"name": name, "file": arc, "inputs": inputs,
                                            "meta": dict((meta or {}).get(name, {}))})
+            if reference is not None:
+                z.write(reference, "reference.onnx")
+                manifest["reference"] = {"file": "reference.onnx", "inputs": dict(reference_inputs or {})}
             z.writestr("manifest.json", json.dumps(manifest, indent=1))
         os.replace(tmp, path)
     finally:

@@ -12,7 +12,9 @@ then at least 50 runs until the median is stable; median, p25, p75 and raw
 samples) and the time of every kernel as onnxruntime executes it (fused nodes of
 the optimised graph, from onnxruntime's profiler). Models are timed in batches
 (``--batch``), round-robin in short bursts, so that a slow phase of the machine
-does not land on one model only. Each finished batch is flushed to ``--out``
+does not land on one model only; if the bundle has a reference model it is
+timed in every batch too, and each record keeps ``reference_ms``, so that a
+machine that drifts between batches can be corrected for (compare ratios). Each finished batch is flushed to ``--out``
 atomically (temporary file, then rename), so a crash or Ctrl-C loses nothing
 finished, and running the same command again resumes with the models not yet
 measured.
@@ -295,6 +297,12 @@ def run(bundle: str, out: str, threads: int, opt_level: str, quiet: bool = False
     import onnxruntime as ort
 
     with zipfile.ZipFile(bundle) as z:
+        ref = None
+        if manifest.get("reference"):
+            r = manifest["reference"]
+            ref_sess = ort.InferenceSession(z.read(r["file"]), session_options(threads, opt_level),
+                                            providers=["CPUExecutionProvider"])
+            ref = (ref_sess, random_feeds(ref_sess, r.get("inputs", {})))
         for b in range(0, len(todo), batch):
             entries = todo[b:b + batch]
             start = time.perf_counter()
@@ -303,12 +311,17 @@ def run(bundle: str, out: str, threads: int, opt_level: str, quiet: bool = False
                         for m in models]
             feeds = [random_feeds(s, e.get("inputs", {})) for s, e in zip(sessions, entries)]
             runs = [lambda s=s, f=f: s.run(None, f) for s, f in zip(sessions, feeds)]
+            if ref is not None:  # the reference model is timed in every batch, interleaved with the others
+                runs.append(lambda: ref[0].run(None, ref[1]))
             totals = measure_interleaved(runs, min_runs=min_runs)
+            ref_ms = totals.pop()["median_ms"] if ref is not None else None
             del sessions, runs
             for k, (entry, model, total) in enumerate(zip(entries, models, totals)):
                 kernels = profile_kernels(model, entry.get("inputs", {}), threads, opt_level, kernel_runs)
-                table["records"].append({"model": entry["name"], "meta": entry.get("meta", {}), **total,
-                                         "kernels": kernels})
+                rec = {"model": entry["name"], "meta": entry.get("meta", {}), **total, "kernels": kernels}
+                if ref_ms is not None:
+                    rec["reference_ms"] = ref_ms
+                table["records"].append(rec)
                 if not quiet:
                     i = len(done) + b + k + 1
                     print(f"[{i}/{total_models}] {entry['name']}: {total['median_ms']:.3f} ms ({len(kernels)} kernels)",

@@ -27,6 +27,7 @@ from devices import profile_device as pd
 from .errors import CorruptTableError, NotFittedError, SchemaVersionError
 from .features import FAMILIES, raw_from_kernel
 from .forest import ForestModel
+from .reference import corrected_ms
 from .table import LatencyTable, check_fingerprint
 
 PREDICTOR_KIND = "compress-latency-predictor"
@@ -175,7 +176,8 @@ class LatencyPredictor:
         """Fit kernel regressors on every kernel of ``tables`` and the overhead on whole-model records.
 
         Records whose ``meta`` has ``family`` (a key of ``nets``) and ``config`` are
-        whole-model measurements of that network at that config.
+        whole-model measurements of that network at that config. Records timed beside a reference
+        model are first corrected to the median reference latency (``reference_ms_``).
         """
         tables = [tables] if isinstance(tables, LatencyTable) else list(tables)
         if not tables:
@@ -183,6 +185,9 @@ class LatencyPredictor:
         fp = tables[0].fingerprint
         for t in tables[1:]:
             check_fingerprint(fp, t.fingerprint, "A table passed to fit")
+        refs = [r["reference_ms"] for t in tables for r in t.records if r.get("reference_ms")]
+        self.reference_ms_ = float(np.median(refs)) if refs else None
+        R = self.reference_ms_
         rows: dict[str, list] = defaultdict(list)
         ys: dict[str, list] = defaultdict(list)
         exact: dict[tuple, list] = defaultdict(list)
@@ -192,7 +197,7 @@ class LatencyPredictor:
                 # sessions; the whole-model median (>= 50 unprofiled runs) is the steadier number, so each
                 # record's kernel times are rescaled to add up to it (they keep their shares).
                 kernel_sum_us = sum(k["us"] for k in rec["kernels"])
-                scale = rec["median_ms"] * 1e3 / kernel_sum_us if kernel_sum_us > 0 else 1.0
+                scale = corrected_ms(rec, R) * 1e3 / kernel_sum_us if kernel_sum_us > 0 else 1.0
                 for k in rec["kernels"]:
                     fr = raw_from_kernel(k)
                     if fr is None or k["us"] <= 0:
@@ -216,7 +221,7 @@ class LatencyPredictor:
             for rec in t.records:
                 fam, cfg = rec.get("meta", {}).get("family"), rec.get("meta", {}).get("config")
                 if nets and fam in nets and cfg is not None:
-                    samples[fam].append((cfg, rec["median_ms"]))
+                    samples[fam].append((cfg, corrected_ms(rec, R)))
         all_feats, all_y = [], []
         for fam, items in samples.items():
             nk = NetKernels(nets[fam])
@@ -325,7 +330,7 @@ class LatencyPredictor:
         pd.write_json_atomic(str(path), {
             "schema_version": PREDICTOR_SCHEMA_VERSION, "kind": PREDICTOR_KIND, "fingerprint": self.fingerprint_,
             "params": {"n_trees": self.n_trees, "max_depth": self.max_depth, "seed": self.seed},
-            "block": self.block_,
+            "block": self.block_, "reference_ms": self.reference_ms_,
             "forests": {k: f.to_dict() for k, f in self.forests_.items()},
             "exact": [[list(k), v] for k, v in self.exact_.items()],
             "overhead": self.overhead_, "global_overhead": self.global_overhead_})
@@ -349,6 +354,7 @@ class LatencyPredictor:
             p = cls(**d["params"])
             p.fingerprint_ = d["fingerprint"]
             p.block_ = int(d["block"])
+            p.reference_ms_ = d.get("reference_ms")
             p.forests_ = {k: ForestModel.from_dict(v) for k, v in d["forests"].items()}
             p.exact_ = {tuple(k): v for k, v in d["exact"]}
             p.overhead_ = d["overhead"]

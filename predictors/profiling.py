@@ -15,6 +15,7 @@ from compress.extract import extract_subnet
 from devices import profile_device as pd
 from devices.board import write_bundle
 
+from .reference import REFERENCE_INPUT, export_reference
 from .table import LatencyTable
 
 
@@ -39,7 +40,9 @@ def profile_configs(net, configs: Sequence[Mapping[str, int]], family: str, out:
     shapes = {"input": list(net.example_inputs[0].shape)}
     with tempfile.TemporaryDirectory() as tmp:
         paths, meta = export_configs(net, configs, family, tmp, start)
-        bundle = write_bundle(paths, shapes, Path(tmp) / "bundle.zip", meta)
+        ref = export_reference(Path(tmp) / "reference.onnx")
+        bundle = write_bundle(paths, shapes, Path(tmp) / "bundle.zip", meta, reference=ref,
+                              reference_inputs={"input": REFERENCE_INPUT})
         part = Path(tmp) / "part.json"
         pd.run(str(bundle), str(part), threads, opt_level, quiet=quiet, min_runs=min_runs)
         new = LatencyTable.load(part)

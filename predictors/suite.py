@@ -17,6 +17,7 @@ from compress.export import export_onnx
 from devices import profile_device as pd
 from devices.board import write_bundle
 
+from .reference import REFERENCE_INPUT, export_reference
 from .table import LatencyTable
 
 _CHANNELS = (8, 16, 24, 32, 40, 48, 64, 72, 96, 120, 144, 160, 192, 240, 256, 320, 384, 480, 512, 640, 960)
@@ -56,6 +57,8 @@ def profile_suite(out: str | os.PathLike, n: int = 120, threads: int = 1, min_ru
             export_onnx(m, torch.randn(*shape), p)
             paths[name], shapes_by[name] = str(p), list(shape)
         bundle = write_bundle(paths, {}, Path(tmp) / "suite.zip", meta={k: {"kind": "suite"} for k in paths},
-                              model_inputs={k: {"input": v} for k, v in shapes_by.items()})
+                              model_inputs={k: {"input": v} for k, v in shapes_by.items()},
+                              reference=export_reference(Path(tmp) / "reference.onnx"),
+                              reference_inputs={"input": REFERENCE_INPUT})
         pd.run(str(bundle), str(out), threads, "all", quiet=quiet, min_runs=min_runs)
     return LatencyTable.load(out)

@@ -27,6 +27,12 @@ def profiled(tmp_path_factory):
 def test_table_round_trip_and_merge(profiled, tmp_path):
     _, table, path = profiled
     assert len(table) == 8 and all(r["meta"]["family"] == "resnet18" for r in table.records)
+    # the reference model was timed in every batch: records carry its latency for drift correction
+    refs = [r["reference_ms"] for r in table.records]
+    assert all(x > 0 for x in refs) and len(set(refs)) == 1  # 8 configs: one batch
+    from predictors.reference import corrected_ms
+    rec = dict(table.records[0], reference_ms=2 * refs[0])
+    assert corrected_ms(rec, refs[0]) == rec["median_ms"] / 2
     again = LatencyTable.load(path)
     assert again.records == table.records and again.fingerprint == table.fingerprint
     other = LatencyTable(dict(table.fingerprint), [dict(table.records[0], model="extra")])
@@ -72,6 +78,7 @@ def test_predictor_fits_saves_and_loads(profiled, tmp_path):
     with pytest.raises(predictors.NotFittedError, match="not fitted yet"):
         LatencyPredictor().predict_ms(net, [net.space.max_config()])
     pred = LatencyPredictor(n_trees=10).fit(table, nets={"resnet18": net})
+    assert pred.reference_ms_ == pytest.approx(table.records[0]["reference_ms"])
     train = [r["meta"]["config"] for r in table.records]
     measured = np.array([r["median_ms"] for r in table.records])
     got = pred.predict_ms(net, train, family="resnet18")
