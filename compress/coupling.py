@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -215,9 +215,6 @@ class CouplingContext:
         )
 
 
-Handler = Callable[["Propagator", fx.Node, tuple, dict, Any], Any]
-
-
 class Propagator(fx.Interpreter):
     """Runs the graph on real inputs and lets the handler table propagate atoms."""
 
@@ -253,10 +250,6 @@ def propagate(gm: fx.GraphModule, inputs: tuple[torch.Tensor, ...], frozen_modul
     with torch.no_grad():
         prop.run(*inputs)
     return prop.ctx.result(), prop
-
-
-def tensor_meta(value: Any) -> TMeta | None:
-    return TMeta(tuple(value.shape)) if isinstance(value, torch.Tensor) else None
 
 
 __all__ = ["TMeta", "IdMeta", "Source", "FlopOp", "CouplingResult", "CouplingContext", "Propagator", "propagate"]
