@@ -19,3 +19,12 @@ from .flops import FlopReport, count_flops
 from .reorder import reorder_channels_
 
 __all__ += ["recalibrate_bn", "ExportReport", "export_onnx", "FlopReport", "count_flops", "reorder_channels_"]
+
+from .autoslim import BudgetUnreachableError, MislabelledDataError, NothingToSlimError, autoslim
+from .closed_loop import BudgetNotMetError
+from .result import SlimResult
+from .settings import AutoSlimSettings, SearchSettings, TrainSettings
+from .supernet import train_supernet
+
+__all__ += ["BudgetNotMetError", "BudgetUnreachableError", "MislabelledDataError", "NothingToSlimError", "autoslim",
+            "SlimResult", "AutoSlimSettings", "SearchSettings", "TrainSettings", "train_supernet"]

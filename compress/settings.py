@@ -1,0 +1,137 @@
+"""Settings of supernet training, greedy search and the one-call ``autoslim``, as JSON-round-tripping dataclasses."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from .errors import InvalidParameterError
+
+T = TypeVar("T", bound="JsonSettings")
+
+
+class JsonSettings:
+    """``to_dict``/``from_dict``/``to_json``/``from_json`` with named errors for unknown or mistyped keys."""
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1)
+
+    @classmethod
+    def from_dict(cls: type[T], data: dict) -> T:
+        if not isinstance(data, dict):
+            raise InvalidParameterError(f"{cls.__name__} needs a dict. Got {type(data).__name__} instead.")
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - set(fields))
+        if unknown:
+            raise InvalidParameterError(f"{cls.__name__} has no setting(s) {unknown}. Known: {sorted(fields)}.")
+        kwargs = {}
+        for name, value in data.items():
+            sub = _nested.get((cls.__name__, name))
+            kwargs[name] = sub.from_dict(value) if sub is not None and isinstance(value, dict) else value
+        obj = cls(**kwargs)
+        return obj
+
+    @classmethod
+    def from_json(cls: type[T], text: str) -> T:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise InvalidParameterError(f"{cls.__name__}.from_json got text that is not JSON: {e}.") from None
+        return cls.from_dict(data)
+
+    def _check(self, name: str, ok: bool, expected: str) -> None:
+        if not ok:
+            raise InvalidParameterError(
+                f"{type(self).__name__}.{name} must be {expected}. Got {getattr(self, name)!r} instead.")
+
+
+@dataclass
+class TrainSettings(JsonSettings):
+    """Slimmable supernet training (sandwich rule + inplace distillation)."""
+
+    epochs: float = 10.0
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    warmup_epochs: float = 0.5
+    num_subnets: int = 4              # largest + smallest + (n - 2) random per step
+    min_ratio: float = 0.25           # the smallest subnet is every group at this fraction of its width
+    distill: str = "kl"               # "kl", "alpha" (adaptive alpha-divergence) or "none" (labels for all)
+    alpha_min: float = -1.0
+    alpha_max: float = 1.0
+    beta: float = 5.0
+    checkpoint_every: int = 50        # optimizer steps between checkpoints (and at every epoch end)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        self._check("epochs", self.epochs > 0, "> 0")
+        self._check("lr", self.lr > 0, "> 0")
+        self._check("num_subnets", isinstance(self.num_subnets, int) and self.num_subnets >= 2, "an int >= 2")
+        self._check("min_ratio", 0 < self.min_ratio <= 1, "in (0, 1]")
+        self._check("distill", self.distill in ("kl", "alpha", "none"), "'kl', 'alpha' or 'none'")
+        self._check("alpha_min", self.alpha_min < 0, "< 0")
+        self._check("alpha_max", self.alpha_max > 0, "> 0")
+        self._check("beta", self.beta > 0, "> 0")
+        self._check("checkpoint_every", isinstance(self.checkpoint_every, int) and self.checkpoint_every > 0,
+                    "a positive int")
+
+
+@dataclass
+class SearchSettings(JsonSettings):
+    """Greedy slimming."""
+
+    step_ratio: float = 0.1           # one cut removes this fraction of a group's full width (rounded to its divisor)
+    calib_batches: int = 3            # BN recalibration batches per candidate (fixed, reused)
+    eval_batches: int = 2             # held-out batches per candidate score (fixed, reused)
+    fast_factor: float = 1.3          # while cost > fast_factor x target, apply several cuts per step
+    cuts_when_far: int = 3
+    full_rescore_every: int = 3       # score every group on every n-th step; in between only the best few
+    rescore_top: int = 4
+    overshoot: float = 0.85           # continue the path down to this fraction of the target (for the closed loop)
+    min_ratio: float = 0.25           # no group below this fraction of its width (what the supernet was trained on)
+
+    def __post_init__(self) -> None:
+        self._check("step_ratio", 0 < self.step_ratio < 1, "in (0, 1)")
+        self._check("calib_batches", isinstance(self.calib_batches, int) and self.calib_batches > 0, "an int > 0")
+        self._check("eval_batches", isinstance(self.eval_batches, int) and self.eval_batches > 0, "an int > 0")
+        self._check("fast_factor", self.fast_factor >= 1, ">= 1")
+        self._check("cuts_when_far", isinstance(self.cuts_when_far, int) and self.cuts_when_far >= 1, "an int >= 1")
+        self._check("full_rescore_every", isinstance(self.full_rescore_every, int) and self.full_rescore_every >= 1,
+                    "an int >= 1")
+        self._check("rescore_top", isinstance(self.rescore_top, int) and self.rescore_top >= 1, "an int >= 1")
+        self._check("overshoot", 0 < self.overshoot <= 1, "in (0, 1]")
+        self._check("min_ratio", 0 < self.min_ratio <= 1, "in (0, 1]")
+
+
+@dataclass
+class AutoSlimSettings(JsonSettings):
+    """Everything ``autoslim`` does besides the model, data, budget and device."""
+
+    train: TrainSettings = field(default_factory=TrainSettings)
+    search: SearchSettings = field(default_factory=SearchSettings)
+    divisor: int = 8
+    threads: int = 1                  # intra-op threads of the device measurements
+    pretrained: bool = False          # reorder channels by BN importance before training the supernet
+    finetune_epochs: float = 0.0      # fine-tune the chosen subnet, distilled from the supernet
+    finetune_lr: float = 0.01
+    profile_configs: int = 24         # subnets profiled in context to fit the latency predictor
+    max_measurements: int = 6         # closed loop: subnets exported and measured at most
+    min_budget_use: float = 0.85      # closed loop: try a larger subnet when measured < this x budget
+
+    def __post_init__(self) -> None:
+        self._check("divisor", isinstance(self.divisor, int) and self.divisor >= 1, "an int >= 1")
+        self._check("threads", isinstance(self.threads, int) and self.threads >= 1, "an int >= 1")
+        self._check("finetune_epochs", self.finetune_epochs >= 0, ">= 0")
+        self._check("profile_configs", isinstance(self.profile_configs, int) and self.profile_configs >= 4,
+                    "an int >= 4")
+        self._check("max_measurements", isinstance(self.max_measurements, int) and self.max_measurements >= 1,
+                    "an int >= 1")
+        self._check("min_budget_use", 0 < self.min_budget_use < 1, "in (0, 1)")
+
+
+_nested = {("AutoSlimSettings", "train"): TrainSettings, ("AutoSlimSettings", "search"): SearchSettings}
