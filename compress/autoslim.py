@@ -144,6 +144,7 @@ def autoslim(model: nn.Module, *, latency_ms: float | None = None, flops: float 
     full = {"flops": net.flops(full_cfg)}
     measurable = can_measure(device)
     full_reaches = False
+    floor_ms = None
     if latency_ms is not None and measurable:
         full["measured_ms"] = measure_module(device, extract_subnet(net, full_cfg), x1).median_ms
         floor_ms = measure_module(device, extract_subnet(net, floor_cfg), x1).median_ms
@@ -200,8 +201,12 @@ def autoslim(model: nn.Module, *, latency_ms: float | None = None, flops: float 
     notes: list[str] = []
     measurements: dict = {}
     ident = {"objective": cost.name, "groups": {g.name: g.width for g in space.free}}
-    path = greedy_slim(net, scorer, cost, budget, settings.search, path_file=work / "path.json", identity=ident,
-                       progress=progress)
+    search_target = budget
+    if latency_ms is not None and measurable:  # the predictor may run low: search deep enough for the device
+        worst = max(full["measured_ms"] / full_cost, floor_ms / floor_cost, 1.0)
+        search_target = budget / worst
+    path = greedy_slim(net, scorer, cost, search_target, settings.search, path_file=work / "path.json",
+                       identity=ident, progress=progress)
     if latency_ms is not None and measurable:
         index, meas = closed_loop(net, path, budget, device, settings.max_measurements, settings.min_budget_use,
                                   log=log)

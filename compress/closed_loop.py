@@ -41,51 +41,48 @@ def closed_loop(net, path: list[dict], budget_ms: float, device: Any, max_measur
                 min_use: float = 0.85, log: Callable[[str], None] = print) -> tuple[int, dict[int, Any]]:
     """Index of the path point to deploy and every measurement taken (index -> Measurement).
 
+    Path points are ordered from the largest subnet to the smallest. The walk keeps ``over`` (the last index known
+    over the budget) and ``under`` (the first index known under it); the next point is the largest one between them
+    whose prediction, scaled by the latest measured/predicted ratio, fits the budget, else the midpoint (bisection).
+
     Raises:
         BudgetNotMetError: every point tried measured over the budget (the message gives the numbers).
     """
     x = net.example_inputs
     measured: dict[int, Any] = {}
+    over, under = -1, None
     ratio = 1.0
-    best = None
 
-    def pick(lo: int, hi: int, largest: bool) -> int | None:
-        """A point in [lo, hi) predicted (times ratio) under budget: the largest such one, not yet measured."""
-        order = range(lo, hi) if largest else range(hi - 1, lo - 1, -1)
-        for j in order:
-            if path[j]["cost"] * ratio <= budget_ms and j not in measured:
-                return j
-        return None
+    def guess(lo: int, hi: int) -> int | None:
+        fits = [j for j in range(lo + 1, hi) if path[j]["cost"] * ratio <= budget_ms and j not in measured]
+        if fits:
+            return fits[0]
+        return (lo + hi) // 2 if hi - lo > 1 and (lo + hi) // 2 not in measured else None
 
-    i = pick(0, len(path), True)
-    if i is None:
-        i = len(path) - 1
-    while len(measured) < max_measurements and i is not None:
+    i = next((j for j, p in enumerate(path) if p["cost"] <= budget_ms), len(path) - 1)
+    while i is not None and len(measured) < max_measurements:
         m = measure_module(device, extract_subnet(net, path[i]["config"]), x)
         measured[i] = m
         ratio = m.median_ms / max(path[i]["cost"], 1e-9)
         log(f"  path point {i}: predicted {path[i]['cost']:.3f} ms, measured {m.median_ms:.3f} ms "
             f"(budget {budget_ms:.3f} ms)")
         if m.median_ms <= budget_ms:
-            best = i if best is None or i < best else best
-            if m.median_ms >= min_use * budget_ms:
-                break
-            i = pick(0, i, True)  # room left: try a larger subnet
+            under = i if under is None else min(under, i)
         else:
-            if best is not None and best == i + 1:
-                break
-            i = pick(i + 1, best if best is not None else len(path), True)
-            if i is None and best is None and len(measured) < max_measurements:
-                rest = [j for j in range(len(path)) if j not in measured and j > max(measured)]
-                i = rest[0] if rest else None
-    if best is None:
+            over = max(over, i)
+        if under is not None and measured[under].median_ms >= min_use * budget_ms:
+            break
+        i = guess(over, under if under is not None else len(path))
+        if under is None and i is None and over + 1 < len(path):
+            i = over + 1
+    if under is None:
         lines = ", ".join(f"point {k}: {v.median_ms:.3f} ms" for k, v in sorted(measured.items()))
         raise BudgetNotMetError(
             f"No subnet on the search path measured under the budget of {budget_ms:.3f} ms ({lines}). The path "
             f"ends at a predicted {path[-1]['cost']:.3f} ms; lower SearchSettings.overshoot so the search goes "
             "further, raise the budget, or check that the device is not busy.")
-    if measured[best].median_ms < min_use * budget_ms:
-        warnings.warn(f"The chosen subnet uses {measured[best].median_ms / budget_ms:.0%} of the latency budget "
-                      f"(less than {min_use:.0%}): the next larger subnet on the path measured over it.",
+    if measured[under].median_ms < min_use * budget_ms:
+        warnings.warn(f"The chosen subnet uses {measured[under].median_ms / budget_ms:.0%} of the latency budget "
+                      f"(less than {min_use:.0%}): the larger subnets tried on the path measured over it.",
                       stacklevel=2)
-    return best, measured
+    return under, measured
