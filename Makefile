@@ -15,10 +15,13 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PY) -m pip install --quiet -e ".[dev]"
 	touch $@
 
-.PHONY: install demo test test-slow zoo bench bench-latency
+.PHONY: install demo demo-space test test-slow zoo bench bench-latency bench-autoslim bench-autoslim-cifar
 install: $(VENV)/.installed
 
-demo: $(VENV)/.installed  ## the main job on the built-in default
+demo: $(VENV)/.installed  ## the main job: autoslim end to end on the shipped CIFAR-10 subset (~12 min)
+	$(PY) examples/autoslim_cifar.py
+
+demo-space: $(VENV)/.installed  ## channel space of mobilenet_v2: groups, FLOPs, extraction, ONNX, latency
 	$(PY) examples/demo.py
 
 test: $(VENV)/.installed  ## the default test run (well under 20 minutes)
@@ -35,3 +38,9 @@ bench: $(VENV)/.installed  ## channel-space speed benchmark -> docs/benchmarks.m
 
 bench-latency: $(VENV)/.installed  ## latency predictor vs measured latency -> docs/latency_benchmark.md (~30 min)
 	$(PY) benchmarks/bench_latency.py
+
+bench-autoslim: $(VENV)/.installed  ## measured latency vs budget, 2 families x 3 budgets -> docs/autoslim_budget.md
+	$(PY) benchmarks/bench_autoslim_budget.py
+
+bench-autoslim-cifar: $(VENV)/.installed  ## AutoSlim vs uniform width on full CIFAR-10 -> docs/autoslim_cifar.md
+	$(PY) benchmarks/bench_autoslim_cifar.py

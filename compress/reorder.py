@@ -84,6 +84,24 @@ def reorder_channels_(net: SlimmableNetwork, importance: str = "bn") -> dict[str
                 sel = g == gid
                 np.add.at(scores[gid], i[sel], s.numpy()[sel])
     perms = {gid: np.argsort(-sc, kind="stable") for gid, sc in scores.items()}
+    return permute_groups_(net, perms)
+
+
+def permutable_groups(net: SlimmableNetwork) -> set[int]:
+    """Ids of the groups whose channels can be permuted (every dim holds the group whole)."""
+    return _complete_groups(net)
+
+
+def permute_groups_(net: SlimmableNetwork, perms: dict[int, np.ndarray]) -> dict[str, list[int]]:
+    """Permute the channels of groups in place: ``perms[gid][j]`` is the old index put at position j.
+
+    Only groups from :func:`permutable_groups` may be given. Returns group name -> permutation.
+    """
+    ga = net.assignment
+    bad = set(perms) - _complete_groups(net)
+    check_parameter(not bad, "perms", "permute_groups_", "permutations of permutable groups only",
+                    sorted(ga.groups[g].name for g in bad))
+    modules = dict(net.graph_module.named_modules())
     with torch.no_grad():
         for key, atoms in net._dims.items():
             src = _source_positions(ga.atom_group[atoms], ga.atom_index[atoms], perms)
@@ -98,7 +116,7 @@ def reorder_channels_(net: SlimmableNetwork, importance: str = "bn") -> dict[str
                 owner = net.graph_module.get_submodule(owner_name) if owner_name else net.graph_module
                 t = getattr(owner, leaf)
                 t.data = t.data.index_select(modules[key[1]].dim, idx)
-    return {ga.groups[gid].name: p.tolist() for gid, p in perms.items()}
+    return {ga.groups[gid].name: np.asarray(p).tolist() for gid, p in perms.items()}
 
 
 def _source_positions(g: np.ndarray, i: np.ndarray, perms: dict[int, np.ndarray]) -> np.ndarray | None:
