@@ -20,7 +20,8 @@ from .reorder import reorder_channels_
 
 __all__ += ["recalibrate_bn", "ExportReport", "export_onnx", "FlopReport", "count_flops", "reorder_channels_"]
 
-from .autoslim import BudgetUnreachableError, MislabelledDataError, NothingToSlimError, autoslim
+from .autoslim import autoslim
+from .prepare import BudgetUnreachableError, MislabelledDataError, NothingToSlimError
 from .closed_loop import BudgetNotMetError
 from .result import SlimResult
 from .settings import AutoSlimSettings, SearchSettings, TrainSettings
@@ -28,3 +29,7 @@ from .supernet import train_supernet
 
 __all__ += ["BudgetNotMetError", "BudgetUnreachableError", "MislabelledDataError", "NothingToSlimError", "autoslim",
             "SlimResult", "AutoSlimSettings", "SearchSettings", "TrainSettings", "train_supernet"]
+
+from .dms import DMSSettings, dms
+
+__all__ += ["DMSSettings", "dms"]

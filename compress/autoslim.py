@@ -7,79 +7,23 @@ recalibrated (optionally fine-tuned) -> SlimResult (export_onnx gives a verified
 
 from __future__ import annotations
 
-import tempfile
-import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-import torch
 from torch import nn
 
 from .bn import recalibrate_bn
-from .closed_loop import can_measure, closed_loop, measure_module
-from .errors import CompressError, InvalidParameterError
+from .closed_loop import closed_loop, measure_module
 from .evaluate import CalibratedScorer, evaluate, take_batches
 from .extract import extract_subnet
 from .finetune import finetune
 from .greedy import first_within, greedy_slim
 from .objectives import FlopsCost, LatencyCost, fit_latency_predictor
+from .prepare import BudgetUnreachableError, _full_model_result, prepare
 from .reorder import reorder_channels_
 from .result import SlimResult
 from .settings import AutoSlimSettings
-from .slimmable import SlimmableNetwork
 from .supernet import train_supernet
-
-
-class BudgetUnreachableError(CompressError, ValueError):
-    """The budget is below what the smallest subnet of the space reaches."""
-
-
-class NothingToSlimError(CompressError, ValueError):
-    """The model has no channel group that can be narrowed."""
-
-
-class MislabelledDataError(InvalidParameterError):
-    """Loader labels do not fit the model's outputs (wrong dtype, shape or range)."""
-
-
-def _check_loader(loader: Iterable, what: str, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
-    if loader is None:
-        raise InvalidParameterError(f"autoslim needs a {what}_loader yielding (images, labels) batches. Got None.")
-    x, y = take_batches(loader, 1, what)[0]
-    if y.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8) or y.ndim != 1 or len(y) != len(x):
-        raise MislabelledDataError(
-            f"The {what} loader's labels must be a 1-D integer tensor of class indices, one per image. Got "
-            f"dtype {y.dtype} and shape {tuple(y.shape)} for {len(x)} images.")
-    if len(y) and (int(y.min()) < 0 or int(y.max()) >= num_classes):
-        raise MislabelledDataError(
-            f"The {what} loader has labels in [{int(y.min())}, {int(y.max())}] but the model outputs "
-            f"{num_classes} classes. Relabel the data as 0..{num_classes - 1} or give the model {num_classes} "
-            "outputs matching the data.")
-    return x, y
-
-
-def _resolve_device(device: Any, threads: int) -> Any:
-    if isinstance(device, str):
-        from devices import get_device
-
-        return get_device(device, threads=threads) if device != "board" else get_device(device)
-    return device
-
-
-def _full_model_result(net, full: dict, budget: float, unit: str, x1: tuple, val_loader: Iterable, work: Path,
-                       log: Callable[[str], None]) -> SlimResult:
-    warnings.warn(f"The budget ({budget:.4g} {unit}) is at or above the full model "
-                  f"({full.get('measured_ms', full['flops']):.4g} {unit}): returning the full model.", stacklevel=3)
-    cfg = net.space.max_config()
-    subnet = extract_subnet(net, cfg)
-    result = SlimResult(subnet=subnet, config=cfg, flops=full["flops"], predicted_ms=None,
-                        measured_ms=full.get("measured_ms"), top1=evaluate(subnet, val_loader)["top1"],
-                        budget=float(budget), unit=unit, path=[{"step": 0, "config": cfg, "flops": full["flops"]}],
-                        example_inputs=x1, full=full, notes=["budget at or above the full model: full model returned"],
-                        supernet=net)
-    result.save(work / "result.json")
-    log(str(result))
-    return result
 
 
 def autoslim(model: nn.Module, *, latency_ms: float | None = None, flops: float | None = None,
@@ -110,65 +54,15 @@ def autoslim(model: nn.Module, *, latency_ms: float | None = None, flops: float 
         BudgetNotMetError: no subnet on the path measured under the latency budget.
     """
     settings = settings or AutoSlimSettings()
-    if (latency_ms is None) == (flops is None):
-        raise InvalidParameterError("autoslim needs exactly one budget: latency_ms=... or flops=... "
-                                    f"Got latency_ms={latency_ms!r}, flops={flops!r}.")
-    budget = latency_ms if latency_ms is not None else flops
-    if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not budget > 0:
-        raise InvalidParameterError(f"The budget must be a positive number. Got {budget!r}.")
-    device = _resolve_device(device, settings.threads)
-    work = Path(work_dir) if work_dir is not None else Path(tempfile.mkdtemp(prefix="autoslim-"))
-    work.mkdir(parents=True, exist_ok=True)
-
-    # ---- model and data -------------------------------------------------------------------------------------
-    if isinstance(model, SlimmableNetwork):
-        net = model
-        x1 = net.example_inputs
-    else:
-        x0, _ = take_batches(train_loader, 1, "train")[0]
-        x1 = (x0[:1].clone(),)
-        net = SlimmableNetwork(model, x1, divisor=settings.divisor)
-    with torch.no_grad():
-        num_classes = int(net.eval()(*x1).shape[-1])
-    _check_loader(train_loader, "train", num_classes)
-    _check_loader(val_loader, "val", num_classes)
-    if len(net.space) == 0:
-        raise NothingToSlimError(
-            f"{type(model).__name__} has no channel group that can be narrowed: {net.space.summary()} "
-            "Check the frozen reasons above (unsupported ops, ignore=...).")
-
-    # ---- budget checks (measured first: no predictor needed to refuse an impossible budget) ---------------------
+    prep = prepare("autoslim", model, latency_ms, flops, device, train_loader, val_loader, settings.divisor,
+                   settings.threads, settings.search.min_ratio, work_dir, log)
+    if prep.full_result is not None:
+        return prep.full_result
+    net, x1, device, budget, work = prep.net, prep.x1, prep.device, prep.budget, prep.work
+    measurable, full, floor_ms, floor_cfg = prep.measurable, prep.full, prep.floor_ms, prep.floor_cfg
+    latency_ms = budget if prep.latency else None
     space = net.space
-    floor_cfg = space.uniform_config(settings.search.min_ratio)
     full_cfg = space.max_config()
-    full = {"flops": net.flops(full_cfg)}
-    measurable = can_measure(device)
-    full_reaches = False
-    floor_ms = None
-    if latency_ms is not None and measurable:
-        full["measured_ms"] = measure_module(device, extract_subnet(net, full_cfg), x1).median_ms
-        floor_ms = measure_module(device, extract_subnet(net, floor_cfg), x1).median_ms
-        log(f"measured: full model {full['measured_ms']:.3f} ms, smallest subnet (every group at "
-            f"{settings.search.min_ratio:.0%}) {floor_ms:.3f} ms; budget {budget:.3f} ms")
-        if budget < floor_ms:
-            raise BudgetUnreachableError(
-                f"The budget of {budget:.3f} ms is below the smallest subnet's measured latency of {floor_ms:.3f} ms "
-                f"(every group at {settings.search.min_ratio:.0%} width). Raise the budget to at least "
-                f"{floor_ms:.3f} ms, lower SearchSettings.min_ratio and TrainSettings.min_ratio, or use a "
-                "smaller model.")
-        full_reaches = full["measured_ms"] <= budget
-    elif latency_ms is None:
-        floor_flops = net.flops(floor_cfg)
-        if budget < floor_flops:
-            raise BudgetUnreachableError(
-                f"The budget of {budget:.4g} FLOPs is below the smallest subnet's {floor_flops:.4g} FLOPs (every "
-                f"group at {settings.search.min_ratio:.0%} width). Raise the budget to at least {floor_flops:.4g}, "
-                "or lower SearchSettings.min_ratio and TrainSettings.min_ratio.")
-        full_reaches = full["flops"] <= budget
-
-    if full_reaches:
-        return _full_model_result(net, full, budget, "ms" if latency_ms is not None else "FLOPs", x1, val_loader,
-                                  work, log)
 
     # ---- cost model ---------------------------------------------------------------------------------------------
     if latency_ms is not None:

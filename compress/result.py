@@ -28,6 +28,7 @@ class SlimResult:
         measurements: every closed-loop measurement (path index -> median, p25, p75 ms).
         full: the same numbers for the full-width network.
         supernet: the trained slimmable network the subnet was cut from (left at full width).
+        removed_blocks: residual blocks a depth search dropped (add nodes of the traced graph).
     """
 
     subnet: nn.Module
@@ -44,6 +45,7 @@ class SlimResult:
     full: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     supernet: Any = field(default=None, repr=False)
+    removed_blocks: list[str] = field(default_factory=list)
 
     def export_onnx(self, path: str | os.PathLike, **kwargs: Any) -> ExportReport:
         """Export the subnet to ONNX, checked with onnx.checker and compared with onnxruntime (atomic write)."""
@@ -53,7 +55,8 @@ class SlimResult:
         """Everything but the module and the path, as plain JSON-able values."""
         return {"config": self.config, "flops": self.flops, "predicted_ms": self.predicted_ms,
                 "measured_ms": self.measured_ms, "top1": self.top1, "budget": self.budget, "unit": self.unit,
-                "measurements": self.measurements, "full": self.full, "notes": self.notes}
+                "measurements": self.measurements, "full": self.full, "notes": self.notes,
+                "removed_blocks": self.removed_blocks}
 
     def save(self, path: str | os.PathLike) -> None:
         """Summary and path as JSON (atomic)."""

@@ -124,6 +124,10 @@ def remove_blocks_(gm: fx.GraphModule, removed: set[str]) -> int:
             n.replace_all_uses_with(skip)
             gm.graph.erase_node(n)
             count += 1
+    if count:  # an in-place activation that followed a removed add would now overwrite the shared skip tensor
+        for m in gm.modules():
+            if getattr(m, "inplace", False) is True:
+                m.inplace = False
     gm.graph.eliminate_dead_code()
     gm.delete_all_unused_submodules()
     gm.graph.lint()

@@ -22,6 +22,14 @@ from .topk import DifferentiableTopK
 NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)
 
 
+def op_kind(op) -> str:
+    """Cost family of a FLOPs op, for the latency surrogate: depthwise / grouped convs apart from dense ones."""
+    if op.kind == "conv":
+        k = op.params.get("kernel", 1)
+        return ("conv_grouped" if op.params.get("gs") else "conv") + ("_1x1" if k == 1 else "")
+    return op.kind
+
+
 class DMSNetwork(nn.Module):
     """Wraps a SlimmableNetwork (at full width) with DMS channel and depth masks.
 
@@ -110,6 +118,18 @@ class DMSNetwork(nn.Module):
         for t in list(self.channel_topk) + list(self.block_topk):
             t.update_importance()
 
+    def topk_state(self) -> dict:
+        """Pruning ratios and importances of every top-k (to come back to a searched structure)."""
+        return {"channels": self.channel_topk.state_dict(), "blocks": self.block_topk.state_dict()}
+
+    def load_topk_state(self, state: dict) -> None:
+        self.channel_topk.load_state_dict(state["channels"])
+        self.block_topk.load_state_dict(state["blocks"])
+
+    def project_ratios_(self) -> None:
+        for t in list(self.channel_topk) + list(self.block_topk):
+            t.project_()
+
     def structure_parameters(self) -> list[nn.Parameter]:
         return [t.a for t in list(self.channel_topk) + list(self.block_topk)]
 
@@ -125,13 +145,14 @@ class DMSNetwork(nn.Module):
             for j, blk in enumerate(stage):
                 for name in blk.nodes | {blk.add}:  # the add goes with the block
                     gate_of[name] = (s, j)
-        terms = []  # (coef, spec u or -1, spec v or -1, gate (s, j) or None)
+        terms = []  # (coef, spec u or -1, spec v or -1, gate (s, j) or None, op kind)
         for op in self.net.coupling.flop_ops:
             poly: Poly = FLOP_FORMULAS[op.kind](op, counter.spec)
             g = gate_of.get(op.node.name)
+            kind = op_kind(op)
             for k, c in poly.terms.items():
                 if c:
-                    terms.append((c, k[0] if len(k) > 0 else -1, k[1] if len(k) > 1 else -1, g))
+                    terms.append((c, k[0] if len(k) > 0 else -1, k[1] if len(k) > 1 else -1, g, kind))
         n_specs = len(counter._runs)
         total_pos = ones + 1
         S = torch.zeros(n_specs + 1, total_pos)  # row n_specs: the constant 1
@@ -148,28 +169,48 @@ class DMSNetwork(nn.Module):
         self._v = torch.tensor([t[2] if t[2] >= 0 else n_specs for t in terms])
         stage_index = {(s, j): s * 1000 + j for s, st in enumerate(self.stages) for j in range(len(st))}
         self._gate = [stage_index[t[3]] if t[3] is not None else -1 for t in terms]
+        self.kinds = sorted({t[4] for t in terms})
+        self._kind = torch.tensor([self.kinds.index(t[4]) for t in terms])
         self._constant = float(fm.constant)
+        self._counter = counter
 
-    def soft_flops(self) -> torch.Tensor:
-        """Expected FLOPs under the current soft masks (differentiable in every pruning ratio)."""
-        masks = torch.cat([t() for t in self.channel_topk] + [torch.ones(1)])
+    def _soft_terms(self) -> torch.Tensor:
+        masks = torch.cat([t(record=False) for t in self.channel_topk] + [torch.ones(1)])
         counts = self._S @ masks
         val = self._coef.float() * counts[self._u] * counts[self._v]
         if self.stages:
-            bm = [t() for t in self.block_topk]
+            bm = [t(record=False) for t in self.block_topk]
             gates = torch.stack([bm[g // 1000][g % 1000] if g >= 0 else torch.ones(()) for g in self._gate])
             val = val * gates
-        return val.sum() + self._constant
+        return val
+
+    def soft_flops(self) -> torch.Tensor:
+        """Expected FLOPs under the current soft masks (differentiable in every pruning ratio)."""
+        return self._soft_terms().sum() + self._constant
+
+    def soft_features(self) -> torch.Tensor:
+        """Expected FLOPs per op kind (``self.kinds``) under the current soft masks."""
+        return torch.zeros(len(self.kinds)).index_add(0, self._kind, self._soft_terms())
+
+    def features_of_widths(self, widths: np.ndarray) -> np.ndarray:
+        """FLOPs per op kind for an (n, groups) array of hard group widths (all blocks kept)."""
+        counts = self._counter.counts(np.asarray(widths, dtype=np.int64)).astype(np.float64)
+        counts = np.concatenate([counts, np.ones((len(counts), 1))], axis=1)
+        val = self._coef.numpy() * counts[:, self._u.numpy()] * counts[:, self._v.numpy()]
+        out = np.zeros((len(counts), len(self.kinds)))
+        np.add.at(out.T, self._kind.numpy(), val.T)
+        return out
 
     # ---- the hard result --------------------------------------------------------------------------------------
     def hard_widths(self) -> dict[str, int]:
-        """Each group's kept count rounded up to its divisor (a valid config of the space)."""
+        """Each group's kept count rounded to the nearest width the group allows (a valid config of the space);
+        the soft counts do not know the divisor, so rounding to nearest keeps hard and soft cost close."""
         cfg = {}
         for gid, t in zip(self.group_ids, self.channel_topk):
             g = self.net.space.groups[gid]
             k = t.k()
-            allowed = g.allowed_widths()
-            cfg[g.name] = next((w for w in allowed if w >= k), g.width)
+            allowed = np.array(g.allowed_widths())
+            cfg[g.name] = int(allowed[np.argmin(np.abs(allowed - k) - 1e-6 * allowed)])
         return cfg
 
     def removed_blocks(self) -> list[str]:
@@ -202,7 +243,11 @@ class DMSNetwork(nn.Module):
 def extract_with_depth(net, config: dict, removed: list[str]):
     """The physically smaller subnet: channels sliced to ``config``, removed blocks replaced by their skip."""
     from ..extract import extract_subnet
+    from .blocks import BlockGate
 
+    for m in net.graph_module.modules():
+        if isinstance(m, BlockGate):
+            m.value = None  # a search's gate values are not part of the subnet
     sub = extract_subnet(net, config)
     for m in sub.modules():
         for hid, fn in list(m._forward_hooks.items()):

@@ -49,8 +49,14 @@ class DifferentiableTopK(nn.Module):
         return 1.0 - self.min_keep / self.n
 
     def ratio(self) -> torch.Tensor:
-        """The pruning ratio a, clamped to [0, 1 - min_keep / n] (gradient flows inside the range)."""
-        return self.a.clamp(0.0, self.max_ratio)
+        """The pruning ratio a, clamped to [0, 1 - min_keep / n]; the gradient passes the bounds unchanged, so a
+        ratio sitting at 0 can still be pushed up (searches also project ``a`` back into range after each step)."""
+        return self.a + (self.a.clamp(0.0, self.max_ratio) - self.a).detach()
+
+    @torch.no_grad()
+    def project_(self) -> None:
+        """Put ``a`` back into [0, 1 - min_keep / n]."""
+        self.a.clamp_(0.0, self.max_ratio)
 
     def ranks(self) -> torch.Tensor:
         """c'_i = (r_i + 1/2) / n, r_i = the number of elements less important than element i."""
@@ -59,12 +65,14 @@ class DifferentiableTopK(nn.Module):
         r[order] = torch.arange(self.n, dtype=torch.float32, device=order.device)
         return (r + 0.5) / self.n
 
-    def forward(self) -> torch.Tensor:
-        """The soft mask m (kept for the importance update; its gradient is retained)."""
+    def forward(self, record: bool = True) -> torch.Tensor:
+        """The soft mask m. With ``record``, it is kept (gradient retained) for the next importance update: record
+        the mask the network runs with, not the ones a cost model evaluates."""
         m = torch.sigmoid(self.lam * (self.ranks() - self.ratio()))
-        if m.requires_grad:
-            m.retain_grad()
-        self._mask = m
+        if record:
+            if m.requires_grad:
+                m.retain_grad()
+            self._mask = m
         return m
 
     @torch.no_grad()
