@@ -38,3 +38,38 @@ def test_dms_bad_inputs(loaders):
         dms(cifar_resnet(8), flops=1e6, train_loader=train, val_loader=val, pipeline="nas")
     with pytest.raises(InvalidParameterError, match="exactly one budget"):
         dms(cifar_resnet(8), train_loader=train, val_loader=val)
+
+
+def test_latency_surrogate_recovers_a_known_cost_model():
+    """Fitted on a cost that is linear in the FLOPs of each op kind, the surrogate is exact, also under masks."""
+    from compress import SlimmableNetwork
+    from compress.dms.masked import DMSNetwork
+    from compress.dms.surrogate import fit_latency_surrogate
+
+    net = SlimmableNetwork(cifar_resnet(20), torch.zeros(1, 3, 32, 32))
+    d = DMSNetwork(net)
+    w = torch.linspace(1.0, 2.0, len(d.kinds)).double().numpy() * 1e-6
+
+    def truth(configs):
+        return 0.2 + d.features_of_widths([net.space.widths(c) for c in configs]) @ w
+
+    sur = fit_latency_surrogate(d, truth, n=80)
+    assert sur.holdout_max_rel_err < 1e-6
+    cfg = net.space.uniform_config(0.5)
+    assert float(sur(torch.from_numpy(d.features_of_widths([net.space.widths(cfg)])[0]))) == \
+        pytest.approx(float(truth([cfg])[0]), rel=1e-6)
+    assert float(sur(d.soft_features())) < float(truth([net.space.max_config()])[0]) * 1.0001
+
+
+def test_no_residual_stage_skips_depth_with_a_note(loaders, tmp_path):
+    train, val = loaders
+    plain = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 32, 3, padding=1), torch.nn.BatchNorm2d(32), torch.nn.ReLU(),
+        torch.nn.Conv2d(32, 64, 3, stride=2, padding=1), torch.nn.BatchNorm2d(64), torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(64, 10))
+    full = count_flops(plain, torch.zeros(1, 3, 32, 32)).total
+    res = dms(plain, flops=0.6 * full, train_loader=train, val_loader=val, pipeline="search_only",
+              settings=DMSSettings(epochs=2, lambda_resource=5.0), work_dir=tmp_path, progress=False,
+              log=lambda s: None)
+    assert any("depth search skipped" in n for n in res.notes)
+    assert res.flops <= 0.6 * full and not res.removed_blocks
