@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", default="cifar_resnet20", help="built-in model (cifar_resnet20, cifar_mobilenet_v2)")
     ap.add_argument("--width", type=float, default=2.0, help="width multiplier of the built-in model")
     ap.add_argument("--budget", type=float, default=0.5, help="latency budget as a fraction of the full model's")
-    ap.add_argument("--epochs", type=float, default=2.0, help="supernet training epochs")
+    ap.add_argument("--epochs", type=float, default=1.5, help="supernet training epochs")
     ap.add_argument("--distill", default="kl", choices=["kl", "alpha", "none"])
     ap.add_argument("--data", default=str(SHIPPED_CIFAR), help="ImageFolder .tar.gz or folder with train/ and test/")
     ap.add_argument("--out", default="out/autoslim_demo")

@@ -63,7 +63,7 @@ def test_latency_budget_end_to_end_is_measured_under_budget(loaders, tmp_path):
     model = cifar_resnet(14, width=2.0)
     dev = get_device("cpu", threads=1)
     full_ms = measure_module(dev, model.eval(), (torch.zeros(1, 3, 32, 32),)).median_ms
-    settings = _settings()
+    settings = _settings(overshoot=0.7)  # room below the budget for a noisy machine
     settings.profile_configs = 8
     settings.train.epochs = 0.5
     res = autoslim(model, latency_ms=0.6 * full_ms, device=dev, train_loader=train, val_loader=val,
