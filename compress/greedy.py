@@ -30,6 +30,19 @@ class SearchResumeError(CompressError, ValueError):
     """A saved search path belongs to another network, objective or target."""
 
 
+def _least_damage(cur: dict, cur_cost: float):
+    """AutoSlim's rule: the cut after which the held-out score is highest (lower loss breaks ties)."""
+    return lambda r: (-r[0]["top1"], r[0]["loss"])
+
+
+def _damage_per_cost(cur: dict, cur_cost: float):
+    """Held-out loss added per unit of cost saved: prefers cuts that buy the most cost for the least damage."""
+    return lambda r: ((r[0]["loss"] - cur["loss"]) / max(cur_cost - r[3], 1e-12), -r[0]["top1"])
+
+
+CRITERIA = {"score": _least_damage, "score_per_cost": _damage_per_cost}
+
+
 def _bins_and_floors(space, settings: SearchSettings) -> tuple[dict, dict]:
     bins, floors = {}, {}
     for g in space.free:
@@ -134,7 +147,7 @@ def greedy_slim(net, score: ScoreFn, cost: CostFn, target: float, settings: Sear
                 top = set(prev[:settings.rescore_top])
                 useful = [u for u in useful if u[0] in top] or useful
             results = [(score(c), n, c, k) for n, c, k in useful]
-            results.sort(key=lambda r: (-r[0]["top1"], r[0]["loss"]))
+            results.sort(key=CRITERIA[settings.criterion](path[-1], cur_cost))
             ranking = [r[1] for r in results]
             if lazy:
                 ranking += [n for n in prev if n not in ranking]

@@ -94,8 +94,10 @@ class SearchSettings(JsonSettings):
     rescore_top: int = 4
     overshoot: float = 0.85           # continue the path down to this fraction of the target (for the closed loop)
     min_ratio: float = 0.25           # no group below this fraction of its width (what the supernet was trained on)
+    criterion: str = "score"          # "score" (AutoSlim: least damage) or "score_per_cost" (damage per cost saved)
 
     def __post_init__(self) -> None:
+        self._check("criterion", self.criterion in ("score", "score_per_cost"), "'score' or 'score_per_cost'")
         self._check("step_ratio", 0 < self.step_ratio < 1, "in (0, 1)")
         self._check("calib_batches", isinstance(self.calib_batches, int) and self.calib_batches > 0, "an int > 0")
         self._check("eval_batches", isinstance(self.eval_batches, int) and self.eval_batches > 0, "an int > 0")

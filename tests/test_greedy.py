@@ -98,3 +98,21 @@ def test_interrupted_search_resumes_to_the_same_path(net, tmp_path):
     assert [p["config"] for p in again] == [p["config"] for p in ref]
     with pytest.raises(SearchResumeError, match="Delete it"):
         greedy_slim(net, KnownScore(net), cost, 0.4 * target, path_file=f, progress=False)
+
+
+def test_damage_per_cost_prefers_cuts_that_buy_more_cost(net):
+    """Two harmless-looking groups: the per-cost criterion cuts the one whose removal saves the most FLOPs."""
+    cost = FlopsCost(net)
+    full_cfg = net.space.max_config()
+    full = cost([full_cfg])[0]
+
+    class EqualDamage:
+        def __call__(self, cfg):  # every cut costs the same loss, whatever it saves
+            lost = sum(1.0 for k in cfg if cfg[k] != full_cfg[k])
+            return {"top1": 100.0 - lost, "loss": lost}
+
+    s = SearchSettings(criterion="score_per_cost", fast_factor=100.0)
+    path = greedy_slim(net, EqualDamage(), cost, 0.9 * full, s, progress=False)
+    first = [k for k in path[1]["config"] if path[1]["config"][k] != full_cfg[k]][0]
+    cuts = cheapest_useful_cuts(net.space, full_cfg, full, cost, s)
+    assert first == min(cuts, key=lambda c: c[2])[0]  # the cut with the lowest resulting cost
