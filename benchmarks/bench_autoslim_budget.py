@@ -102,21 +102,31 @@ def main(argv: list[str] | None = None) -> int:
 
 def write_markdown(rows: list[dict], path: Path, fingerprint: dict) -> None:
     lines = ["# AutoSlim: measured latency against the budget", "",
-             "Command: `python benchmarks/bench_autoslim_budget.py` (onnxruntime CPU, 1 thread; budgets are fractions "
-             "of the full model's measured latency). `re-measured` is a fresh measurement of the exported ONNX, "
-             "independent of the closed loop; `interleaved` is subnet/full timed in alternation (drift-free ratio).",
-             "", f"Device: {fingerprint.get('cpu', '?')}, onnxruntime {fingerprint.get('onnxruntime', '?')}", "",
-             "| family | budget | budget ms | predicted ms | closed-loop ms | re-measured ms | use of budget | "
-             "interleaved ratio | under | >= 85% | MFLOPs (full) | search s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "Command: `python benchmarks/bench_autoslim_budget.py --epochs 1` (onnxruntime CPU, 1 thread; budgets are "
+             "fractions of the full model's measured latency; supernets trained 1 epoch on the shipped subset: the "
+             "budget check is about latency, not accuracy).", "",
+             "- `closed-loop ms`: what autoslim measured for the chosen subnet before returning it.",
+             "- `re-measured ms`: a fresh measurement of the exported ONNX, minutes later.",
+             "- `ratio`: subnet / full model timed interleaved in one run, free of machine drift; judged against the "
+             "budget fraction (`under`: ratio <= fraction; `>= 85%`: ratio >= 0.85 x fraction).", "",
+             f"Device: {fingerprint.get('cpu', '?')}, onnxruntime {fingerprint.get('runtime_version', '?')}, {fingerprint.get('threads', '?')} thread(s)", "",
+             "| family | budget | budget ms | predicted ms | closed-loop ms | re-measured ms | ratio | under | >= 85% | "
+             "MFLOPs (full) | search s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    ok = 0
     for r in rows:
-        lines.append(f"| {r['family']} | {r['budget_fraction']:.0%} | {r['budget_ms']:.3f} | {r['predicted_ms']:.3f} | "
-                     f"{r['closed_loop_ms']:.3f} | {r['remeasured_ms']:.3f} | {r['use_of_budget']:.0%} | "
-                     f"{r['interleaved_ratio']:.2f} | {'yes' if r['under_budget'] else 'NO'} | "
-                     f"{'yes' if r['uses_85pct'] else 'NO'} | {r['flops'] / 1e6:.1f} ({r['full_flops'] / 1e6:.1f}) | "
-                     f"{r['search_s']:.0f} |")
-    ok = sum(r["under_budget"] and r["uses_85pct"] for r in rows)
-    lines += ["", f"{ok} of {len(rows)} runs under the budget and using >= 85% of it."]
+        frac, ratio = r["budget_fraction"], r["interleaved_ratio"]
+        under, used = ratio <= frac, ratio >= 0.85 * frac
+        ok += under and used
+        lines.append(f"| {r['family']} | {frac:.0%} | {r['budget_ms']:.3f} | {r['predicted_ms']:.3f} | "
+                     f"{r['closed_loop_ms']:.3f} | {r['remeasured_ms']:.3f} | {ratio:.3f} | "
+                     f"{'yes' if under else 'NO'} | {'yes' if used else 'NO'} | "
+                     f"{r['flops'] / 1e6:.1f} ({r['full_flops'] / 1e6:.1f}) | {r['search_s']:.0f} |")
+    closed = sum(r["closed_loop_ms"] <= r["budget_ms"] for r in rows)
+    fresh = sum(r["remeasured_ms"] <= r["budget_ms"] for r in rows)
+    lines += ["", f"{ok} of {len(rows)} runs under the budget and using >= 85% of it by the drift-free ratio; "
+              f"{closed} of {len(rows)} under it by the closed-loop measurement, {fresh} of {len(rows)} by the "
+              "fresh re-measurement (this shared machine drifts 15-30% between runs: docs/measurement_noise.md)."]
     path.write_text("\n".join(lines) + "\n")
 
 
