@@ -1,6 +1,6 @@
 """AutoSlim end to end on a built-in default: CIFAR-10 subset shipped with the project, a ResNet-20 (x2 width).
 
-    python examples/autoslim_cifar.py                      # ~10 minutes on 2 cores
+    python examples/autoslim_cifar.py                      # ~11 minutes on 2 cores
     python examples/autoslim_cifar.py --budget 0.35 --epochs 5 --data ../shared/data/cifar10-jpg.tar.gz
 
 Trains a slimmable supernet, profiles latency in context on onnxruntime CPU (1 thread), searches greedily against
