@@ -87,7 +87,8 @@ def autoslim(model: nn.Module, *, latency_ms: float | None = None, flops: float 
         if settings.pretrained:
             reorder_channels_(net, "bn")
         train_supernet(net, train_loader, settings.train, checkpoint=work / "supernet.pt", progress=progress)
-    calib = take_batches(train_loader, settings.search.calib_batches, "train")
+    calib_more = take_batches(train_loader, max(settings.search.calib_batches, 16), "train")  # final BN recal
+    calib = calib_more[:settings.search.calib_batches]  # per-candidate BN recal: the same fixed batches
     held = take_batches(val_loader, settings.search.eval_batches, "val")
     scorer = CalibratedScorer(net, calib, held)
 
@@ -117,7 +118,6 @@ def autoslim(model: nn.Module, *, latency_ms: float | None = None, flops: float 
     config = path[index]["config"]
 
     # ---- the subnet ---------------------------------------------------------------------------------------------
-    calib_more = take_batches(train_loader, max(settings.search.calib_batches, 16), "train")
     net.set_config(config)
     recalibrate_bn(net, calib_more)
     subnet = extract_subnet(net, config)

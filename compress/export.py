@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import tempfile
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .checkpoint import atomic_write
 from .errors import ExportError, ExportMismatchError
 from .tracing import as_input_tuple
 
@@ -123,10 +123,9 @@ def export_onnx(model: nn.Module, example_inputs: Any, path: str | os.PathLike, 
     inputs = as_input_tuple(example_inputs)
     input_names = [f"input{i}" if len(inputs) > 1 else "input" for i in range(len(inputs))]
     modes = {m: m.training for m in model.modules()}
-    fd, tmp = tempfile.mkstemp(dir=path.parent if str(path.parent) else ".", prefix=f".{path.name}.",
-                               suffix=".tmp")
-    os.close(fd)
-    try:
+    done: dict = {}
+
+    def write(tmp: str) -> None:  # export, check and compare on the temporary file; rename only if all pass
         model.eval()
         with torch.no_grad():
             outputs = _flatten(model(*inputs))
@@ -157,11 +156,14 @@ def export_onnx(model: nn.Module, example_inputs: Any, path: str | os.PathLike, 
                         f"onnxruntime output differs from torch by up to {diff:.3g} at batch size "
                         f"{batch[0].shape[0]} (tolerance {atol} + {rtol} * {scale:.3g}); the ONNX file was not "
                         "written.")
-        os.replace(tmp, path)
+        done.update(exporter=exporter, proto=proto, batches=batches, worst=worst, output_names=output_names)
+
+    try:
+        atomic_write(path, write)
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
         for m, mode in modes.items():
             m.training = mode
+    exporter, proto, batches, worst, output_names = (done[k] for k in ("exporter", "proto", "batches", "worst",
+                                                                         "output_names"))
     return ExportReport(str(path), exporter, proto.opset_import[0].version, [int(b[0].shape[0]) for b in batches], worst, atol, rtol,
                         len(proto.graph.node), input_names, output_names)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Iterable
 
 import torch
@@ -10,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .losses import kl_distill
+from .schedule import cosine_lambda, set_loader_epoch
 
 
 def finetune(student: nn.Module, teacher: nn.Module | None, train_loader: Iterable, epochs: float, lr: float = 0.01,
@@ -19,7 +19,7 @@ def finetune(student: nn.Module, teacher: nn.Module | None, train_loader: Iterab
     steps_per_epoch = len(train_loader)
     total = max(1, int(round(epochs * steps_per_epoch)))
     opt = torch.optim.SGD(student.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(1.0, s / total))))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine_lambda(total))
     if teacher is not None:
         teacher.eval()
     bar = None
@@ -32,8 +32,7 @@ def finetune(student: nn.Module, teacher: nn.Module | None, train_loader: Iterab
         student.train()
         epoch = 0
         while step < total:
-            if hasattr(train_loader, "set_epoch"):
-                train_loader.set_epoch(10_000 + epoch)
+            set_loader_epoch(train_loader, 10_000 + epoch)
             acc, n = 0.0, 0
             for x, y in train_loader:
                 if step >= total:

@@ -10,7 +10,6 @@ all-reduced once per step (``no_sync`` for all but the last subnet), and every r
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import time
 from pathlib import Path
@@ -24,6 +23,7 @@ from torch import nn
 from .checkpoint import load_checkpoint, save_checkpoint
 from .errors import CompressError, InvalidParameterError
 from .losses import adaptive_alpha_divergence, kl_distill
+from .schedule import cosine_lambda, set_loader_epoch
 from .settings import TrainSettings
 
 
@@ -46,21 +46,9 @@ def _distill_fn(settings: TrainSettings):
     return None
 
 
-def _set_epoch(loader: Iterable, epoch: int) -> None:
-    for obj in (loader, getattr(loader, "sampler", None)):
-        if hasattr(obj, "set_epoch"):
-            obj.set_epoch(epoch)
-
-
 def _lr_lambda(settings: TrainSettings, steps_per_epoch: int):
     total = max(1, int(round(settings.epochs * steps_per_epoch)))
-    warm = int(round(settings.warmup_epochs * steps_per_epoch))
-
-    def f(step: int) -> float:
-        if step < warm:
-            return (step + 1) / warm
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
-    return f, total
+    return cosine_lambda(total, int(round(settings.warmup_epochs * steps_per_epoch))), total
 
 
 def _average_buffers(net) -> None:
@@ -147,7 +135,7 @@ def train_supernet(net, train_loader: Iterable, settings: TrainSettings | None =
         net.train()
         while step < total_steps:
             epoch, first = divmod(step, steps_per_epoch)
-            _set_epoch(train_loader, epoch)
+            set_loader_epoch(train_loader, epoch)
             if hasattr(train_loader, "start_batch"):
                 train_loader.start_batch = first
             sums = np.zeros(2)

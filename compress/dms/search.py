@@ -8,13 +8,13 @@ Importances (Taylor) are updated after each backward, outside the optimizer. Pru
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
 
+from ..schedule import cosine_lambda, set_loader_epoch
 from ..settings import JsonSettings
 from .masked import DMSNetwork
 
@@ -59,7 +59,7 @@ def dms_search(dms: DMSNetwork, train_loader: Iterable, soft_cost: Callable[[], 
     if not settings.search_only:
         weights = torch.optim.SGD(dms.weight_parameters(), lr=settings.lr, momentum=0.9, nesterov=True,
                                   weight_decay=5e-4)
-        sched = torch.optim.lr_scheduler.LambdaLR(weights, lambda s: 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps))))
+        sched = torch.optim.lr_scheduler.LambdaLR(weights, cosine_lambda(steps))
     else:
         for p in dms.weight_parameters():
             p.requires_grad_(False)
@@ -73,8 +73,7 @@ def dms_search(dms: DMSNetwork, train_loader: Iterable, soft_cost: Callable[[], 
     try:
         dms.train()
         while step < steps:
-            if hasattr(train_loader, "set_epoch"):
-                train_loader.set_epoch(20_000 + epoch)
+            set_loader_epoch(train_loader, 20_000 + epoch)
             for x, y in train_loader:
                 if step >= steps:
                     break
