@@ -100,6 +100,21 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def judge(row: dict) -> tuple[bool, bool]:
+    """(under the budget, using >= 85% of it) by the drift-free interleaved ratio against the budget fraction."""
+    frac, ratio = row["budget_fraction"], row["interleaved_ratio"]
+    return ratio <= frac, ratio >= 0.85 * frac
+
+
+def verdict_line(rows: list[dict]) -> str:
+    ok = sum(all(judge(r)) for r in rows)
+    closed = sum(r["closed_loop_ms"] <= r["budget_ms"] for r in rows)
+    fresh = sum(r["remeasured_ms"] <= r["budget_ms"] for r in rows)
+    return (f"{ok} of {len(rows)} runs under the budget and using >= 85% of it by the drift-free ratio; {closed} of "
+            f"{len(rows)} under it by the closed-loop measurement, {fresh} of {len(rows)} by the fresh "
+            "re-measurement")
+
+
 def write_markdown(rows: list[dict], path: Path, fingerprint: dict) -> None:
     lines = ["# AutoSlim: measured latency against the budget", "",
              "Command: `python benchmarks/bench_autoslim_budget.py --epochs 1` (onnxruntime CPU, 1 thread; budgets are "
@@ -113,20 +128,15 @@ def write_markdown(rows: list[dict], path: Path, fingerprint: dict) -> None:
              "| family | budget | budget ms | predicted ms | closed-loop ms | re-measured ms | ratio | under | >= 85% | "
              "MFLOPs (full) | search s |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
-    ok = 0
     for r in rows:
         frac, ratio = r["budget_fraction"], r["interleaved_ratio"]
-        under, used = ratio <= frac, ratio >= 0.85 * frac
-        ok += under and used
+        under, used = judge(r)
         lines.append(f"| {r['family']} | {frac:.0%} | {r['budget_ms']:.3f} | {r['predicted_ms']:.3f} | "
                      f"{r['closed_loop_ms']:.3f} | {r['remeasured_ms']:.3f} | {ratio:.3f} | "
                      f"{'yes' if under else 'NO'} | {'yes' if used else 'NO'} | "
                      f"{r['flops'] / 1e6:.1f} ({r['full_flops'] / 1e6:.1f}) | {r['search_s']:.0f} |")
-    closed = sum(r["closed_loop_ms"] <= r["budget_ms"] for r in rows)
-    fresh = sum(r["remeasured_ms"] <= r["budget_ms"] for r in rows)
-    lines += ["", f"{ok} of {len(rows)} runs under the budget and using >= 85% of it by the drift-free ratio; "
-              f"{closed} of {len(rows)} under it by the closed-loop measurement, {fresh} of {len(rows)} by the "
-              "fresh re-measurement (this shared machine drifts 15-30% between runs: docs/measurement_noise.md)."]
+    lines += ["", verdict_line(rows) + " (this shared machine drifts 15-30% between runs: "
+              "docs/measurement_noise.md)."]
     path.write_text("\n".join(lines) + "\n")
 
 

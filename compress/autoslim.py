@@ -13,7 +13,8 @@ from typing import Any, Callable, Iterable
 from torch import nn
 
 from .bn import recalibrate_bn
-from .closed_loop import closed_loop, measure_module
+from .closed_loop import closed_loop
+from .timing import timed_ms
 from .evaluate import CalibratedScorer, evaluate, take_batches
 from .extract import extract_subnet
 from .finetune import finetune
@@ -104,7 +105,7 @@ def autoslim(model: nn.Module, *, latency_ms: float | None = None, flops: float 
                        identity=ident, progress=progress)
     if latency_ms is not None and measurable:
         index, meas = closed_loop(net, path, budget, device, settings.max_measurements, settings.min_budget_use,
-                                  log=log)
+                                  log=log, timer=prep.timer)
         measurements = {int(k): {"median_ms": v.median_ms, "p25_ms": v.p25_ms, "p75_ms": v.p75_ms}
                         for k, v in meas.items()}
     else:
@@ -132,7 +133,7 @@ def autoslim(model: nn.Module, *, latency_ms: float | None = None, flops: float 
     if index in measurements:
         measured = measurements[index]["median_ms"]
     else:
-        measured = measure_module(device, subnet, x1).median_ms if measurable else None
+        measured = timed_ms(prep, subnet)
     result = SlimResult(subnet=subnet, config=config, flops=int(net.flops(config)), predicted_ms=predicted,
                         measured_ms=measured, top1=top1, budget=float(budget), unit=cost.unit, path=path,
                         example_inputs=x1, measurements=measurements, full=full, notes=notes, supernet=net)

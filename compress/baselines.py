@@ -31,13 +31,14 @@ def uniform_path(net, cost: Callable, min_ratio: float = 0.25, steps: int = 64) 
 
 def uniform_baseline(net, budget: float, cost: Callable, calib: Iterable, val_loader: Iterable,
                      device: Any = None, min_ratio: float = 0.25, max_measurements: int = 6,
-                     log: Callable[[str], None] = print) -> dict:
-    """The widest uniformly narrowed subnet under ``budget`` (measured on ``device`` when given, else by
-    ``cost``), BN recalibrated on ``calib`` and evaluated on ``val_loader``."""
+                     log: Callable[[str], None] = print, timer: Any = None) -> dict:
+    """The widest uniformly narrowed subnet under ``budget`` (measured on ``device`` when given, with ``timer``
+    interleaved with the full model, else by ``cost``), BN recalibrated on ``calib`` and evaluated on
+    ``val_loader``."""
     path = uniform_path(net, cost, min_ratio)
     measured = {}
     if device is not None:
-        index, meas = closed_loop(net, path, budget, device, max_measurements, log=log)
+        index, meas = closed_loop(net, path, budget, device, max_measurements, log=log, timer=timer)
         measured = {k: v.median_ms for k, v in meas.items()}
     else:
         index = next((i for i, p in enumerate(path) if p["cost"] <= budget), len(path) - 1)

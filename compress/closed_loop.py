@@ -8,42 +8,28 @@ than ``min_use`` of it: try a larger point the same way. The largest measured po
 
 from __future__ import annotations
 
-import tempfile
 import warnings
-from pathlib import Path
 from typing import Any, Callable
 
 from .errors import CompressError
-from .export import export_onnx
 from .extract import extract_subnet
+from .timing import ReferenceTimer, measure_module
+from .timing import can_measure  # noqa: F401 (re-exported)
 
 
 class BudgetNotMetError(CompressError, RuntimeError):
     """No subnet on the search path measured under the latency budget."""
 
 
-def measure_module(device: Any, module, example_inputs: tuple, folder: str | Path | None = None):
-    """Latency of ``module`` on ``device``: onnxruntime devices time its verified ONNX export, torch devices the
-    module itself. Returns a Measurement."""
-    if getattr(device, "name", "") in ("cpu", "ort-cpu"):
-        with tempfile.TemporaryDirectory(dir=folder) as tmp:
-            path = Path(tmp) / "subnet.onnx"
-            export_onnx(module, example_inputs, path)
-            return device.measure(path, {"input": list(example_inputs[0].shape)})
-    return device.measure(module, example_inputs)
-
-
-def can_measure(device: Any) -> bool:
-    return getattr(device, "name", "") in ("cpu", "ort-cpu", "torch-cpu")
-
-
 def closed_loop(net, path: list[dict], budget_ms: float, device: Any, max_measurements: int = 6,
-                min_use: float = 0.85, log: Callable[[str], None] = print) -> tuple[int, dict[int, Any]]:
+                min_use: float = 0.85, log: Callable[[str], None] = print,
+                timer: ReferenceTimer | None = None) -> tuple[int, dict[int, Any]]:
     """Index of the path point to deploy and every measurement taken (index -> Measurement).
 
     Path points are ordered from the largest subnet to the smallest. The walk keeps ``over`` (the last index known
     over the budget) and ``under`` (the first index known under it); the next point is the largest one between them
     whose prediction, scaled by the latest measured/predicted ratio, fits the budget, else the midpoint (bisection).
+    With a ``timer`` every point is timed interleaved with the full model (drift-free); else measured alone.
 
     Raises:
         BudgetNotMetError: every point tried measured over the budget (the message gives the numbers).
@@ -61,7 +47,8 @@ def closed_loop(net, path: list[dict], budget_ms: float, device: Any, max_measur
 
     i = next((j for j, p in enumerate(path) if p["cost"] <= budget_ms), len(path) - 1)
     while i is not None and len(measured) < max_measurements:
-        m = measure_module(device, extract_subnet(net, path[i]["config"]), x)
+        sub = extract_subnet(net, path[i]["config"])
+        m = timer(sub) if timer is not None else measure_module(device, sub, x)
         measured[i] = m
         ratio = m.median_ms / max(path[i]["cost"], 1e-9)
         log(f"  path point {i}: predicted {path[i]['cost']:.3f} ms, measured {m.median_ms:.3f} ms "

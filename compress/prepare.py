@@ -12,12 +12,12 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import nn
 
-from .closed_loop import can_measure, measure_module
 from .errors import CompressError, InvalidParameterError
 from .evaluate import evaluate, take_batches
 from .extract import extract_subnet
 from .result import SlimResult
 from .slimmable import SlimmableNetwork
+from .timing import ReferenceTimer, can_measure
 
 
 class BudgetUnreachableError(CompressError, ValueError):
@@ -47,6 +47,7 @@ class Prepared:
     full: dict = field(default_factory=dict)
     floor_ms: float | None = None
     full_result: SlimResult | None = None   # set when the budget already fits the full model
+    timer: ReferenceTimer | None = None      # times candidates interleaved with the full model (drift-free)
 
 
 def _check_loader(loader: Iterable, what: str, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -127,10 +128,11 @@ def prepare(name: str, model: nn.Module, latency_ms: float | None, flops: float 
     full = {"flops": net.flops(full_cfg)}
     measurable = can_measure(device)
     full_reaches = False
-    floor_ms = None
+    floor_ms, timer = None, None
     if latency_ms is not None and measurable:
-        full["measured_ms"] = measure_module(device, extract_subnet(net, full_cfg), x1).median_ms
-        floor_ms = measure_module(device, extract_subnet(net, floor_cfg), x1).median_ms
+        timer = ReferenceTimer(device, extract_subnet(net, full_cfg), x1)
+        floor_ms = timer(extract_subnet(net, floor_cfg)).median_ms
+        full["measured_ms"] = timer.reference_ms
         log(f"measured: full model {full['measured_ms']:.3f} ms, smallest subnet (every group at "
             f"{min_ratio:.0%}) {floor_ms:.3f} ms; budget {budget:.3f} ms")
         if budget < floor_ms:
@@ -150,7 +152,7 @@ def prepare(name: str, model: nn.Module, latency_ms: float | None, flops: float 
         full_reaches = full["flops"] <= budget
 
     prep = Prepared(net, x1, device, float(budget), latency_ms is not None, work, measurable, floor_cfg, full,
-                    floor_ms)
+                    floor_ms, timer=timer)
     if full_reaches:
         prep.full_result = _full_model_result(net, full, budget, "ms" if latency_ms is not None else "FLOPs", x1,
                                               val_loader, work, log)

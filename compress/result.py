@@ -21,7 +21,9 @@ class SlimResult:
         config: its channel config (group name -> width).
         flops: its FLOPs (1 multiply-add = 1 FLOP).
         predicted_ms: the latency predictor's estimate (None for a FLOPs search without a predictor).
-        measured_ms: median latency measured on the device (None if the device cannot be measured here).
+        measured_ms: median latency measured on the device (None if the device cannot be measured here); on
+            onnxruntime/torch devices timed interleaved with the full model and scaled by the full model's median
+            latency over the run (compress/timing.py), so a drifting host does not move it.
         top1: held-out top-1 accuracy (%) of the subnet after BN recalibration (and fine-tuning).
         budget: the budget searched for, and its unit ("ms" or "FLOPs").
         path: every step of the greedy search (config, cost, FLOPs, score): the accuracy/cost frontier.

@@ -8,6 +8,7 @@ from typing import Any
 from compress.errors import check_parameter
 
 from . import profile_device as pd
+from .cpu import channel_block
 from .measurement import Measurement
 
 
@@ -31,6 +32,7 @@ class OrtCpuDevice:
         check_parameter(opt_level in pd.OPT_LEVELS, "opt_level", "OrtCpuDevice", f"one of {pd.OPT_LEVELS}",
                         opt_level)
         self.threads = threads
+        self.channel_block = channel_block()  # widths that are multiples of it waste no vector lanes
         self.opt_level = opt_level
 
     def fingerprint(self) -> dict:
@@ -46,6 +48,21 @@ class OrtCpuDevice:
                                     providers=["CPUExecutionProvider"])
         feeds = pd.random_feeds(sess, input_shapes or {})
         return Measurement.from_stats(pd.measure(lambda: sess.run(None, feeds), **protocol), self.fingerprint())
+
+    def measure_interleaved(self, models: list, input_shapes: dict[str, list[int]] | None = None,
+                            **protocol: Any) -> list[Measurement]:
+        """Latency of several models timed in alternating bursts, so a slow phase of the host hits all alike."""
+        import onnxruntime as ort
+
+        runs = []
+        for model in models:
+            src = model if isinstance(model, bytes) else str(model)
+            sess = ort.InferenceSession(src, pd.session_options(self.threads, self.opt_level),
+                                        providers=["CPUExecutionProvider"])
+            feeds = pd.random_feeds(sess, input_shapes or {})
+            runs.append(lambda s=sess, f=feeds: s.run(None, f))
+        fp = self.fingerprint()
+        return [Measurement.from_stats(st, fp) for st in pd.measure_interleaved(runs, **protocol)]
 
     def profile(self, model: str | os.PathLike | bytes, input_shapes: dict[str, list[int]] | None = None,
                 **protocol: Any) -> dict:

@@ -73,3 +73,13 @@ def test_no_residual_stage_skips_depth_with_a_note(loaders, tmp_path):
               log=lambda s: None)
     assert any("depth search skipped" in n for n in res.notes)
     assert res.flops <= 0.6 * full and not res.removed_blocks
+
+
+def test_target_anneals_linearly_from_full_to_budget_then_stays():
+    from compress.dms.search import annealed_target
+
+    seq = [annealed_target(100.0, 40.0, s, 10) for s in range(20)]
+    assert seq[0] == pytest.approx(94.0) and seq[4] == pytest.approx(70.0)
+    assert seq[9:] == pytest.approx([40.0] * 11)
+    steps = [b - a for a, b in zip(seq[:9], seq[1:10])]
+    assert steps == pytest.approx([-6.0] * 9)

@@ -61,6 +61,8 @@ def test_hard_masks_equal_the_extracted_subnet(build):
     sub = extract_with_depth(net, cfg, removed)
     fv = count_flops(sub, X).total
     assert float(dms.soft_flops()) == pytest.approx(fv, rel=1e-6)
+    feats = dms.features_of_widths([net.space.widths(cfg)], removed)  # the surrogate's input, blocks dropped
+    assert float(feats.sum()) + dms._constant == pytest.approx(fv, rel=1e-6)
     dms.eval()
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
@@ -71,10 +73,7 @@ def test_hard_masks_equal_the_extracted_subnet(build):
 
 def test_soft_flops_gradient_reaches_every_ratio():
     dms = DMSNetwork(SlimmableNetwork(cifar_resnet(20), X))
-    for t in dms.block_topk:
-        with torch.no_grad():
-            t.a.fill_(0.3)
-    for t in dms.channel_topk:
+    for t in dms.channel_topk:  # blocks all kept (hard gates 1): every channel counts
         with torch.no_grad():
             t.a.fill_(0.3)
     dms.soft_flops().backward()

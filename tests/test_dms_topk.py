@@ -68,3 +68,20 @@ def test_equal_importance_keeps_the_first_elements_and_min_keep_holds():
     assert t.ratio().item() == pytest.approx(0.7)
     with pytest.raises(InvalidParameterError, match="min_keep"):
         DifferentiableTopK(4, min_keep=5)
+
+
+def test_hard_forward_is_the_exact_top_k_with_the_soft_gradient():
+    """For residual blocks (n = 3): the forward mask is 0/1 keeping the k most important, d/da is the soft one's."""
+    hard, soft = DifferentiableTopK(3, min_keep=0, hard_forward=True), DifferentiableTopK(3, min_keep=0)
+    for t in (hard, soft):
+        t.importance.copy_(torch.tensor([0.2, 0.9, 0.5]))
+        with torch.no_grad():
+            t.a.fill_(0.4)
+    m = hard()
+    assert m.tolist() == [0.0, 1.0, 1.0] and hard.k() == 2
+    w = torch.tensor([1.0, 2.0, 3.0])
+    (m * w).sum().backward()
+    (soft() * w).sum().backward()
+    assert hard.a.grad is not None and torch.allclose(hard.a.grad, soft.a.grad)
+    hard.update_importance()  # uses the soft mask value: a removed element keeps a non-zero importance update
+    assert hard.importance[0] > 0.99 * 0.2

@@ -8,14 +8,15 @@ blocks removed -> subnet, BN recalibrated, trained or fine-tuned -> the same Sli
 
 from __future__ import annotations
 
-import copy
+import math
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+import torch
 from torch import nn
 
 from ..bn import recalibrate_bn
-from ..closed_loop import BudgetNotMetError, measure_module
+from ..timing import timed_ms
 from ..errors import InvalidParameterError
 from ..evaluate import evaluate, take_batches
 from ..finetune import finetune
@@ -24,16 +25,31 @@ from ..objectives import LatencyCost, fit_latency_predictor
 from ..prepare import prepare
 from ..result import SlimResult
 from .masked import DMSNetwork, extract_with_depth
+from .scale import fit_scale
 from .search import DMSSettings, dms_search
 from .surrogate import fit_latency_surrogate
 
 PIPELINES = ("pretrained", "scratch", "search_only")
 
 
+def measured_per_predicted(dmsnet: DMSNetwork, surrogate, full_ms: float, floor_ms: float, floor_cfg: dict,
+                           budget_ms: float) -> float:
+    """Measured / surrogate latency at the budget: known at the full model and the smallest subnet (both measured),
+    interpolated in log latency between them."""
+    space = dmsnet.net.space
+    feats = dmsnet.features_of_widths([space.widths(space.max_config()), space.widths(floor_cfg)])
+    sur_full, sur_floor = (float(v) for v in surrogate(torch.from_numpy(feats)))
+    r_full, r_floor = full_ms / sur_full, floor_ms / sur_floor
+    if full_ms <= floor_ms:
+        return r_full
+    t = min(1.0, max(0.0, math.log(budget_ms / floor_ms) / math.log(full_ms / floor_ms)))
+    return r_floor * (r_full / r_floor) ** t
+
+
 def dms(model: nn.Module, *, latency_ms: float | None = None, flops: float | None = None, device: Any = "cpu",
         train_loader: Iterable, val_loader: Iterable, settings: DMSSettings | None = None,
         pipeline: str = "pretrained", train_epochs: float = 0.0, predictor: Any = None, threads: int = 1,
-        divisor: int = 8, max_rounds: int = 4, min_use: float = 0.85, work_dir: str | Path | None = None,
+        divisor: int = 8, max_measurements: int = 8, min_use: float = 0.85, work_dir: str | Path | None = None,
         progress: bool = True, log: Callable[[str], None] = print) -> SlimResult:
     """Search widths and depths by gradient descent under a latency (or FLOPs) budget.
 
@@ -43,7 +59,9 @@ def dms(model: nn.Module, *, latency_ms: float | None = None, flops: float | Non
         pipeline: "pretrained" (search, then fine-tune the subnet ``train_epochs``), "scratch" (search from random
             weights, then train the subnet ``train_epochs``), "search_only" (structure parameters only).
         settings: search settings (epochs, learning rates, lambda_resource, annealing, depth on/off).
-        max_rounds: closed-loop rounds: a subnet measured over budget tightens the target and the search goes on.
+        max_measurements: closed loop: the searched shape is scaled (one factor on every width, removed blocks
+            kept) until its measured latency (exact FLOPs) is within [min_use x budget, budget]; at most this many
+            measurements.
 
     Returns:
         A SlimResult; ``notes`` lists removed blocks and the surrogate's error, ``config`` holds the group widths and
@@ -80,46 +98,30 @@ def dms(model: nn.Module, *, latency_ms: float | None = None, flops: float | Non
     else:
         soft_cost = dmsnet.soft_flops
     target = budget
+    if prep.latency and prep.measurable:  # the surrogate's ms are the predictor's, not the device's: rescale
+        target = budget / measured_per_predicted(dmsnet, surrogate, prep.full["measured_ms"], prep.floor_ms,
+                                                 prep.floor_cfg, budget)
+        log(f"soft latency target {target:.3f} ms (predictor scale) for a measured budget of {budget:.3f} ms")
+    history = dms_search(dmsnet, train_loader, soft_cost, target, settings, progress=progress)
+    removed = dmsnet.removed_blocks()
+    cfg, _ = dmsnet.finalize_()  # channels ordered by importance: any width keeps the most important ones
+    unit = "ms" if prep.latency else "FLOPs"
     measurements: dict[int, dict] = {}
-    history = []
-    feasible_t, over_t = None, None          # soft targets known to give a subnet under / over the budget
-    best = None                              # (value, snapshot of the top-k states) of the best subnet under budget
-    for rnd in range(max_rounds):
-        rs = settings if rnd == 0 else DMSSettings.from_dict({**settings.to_dict(), "epochs": settings.epochs / 4,
-                                                             "anneal": 0.5})
-        history += dms_search(dmsnet, train_loader, soft_cost, target, rs, progress=progress)
-        cfg, removed = dmsnet.hard_widths(), dmsnet.removed_blocks()
-        if prep.latency and not prep.measurable:
-            break
-        candidate = extract_with_depth(net, cfg, removed)
-        if prep.latency:
-            value = measure_module(device, candidate, x1).median_ms
-        else:
-            value = float(count_flops(candidate, x1).total)
-        unit = "ms" if prep.latency else "FLOPs"
-        measurements[rnd] = {"value": value, "unit": unit, "target": target, "removed_blocks": len(removed)}
-        log(f"  DMS round {rnd}: soft target {target:.4g}, {'measured' if prep.latency else 'exact'} {value:.4g} "
-            f"{unit} (budget {budget:.4g}), {len(removed)} blocks removed")
-        if value <= budget:
-            feasible_t = target if feasible_t is None else max(feasible_t, target)
-            if best is None or value > best[0]:
-                best = (value, copy.deepcopy(dmsnet.topk_state()))
-            if value >= min_use * budget:
-                break
-        else:
-            over_t = target if over_t is None else min(over_t, target)
-        if feasible_t is not None and over_t is not None:
-            target = (feasible_t * over_t) ** 0.5  # bisect (geometrically) between the two
-        else:
-            target = target * (budget / value) * (0.97 if value > budget else 1.0)
-    if best is None and not (prep.latency and not prep.measurable):
-        lines = ", ".join(f"round {k}: {v['value']:.4g} {v['unit']}" for k, v in measurements.items())
-        raise BudgetNotMetError(
-            f"DMS found no subnet under the budget of {budget:.4g} in {max_rounds} rounds ({lines}). Raise "
-            "max_rounds or lambda_resource, or search longer (DMSSettings.epochs).")
-    if best is not None:
-        dmsnet.load_topk_state(best[1])
-    cfg, removed = dmsnet.finalize_()
+    fit = None
+    if not (prep.latency and not prep.measurable):
+        def cost(c: dict) -> float:
+            candidate = extract_with_depth(net, c, removed)
+            return timed_ms(prep, candidate) if prep.latency else float(count_flops(candidate, x1).total)
+
+        fit = fit_scale(net.space, cfg, prep.floor_cfg, cost, budget, min_use, max_measurements,
+                        align=getattr(device, "channel_block", 1) if prep.latency else 1, log=log)
+        measurements = {i: {"value": t["value"], "unit": unit, "scale": t["scale"]} for i, t in enumerate(fit.tried)}
+        if fit.scale != 1.0:
+            notes.append(f"searched widths scaled by {fit.scale:.3f} to meet the budget on the device")
+        cfg = fit.config
+    else:
+        notes.append(f"device {getattr(device, 'name', device)!r} cannot be measured from here: the subnet rests "
+                     "on the latency surrogate alone")
     subnet = extract_with_depth(net, cfg, removed)
     calib = take_batches(train_loader, 16, "train")
     recalibrate_bn(subnet, calib)
@@ -128,11 +130,16 @@ def dms(model: nn.Module, *, latency_ms: float | None = None, flops: float | Non
                  progress=progress)
         recalibrate_bn(subnet, calib)
     top1 = evaluate(subnet, val_loader)["top1"]
-    measured = measure_module(device, subnet, x1).median_ms if prep.measurable else None
+    measured = fit.value if fit is not None and prep.latency else timed_ms(prep, subnet)
     flops_now = int(count_flops(subnet, x1).total)
-    predicted = float(LatencyCost(net, predictor, "model")([cfg])[0]) if prep.latency else None
+    predicted = None
+    if prep.latency:  # the predictor knows widths only; the surrogate (fitted on it) also knows removed blocks
+        feats = dmsnet.features_of_widths([net.space.widths(cfg)], removed)
+        predicted = float(surrogate(torch.from_numpy(feats))[0])
+        notes.append(f"predicted_ms is the latency surrogate's (the predictor's scale; predictor alone, all blocks "
+                     f"kept: {float(LatencyCost(net, predictor, 'model')([cfg])[0]):.3f} ms)")
     if removed:
-        notes.append(f"removed blocks: {', '.join(removed)} (predicted latency ignores block removal)")
+        notes.append(f"removed blocks: {', '.join(removed)}")
     result = SlimResult(subnet=subnet, config=cfg, flops=flops_now, predicted_ms=predicted, measured_ms=measured,
                         top1=top1, budget=budget, unit="ms" if prep.latency else "FLOPs",
                         path=[{"step": h["step"], "cost": h["cost"], "target": h["target"], "task": h["task"]}

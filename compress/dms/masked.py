@@ -79,7 +79,7 @@ class DMSNetwork(nn.Module):
         self.stages = [s for s in self.stages if len(s) >= 1]
         blocks = [b for s in self.stages for b in s]
         self.gates = insert_gates(net.graph_module, blocks) if blocks else {}
-        self.block_topk = nn.ModuleList(DifferentiableTopK(len(s), min_keep=0) for s in self.stages)
+        self.block_topk = nn.ModuleList(DifferentiableTopK(len(s), min_keep=0, hard_forward=True) for s in self.stages)
         self._build_cost(slot, ones)
 
     # ---- masks ------------------------------------------------------------------------------------------------
@@ -192,11 +192,16 @@ class DMSNetwork(nn.Module):
         """Expected FLOPs per op kind (``self.kinds``) under the current soft masks."""
         return torch.zeros(len(self.kinds)).index_add(0, self._kind, self._soft_terms())
 
-    def features_of_widths(self, widths: np.ndarray) -> np.ndarray:
-        """FLOPs per op kind for an (n, groups) array of hard group widths (all blocks kept)."""
+    def features_of_widths(self, widths: np.ndarray, removed: list[str] = ()) -> np.ndarray:
+        """FLOPs per op kind for an (n, groups) array of hard group widths, with the blocks whose add node is in
+        ``removed`` dropped (default: all blocks kept)."""
         counts = self._counter.counts(np.asarray(widths, dtype=np.int64)).astype(np.float64)
         counts = np.concatenate([counts, np.ones((len(counts), 1))], axis=1)
         val = self._coef.numpy() * counts[:, self._u.numpy()] * counts[:, self._v.numpy()]
+        if removed:
+            gone = {s * 1000 + j for s, stage in enumerate(self.stages) for j, blk in enumerate(stage)
+                    if blk.add in set(removed)}
+            val = val * np.array([0.0 if g in gone else 1.0 for g in self._gate])
         out = np.zeros((len(counts), len(self.kinds)))
         np.add.at(out.T, self._kind.numpy(), val.T)
         return out

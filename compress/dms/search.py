@@ -1,7 +1,8 @@
 """DMS search: train weights and pruning ratios together, with a resource loss that pulls the soft cost to a target.
 
-loss = task loss + lambda_resource * max(0, log(r / r_t)), r the soft cost under the current masks and r_t the
-target, annealed linearly from the full cost to the budget over the first ``anneal`` fraction of the search.
+loss = task loss + lambda_resource * max(0, log(r / r_t)) (or |log(r / r_t)|, two-sided, the default: Adam moves a
+ratio by about its learning rate whatever the gradient's size, so with a one-sided penalty the cost drifts below the
+target), r the soft cost under the current masks and r_t the target, annealed linearly from the full cost to the budget over the first ``anneal`` fraction of the search.
 Importances (Taylor) are updated after each backward, outside the optimizer. Pruning ratios use Adam; weights SGD
 (or are frozen in the search-only pipeline).
 """
@@ -25,11 +26,12 @@ class DMSSettings(JsonSettings):
 
     epochs: float = 1.0                # search epochs (weights and structure together)
     lr: float = 0.05                   # weight learning rate (SGD, cosine)
-    structure_lr: float = 0.05         # pruning-ratio learning rate (Adam)
+    structure_lr: float = 0.01         # pruning-ratio learning rate (Adam: every step moves a ratio by about this)
     lambda_resource: float = 2.0
     anneal: float = 0.5                # fraction of the search over which the target moves from full to budget
     min_ratio: float = 0.25
     depth: bool = True
+    two_sided: bool = True             # also penalise a cost below the target: the budget is to be used, not undercut
     search_only: bool = False          # structure parameters only (weights frozen): the search-only pipeline
     seed: int = 0
 
@@ -40,9 +42,15 @@ class DMSSettings(JsonSettings):
         self._check("min_ratio", 0 < self.min_ratio <= 1, "in (0, 1]")
 
 
-def resource_penalty(cost: torch.Tensor, target: float) -> torch.Tensor:
-    """log(r / r_t) when r exceeds the target, else 0."""
-    return torch.clamp(torch.log(cost / target), min=0.0)
+def resource_penalty(cost: torch.Tensor, target: float, two_sided: bool = False) -> torch.Tensor:
+    """log(r / r_t) when r exceeds the target, else 0; with ``two_sided``, |log(r / r_t)|."""
+    gap = torch.log(cost / target)
+    return gap.abs() if two_sided else torch.clamp(gap, min=0.0)
+
+
+def annealed_target(full: float, final: float, step: int, anneal_steps: int) -> float:
+    """The resource target at ``step``: linear from the full cost to ``final`` over ``anneal_steps``, then flat."""
+    return full + (final - full) * min(1.0, (step + 1) / anneal_steps)
 
 
 def dms_search(dms: DMSNetwork, train_loader: Iterable, soft_cost: Callable[[], torch.Tensor], target: float,
@@ -54,6 +62,7 @@ def dms_search(dms: DMSNetwork, train_loader: Iterable, soft_cost: Callable[[], 
     anneal_steps = max(1, int(settings.anneal * steps))
     with torch.no_grad():
         full = float(soft_cost())
+    final = max(float(target), 1e-9)
     struct = torch.optim.Adam(dms.structure_parameters(), lr=settings.structure_lr)
     weights = None
     if not settings.search_only:
@@ -77,11 +86,11 @@ def dms_search(dms: DMSNetwork, train_loader: Iterable, soft_cost: Callable[[], 
             for x, y in train_loader:
                 if step >= steps:
                     break
-                target = full + (max(target, 1e-9) - full) * min(1.0, (step + 1) / anneal_steps)
+                current = annealed_target(full, final, step, anneal_steps)
                 out = dms(x)
                 task = F.cross_entropy(out, y)
                 cost = soft_cost()
-                loss = task + settings.lambda_resource * resource_penalty(cost, target)
+                loss = task + settings.lambda_resource * resource_penalty(cost, current, settings.two_sided)
                 struct.zero_grad(set_to_none=True)
                 if weights is not None:
                     weights.zero_grad(set_to_none=True)
@@ -95,11 +104,11 @@ def dms_search(dms: DMSNetwork, train_loader: Iterable, soft_cost: Callable[[], 
                 step += 1
                 if step % 10 == 0 or step == steps:
                     log.append({"step": step, "task": float(task.detach()), "cost": float(cost.detach()),
-                                "target": target})
+                                "target": current})
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(task=f"{float(task.detach()):.3f}", cost=f"{float(cost.detach()):.4g}",
-                                    target=f"{target:.4g}")
+                                    target=f"{current:.4g}")
             epoch += 1
     finally:
         if settings.search_only:

@@ -29,9 +29,13 @@ class DifferentiableTopK(nn.Module):
         min_keep: never keep fewer than this many (a is clamped to at most 1 - min_keep / n).
         decay: decay of the importance moving average.
         init_ratio: initial pruning ratio (0: keep everything).
+        hard_forward: the forward value is the hard top-k mask (0/1) and the gradient the soft mask's (straight
+            through). For few elements (residual blocks: n = 2..4, so lambda = n is too soft to polarise) this keeps
+            the network and its cost exact while a still learns.
     """
 
-    def __init__(self, n: int, min_keep: int = 1, decay: float = 0.99, init_ratio: float = 0.0) -> None:
+    def __init__(self, n: int, min_keep: int = 1, decay: float = 0.99, init_ratio: float = 0.0,
+                 hard_forward: bool = False) -> None:
         super().__init__()
         check_parameter(isinstance(n, int) and n >= 1, "n", "DifferentiableTopK", "an int >= 1", n)
         check_parameter(isinstance(min_keep, int) and 0 <= min_keep <= n, "min_keep", "DifferentiableTopK",
@@ -42,7 +46,9 @@ class DifferentiableTopK(nn.Module):
         self.register_buffer("importance", torch.zeros(n))
         self.register_buffer("_tiebreak", -torch.arange(n, dtype=torch.float32) * 1e-12)
         self.lam = float(n)
+        self.hard_forward = hard_forward
         self._mask: torch.Tensor | None = None
+        self._soft: torch.Tensor | None = None
 
     @property
     def max_ratio(self) -> float:
@@ -69,10 +75,15 @@ class DifferentiableTopK(nn.Module):
         """The soft mask m. With ``record``, it is kept (gradient retained) for the next importance update: record
         the mask the network runs with, not the ones a cost model evaluates."""
         m = torch.sigmoid(self.lam * (self.ranks() - self.ratio()))
+        soft = m.detach()
+        if self.hard_forward:
+            hard = torch.zeros_like(m)
+            hard[self.kept()] = 1.0
+            m = hard + (m - soft)  # exactly the hard mask forward, the soft mask's gradient backward
         if record:
             if m.requires_grad:
                 m.retain_grad()
-            self._mask = m
+            self._mask, self._soft = m, soft
         return m
 
     @torch.no_grad()
@@ -81,7 +92,7 @@ class DifferentiableTopK(nn.Module):
         m = self._mask
         if m is None or m.grad is None:
             return
-        self.importance.mul_(self.decay).add_((1 - self.decay) * (m.detach() * m.grad) ** 2)
+        self.importance.mul_(self.decay).add_((1 - self.decay) * (self._soft * m.grad) ** 2)
         self._mask = None
 
     def k(self) -> int:

@@ -1,0 +1,68 @@
+"""The DMS closed loop: scale a searched shape until its cost sits in [min_use x budget, budget]."""
+
+import pytest
+import torch
+
+from compress import SlimmableNetwork
+from compress.closed_loop import BudgetNotMetError
+from compress.dms.scale import fit_scale, scaled_config
+from compress.models import cifar_resnet
+
+
+@pytest.fixture(scope="module")
+def net():
+    return SlimmableNetwork(cifar_resnet(20, width=2.0), torch.zeros(1, 3, 32, 32))
+
+
+def _shape(net):
+    """An uneven searched shape: early groups narrow, late ones wide."""
+    return {g.name: g.allowed_widths()[min(i, len(g.allowed_widths()) - 1)] for i, g in enumerate(net.space.free)}
+
+
+@pytest.mark.parametrize("fraction", [0.3, 0.5, 0.9])
+def test_lands_in_the_band_with_few_evaluations(net, fraction):
+    space, floor = net.space, net.space.uniform_config(0.25)
+    shape = _shape(net)
+    calls = []
+
+    def cost(cfg):
+        calls.append(cfg)
+        return float(net.flops(cfg)) + 2e6  # a fixed overhead, as latency has
+
+    budget = fraction * cost(space.max_config())
+    calls.clear()
+    fit = fit_scale(space, shape, floor, cost, budget, min_use=0.85, log=lambda s: None)
+    assert 0.85 * budget <= fit.value <= budget
+    assert fit.value == cost(fit.config) and len(fit.tried) <= 7 and len(calls) - 1 == len(fit.tried)
+    for g in space.free:  # the floor and the allowed widths hold
+        assert floor[g.name] <= fit.config[g.name] <= g.width and fit.config[g.name] in g.allowed_widths()
+
+
+def test_scale_one_is_the_searched_shape_and_order_is_kept(net):
+    floor, shape = net.space.uniform_config(0.25), _shape(net)
+    assert scaled_config(net.space, shape, floor, 1.0) == shape
+    small, big = scaled_config(net.space, shape, floor, 0.7), scaled_config(net.space, shape, floor, 1.3)
+    assert all(small[k] <= shape[k] <= big[k] for k in shape)
+
+
+def test_budget_below_the_floor_is_a_named_error(net):
+    floor = net.space.uniform_config(0.25)
+    with pytest.raises(BudgetNotMetError, match="No scale of the DMS subnet fits the budget"):
+        fit_scale(net.space, _shape(net), floor, lambda c: float(net.flops(c)), 0.5 * net.flops(floor),
+                  log=lambda s: None)
+
+
+def test_aligned_widths_and_filling_a_stepped_cost(net):
+    """Latency in steps of 32 channels, every group the same width (they cross a step together): scaling alone
+    jumps over the band; taking groups over one by one lands in it. Widths are multiples of 16 where allowed."""
+    space, floor = net.space, net.space.uniform_config(0.25)
+    shape = {g.name: g.width // 2 for g in space.free}
+
+    def cost(cfg):
+        return sum(-(-cfg[g.name] // 32) * 32 * (1.0 + i) for i, g in enumerate(space.free))
+
+    budget = 0.45 * cost(space.max_config())
+    fit = fit_scale(space, shape, floor, cost, budget, min_use=0.9, align=16, log=lambda s: None)
+    assert 0.9 * budget <= fit.value <= budget, fit.tried
+    assert any("groups_from_over" in t for t in fit.tried) and len(fit.tried) <= 8
+    assert all(w % 16 == 0 or w == g.width for g in space.free for w in [fit.config[g.name]])
