@@ -7,6 +7,8 @@ recalibrated (optionally fine-tuned) -> SlimResult (export_onnx gives a verified
 
 from __future__ import annotations
 
+import time
+
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -14,7 +16,6 @@ from torch import nn
 
 from .bn import recalibrate_bn
 from .closed_loop import closed_loop
-from .timing import timed_ms
 from .evaluate import CalibratedScorer, evaluate, take_batches
 from .extract import extract_subnet
 from .finetune import finetune
@@ -25,6 +26,7 @@ from .reorder import reorder_channels_
 from .result import SlimResult
 from .settings import AutoSlimSettings
 from .supernet import train_supernet
+from .timing import timed_ms
 
 
 def autoslim(model: nn.Module, *, latency_ms: float | None = None, flops: float | None = None,
@@ -84,10 +86,13 @@ def autoslim(model: nn.Module, *, latency_ms: float | None = None, flops: float 
             return _full_model_result(net, full, budget, "ms", x1, val_loader, work, log)
 
     # ---- supernet ---------------------------------------------------------------------------------------------
+    seconds: dict[str, float] = {}
     if train:
         if settings.pretrained:
             reorder_channels_(net, "bn")
+        t0 = time.perf_counter()
         train_supernet(net, train_loader, settings.train, checkpoint=work / "supernet.pt", progress=progress)
+        seconds["supernet"] = time.perf_counter() - t0
     calib_more = take_batches(train_loader, max(settings.search.calib_batches, 16), "train")  # final BN recal
     calib = calib_more[:settings.search.calib_batches]  # per-candidate BN recal: the same fixed batches
     held = take_batches(val_loader, settings.search.eval_batches, "val")
@@ -101,11 +106,15 @@ def autoslim(model: nn.Module, *, latency_ms: float | None = None, flops: float 
     if latency_ms is not None and measurable:  # the predictor may run low: search deep enough for the device
         worst = max(full["measured_ms"] / full_cost, floor_ms / floor_cost, 1.0)
         search_target = budget / worst
+    t0 = time.perf_counter()
     path = greedy_slim(net, scorer, cost, search_target, settings.search, path_file=work / "path.json",
                        identity=ident, progress=progress)
+    seconds["search"] = time.perf_counter() - t0
     if latency_ms is not None and measurable:
+        t0 = time.perf_counter()
         index, meas = closed_loop(net, path, budget, device, settings.max_measurements, settings.min_budget_use,
                                   log=log, timer=prep.timer)
+        seconds["closed_loop"] = time.perf_counter() - t0
         measurements = {int(k): {"median_ms": v.median_ms, "p25_ms": v.p25_ms, "p75_ms": v.p75_ms}
                         for k, v in meas.items()}
     else:
@@ -125,7 +134,9 @@ def autoslim(model: nn.Module, *, latency_ms: float | None = None, flops: float 
     if settings.finetune_epochs > 0:
         net.set_config(full_cfg)
         recalibrate_bn(net, calib_more)
+        t0 = time.perf_counter()
         finetune(subnet, net, train_loader, settings.finetune_epochs, settings.finetune_lr, progress=progress)
+        seconds["finetune"] = time.perf_counter() - t0
         recalibrate_bn(subnet, calib_more)
     top1 = evaluate(subnet, val_loader)["top1"]
     net.set_config(full_cfg)
@@ -136,7 +147,8 @@ def autoslim(model: nn.Module, *, latency_ms: float | None = None, flops: float 
         measured = timed_ms(prep, subnet)
     result = SlimResult(subnet=subnet, config=config, flops=int(net.flops(config)), predicted_ms=predicted,
                         measured_ms=measured, top1=top1, budget=float(budget), unit=cost.unit, path=path,
-                        example_inputs=x1, measurements=measurements, full=full, notes=notes, supernet=net)
+                        example_inputs=x1, measurements=measurements, full=full, notes=notes, supernet=net,
+                        seconds=seconds)
     result.save(work / "result.json")
     log(str(result))
     return result

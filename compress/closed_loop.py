@@ -14,7 +14,6 @@ from typing import Any, Callable
 from .errors import CompressError
 from .extract import extract_subnet
 from .timing import ReferenceTimer, measure_module
-from .timing import can_measure  # noqa: F401 (re-exported)
 
 
 class BudgetNotMetError(CompressError, RuntimeError):

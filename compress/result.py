@@ -31,6 +31,7 @@ class SlimResult:
         full: the same numbers for the full-width network.
         supernet: the trained slimmable network the subnet was cut from (left at full width).
         removed_blocks: residual blocks a depth search dropped (add nodes of the traced graph).
+        seconds: wall-clock seconds of each phase (for example supernet, search, closed_loop, finetune).
     """
 
     subnet: nn.Module
@@ -48,6 +49,7 @@ class SlimResult:
     notes: list[str] = field(default_factory=list)
     supernet: Any = field(default=None, repr=False)
     removed_blocks: list[str] = field(default_factory=list)
+    seconds: dict = field(default_factory=dict)
 
     def export_onnx(self, path: str | os.PathLike, **kwargs: Any) -> ExportReport:
         """Export the subnet to ONNX, checked with onnx.checker and compared with onnxruntime (atomic write)."""
@@ -58,7 +60,7 @@ class SlimResult:
         return {"config": self.config, "flops": self.flops, "predicted_ms": self.predicted_ms,
                 "measured_ms": self.measured_ms, "top1": self.top1, "budget": self.budget, "unit": self.unit,
                 "measurements": self.measurements, "full": self.full, "notes": self.notes,
-                "removed_blocks": self.removed_blocks}
+                "removed_blocks": self.removed_blocks, "seconds": self.seconds}
 
     def save(self, path: str | os.PathLike) -> None:
         """Summary and path as JSON (atomic)."""

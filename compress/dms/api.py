@@ -9,6 +9,7 @@ blocks removed -> subnet, BN recalibrated, trained or fine-tuned -> the same Sli
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -102,7 +103,11 @@ def dms(model: nn.Module, *, latency_ms: float | None = None, flops: float | Non
         target = budget / measured_per_predicted(dmsnet, surrogate, prep.full["measured_ms"], prep.floor_ms,
                                                  prep.floor_cfg, budget)
         log(f"soft latency target {target:.3f} ms (predictor scale) for a measured budget of {budget:.3f} ms")
+    seconds: dict[str, float] = {}
+    t0 = time.perf_counter()
     history = dms_search(dmsnet, train_loader, soft_cost, target, settings, progress=progress)
+    seconds["search"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
     removed = dmsnet.removed_blocks()
     cfg, _ = dmsnet.finalize_()  # channels ordered by importance: any width keeps the most important ones
     unit = "ms" if prep.latency else "FLOPs"
@@ -122,13 +127,16 @@ def dms(model: nn.Module, *, latency_ms: float | None = None, flops: float | Non
     else:
         notes.append(f"device {getattr(device, 'name', device)!r} cannot be measured from here: the subnet rests "
                      "on the latency surrogate alone")
+    seconds["closed_loop"] = time.perf_counter() - t0
     subnet = extract_with_depth(net, cfg, removed)
     calib = take_batches(train_loader, 16, "train")
     recalibrate_bn(subnet, calib)
     if train_epochs > 0 and pipeline != "search_only":
+        t0 = time.perf_counter()
         finetune(subnet, None, train_loader, train_epochs, lr=0.05 if pipeline == "scratch" else 0.01,
                  progress=progress)
         recalibrate_bn(subnet, calib)
+        seconds["train" if pipeline == "scratch" else "finetune"] = time.perf_counter() - t0
     top1 = evaluate(subnet, val_loader)["top1"]
     measured = fit.value if fit is not None and prep.latency else timed_ms(prep, subnet)
     flops_now = int(count_flops(subnet, x1).total)
@@ -145,7 +153,7 @@ def dms(model: nn.Module, *, latency_ms: float | None = None, flops: float | Non
                         path=[{"step": h["step"], "cost": h["cost"], "target": h["target"], "task": h["task"]}
                               for h in history], example_inputs=x1,
                         measurements={int(k): v for k, v in measurements.items()}, full=prep.full, notes=notes,
-                        supernet=net, removed_blocks=removed)
+                        supernet=net, removed_blocks=removed, seconds=seconds)
     result.save(prep.work / "result.json")
     log(str(result))
     return result
