@@ -17,7 +17,9 @@ training images (optimizer steps of batch 128):
 
 Equal steps is not equal compute: a sandwich step runs four subnets, a DMS search step the masked full network.
 Wall-clock seconds of every phase are reported next to the accuracy. The three exported ONNX files of a budget are
-timed interleaved, so their latencies compare free of machine drift. Finished rows are kept in the JSON and skipped
+timed interleaved, so their latencies compare free of machine drift, and every closed loop shares one timer whose
+reference is pinned at the full model's latency: a candidate passes when its ratio to the full model is under the
+budget fraction, whatever the host's speed at that minute. Finished rows are kept in the JSON and skipped
 when the benchmark is run again (interrupt and resume).
 """
 
@@ -84,9 +86,12 @@ def main(argv: list[str] | None = None) -> int:
     dev = get_device("cpu", threads=1)
     x = torch.zeros(1, 3, 32, 32)
     probe = compress.SlimmableNetwork(cifar_resnet(width=2.0), x)
-    timer = ReferenceTimer(dev, compress.extract_subnet(probe, None), (x,))
+    full = compress.extract_subnet(probe, None)
+    # budgets are fractions of the full model: one timer with the reference pinned at the full model's latency
+    # (kept from an earlier run when resuming) judges every candidate of every method by its ratio alone
+    full_ms = state.get("full_ms") or ReferenceTimer(dev, full, (x,)).reference_ms
+    timer = ReferenceTimer(dev, full, (x,), reference_ms=full_ms)
     predictor = fit_latency_predictor(probe, dev, "model", work / "latency")
-    full_ms = timer.reference_ms
 
     def save() -> None:
         save_json({"command": command, "full_ms": full_ms, "rows": rows, "fingerprint": dev.fingerprint(),
@@ -119,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
                 res = compress.dms(cifar_resnet(width=2.0), latency_ms=budget, device=dev, train_loader=train,
                                    val_loader=held, pipeline="scratch", train_epochs=args.epochs - args.dms_search,
                                    predictor=predictor, settings=DMSSettings(epochs=args.dms_search, lr=0.1),
-                                   work_dir=work / key)
+                                   work_dir=work / key, timer=timer)
                 subnet = res.subnet
                 row = {"config": res.config, "removed_blocks": res.removed_blocks, "notes": res.notes,
                        "seconds": res.seconds, "search_and_train_s": time.perf_counter() - t0}
@@ -137,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
                 settings = compress.AutoSlimSettings(finetune_epochs=args.autoslim_finetune, finetune_lr=0.02)
                 res = compress.autoslim(supernet, latency_ms=budget, device=dev, train_loader=train,
                                         val_loader=held, predictor=predictor, settings=settings,
-                                        work_dir=work / key, train=False)
+                                        work_dir=work / key, train=False, timer=timer)
                 subnet = res.subnet
                 row = {"config": res.config, "removed_blocks": [], "supernet_s": supernet_s, "distill": distill,
                        "seconds": res.seconds, "search_and_finetune_s": time.perf_counter() - t1}

@@ -26,13 +26,14 @@ from .reorder import reorder_channels_
 from .result import SlimResult
 from .settings import AutoSlimSettings
 from .supernet import train_supernet
-from .timing import timed_ms
+from .timing import ReferenceTimer, timed_ms
 
 
 def autoslim(model: nn.Module, *, latency_ms: float | None = None, flops: float | None = None,
              device: Any = "cpu", train_loader: Iterable, val_loader: Iterable,
              settings: AutoSlimSettings | None = None, predictor: Any = None, work_dir: str | Path | None = None,
-             train: bool = True, progress: bool = True, log: Callable[[str], None] = print) -> SlimResult:
+             train: bool = True, progress: bool = True, log: Callable[[str], None] = print,
+             timer: ReferenceTimer | None = None) -> SlimResult:
     """Find the most accurate slimmed network of ``model`` under a latency (or FLOPs) budget.
 
     Args:
@@ -45,6 +46,8 @@ def autoslim(model: nn.Module, *, latency_ms: float | None = None, flops: float 
         predictor: a fitted ``predictors.LatencyPredictor`` for the device (otherwise profiled here).
         work_dir: checkpoints, latency table, search path and result are kept here; rerunning resumes.
         train: train the slimmable supernet first (False: ``model`` is a trained supernet already).
+        timer: a ``compress.timing.ReferenceTimer`` of the full model to share between searches (optionally with
+            its reference latency pinned); by default one is made and the full model measured here.
 
     Returns:
         A SlimResult: subnet, config, FLOPs, predicted and measured latency, top-1, path; ``export_onnx(path)``.
@@ -58,7 +61,7 @@ def autoslim(model: nn.Module, *, latency_ms: float | None = None, flops: float 
     """
     settings = settings or AutoSlimSettings()
     prep = prepare("autoslim", model, latency_ms, flops, device, train_loader, val_loader, settings.divisor,
-                   settings.threads, settings.search.min_ratio, work_dir, log)
+                   settings.threads, settings.search.min_ratio, work_dir, log, timer)
     if prep.full_result is not None:
         return prep.full_result
     net, x1, device, budget, work = prep.net, prep.x1, prep.device, prep.budget, prep.work

@@ -92,7 +92,7 @@ def _full_model_result(net, full: dict, budget: float, unit: str, x1: tuple, val
 
 def prepare(name: str, model: nn.Module, latency_ms: float | None, flops: float | None, device: Any,
             train_loader: Iterable, val_loader: Iterable, divisor: int, threads: int, min_ratio: float,
-            work_dir: str | Path | None, log: Callable[[str], None]) -> Prepared:
+            work_dir: str | Path | None, log: Callable[[str], None], timer: ReferenceTimer | None = None) -> Prepared:
     """Validate a search call (``name`` is used in messages) and measure what budget checks need."""
     if (latency_ms is None) == (flops is None):
         raise InvalidParameterError(f"{name} needs exactly one budget: latency_ms=... or flops=... "
@@ -128,9 +128,14 @@ def prepare(name: str, model: nn.Module, latency_ms: float | None, flops: float 
     full = {"flops": net.flops(full_cfg)}
     measurable = can_measure(device)
     full_reaches = False
-    floor_ms, timer = None, None
+    floor_ms = None
     if latency_ms is not None and measurable:
-        timer = ReferenceTimer(device, extract_subnet(net, full_cfg), x1)
+        if timer is None:
+            timer = ReferenceTimer(device, extract_subnet(net, full_cfg), x1)
+        elif list(timer.example_inputs[0].shape) != list(x1[0].shape):
+            raise InvalidParameterError(
+                f"The timer was made for inputs of shape {list(timer.example_inputs[0].shape)}, the model runs on "
+                f"{list(x1[0].shape)}. Make the ReferenceTimer with the model's example inputs.")
         floor_ms = timer(extract_subnet(net, floor_cfg)).median_ms
         full["measured_ms"] = timer.reference_ms
         log(f"measured: full model {full['measured_ms']:.3f} ms, smallest subnet (every group at "

@@ -18,6 +18,7 @@ from torch import nn
 
 from devices.measurement import Measurement
 
+from .errors import check_parameter
 from .export import export_onnx
 
 ONNX_DEVICES = ("cpu", "ort-cpu")
@@ -48,11 +49,14 @@ class ReferenceTimer:
         reference: the module every candidate is timed against (the full model).
         example_inputs: inputs of both.
 
-    ``reference_ms`` is the median of all reference medians taken so far; ``history`` keeps every (ratio,
-    reference median) pair.
+    ``reference_ms`` is the median of all reference medians taken so far, or pinned by the ``reference_ms``
+    argument: then a candidate's latency is its ratio times that number, so several searches (or a benchmark's
+    budgets, fractions of the full model) judge every candidate by its ratio alone. ``history`` keeps every
+    (ratio, reference median) pair. Pass one timer to several ``autoslim`` / ``dms`` calls to share it.
     """
 
-    def __init__(self, device: Any, reference: nn.Module, example_inputs: tuple) -> None:
+    def __init__(self, device: Any, reference: nn.Module, example_inputs: tuple,
+                 reference_ms: float | None = None) -> None:
         self.device = device
         self.example_inputs = example_inputs
         self._tmp = tempfile.TemporaryDirectory(prefix="reference-timer-")
@@ -63,6 +67,12 @@ class ReferenceTimer:
             export_onnx(reference, example_inputs, self.reference)
         else:
             self.reference = reference
+        self.pinned_ms = reference_ms
+        if reference_ms is not None:
+            check_parameter(isinstance(reference_ms, (int, float)) and reference_ms > 0, "reference_ms",
+                            "ReferenceTimer", "a positive latency in ms", reference_ms)
+            self._reference_medians = []
+            return
         first = device.measure(self.reference, self._shapes()) if self._onnx else \
             device.measure(reference, example_inputs)
         self._reference_medians = [first.median_ms]
@@ -72,7 +82,8 @@ class ReferenceTimer:
 
     @property
     def reference_ms(self) -> float:
-        return statistics.median(self._reference_medians)
+        """The reference's latency: pinned if given, else the median of its medians so far."""
+        return self.pinned_ms if self.pinned_ms is not None else statistics.median(self._reference_medians)
 
     def __call__(self, module: nn.Module) -> Measurement:
         """The candidate's latency on the reference's scale; ``p25_ms``/``p75_ms`` scale with it."""

@@ -83,3 +83,24 @@ def test_target_anneals_linearly_from_full_to_budget_then_stays():
     assert seq[9:] == pytest.approx([40.0] * 11)
     steps = [b - a for a, b in zip(seq[:9], seq[1:10])]
     assert steps == pytest.approx([-6.0] * 9)
+
+
+def test_dms_latency_budget_is_met_on_the_device(loaders, tmp_path):
+    """Latency budget end to end: surrogate of the profiled predictor, search, closed loop by scaling with
+    drift-free timing; the returned subnet's latency is under the budget and uses >= 85% of it."""
+    from compress.timing import ReferenceTimer
+    from devices import get_device
+
+    train, val = loaders
+    torch.manual_seed(0)
+    model = cifar_resnet(20, width=2.0)
+    dev = get_device("cpu", threads=1)
+    x = (torch.zeros(1, 3, 32, 32),)
+    budget = 0.5 * ReferenceTimer(dev, model.eval(), x).reference_ms
+    res = dms(model, latency_ms=budget, device=dev, train_loader=train, val_loader=val, pipeline="search_only",
+              settings=DMSSettings(epochs=2, lambda_resource=5.0), work_dir=tmp_path, progress=False,
+              log=lambda s: None)
+    assert 0.85 * budget <= res.measured_ms <= budget
+    assert res.measurements and all(m["unit"] == "ms" for m in res.measurements.values())
+    assert res.predicted_ms > 0 and set(res.seconds) >= {"search", "closed_loop"}
+    assert any("surrogate" in n for n in res.notes)

@@ -35,3 +35,17 @@ def test_reference_timer_scales_ratios_by_the_reference(name):
 
 def test_only_local_devices_can_be_timed():
     assert can_measure(get_device("cpu", threads=1)) and not can_measure(get_device("board"))
+
+
+def test_a_pinned_reference_makes_latency_a_pure_ratio():
+    dev = get_device("cpu", threads=1)
+    x = (torch.zeros(1, 3, 32, 32),)
+    timer = ReferenceTimer(dev, _net(96), x, reference_ms=10.0)
+    try:
+        m = timer(_net(16))
+        assert timer.reference_ms == 10.0 and m.median_ms == pytest.approx(10.0 * timer.history[0]["ratio"])
+    finally:
+        timer.close()
+    from compress.errors import InvalidParameterError
+    with pytest.raises(InvalidParameterError, match="reference_ms"):
+        ReferenceTimer(dev, _net(16), x, reference_ms=-1.0)

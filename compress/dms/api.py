@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ..bn import recalibrate_bn
-from ..timing import timed_ms
+from ..timing import ReferenceTimer, timed_ms
 from ..errors import InvalidParameterError
 from ..evaluate import evaluate, take_batches
 from ..finetune import finetune
@@ -51,7 +51,7 @@ def dms(model: nn.Module, *, latency_ms: float | None = None, flops: float | Non
         train_loader: Iterable, val_loader: Iterable, settings: DMSSettings | None = None,
         pipeline: str = "pretrained", train_epochs: float = 0.0, predictor: Any = None, threads: int = 1,
         divisor: int = 8, max_measurements: int = 8, min_use: float = 0.85, work_dir: str | Path | None = None,
-        progress: bool = True, log: Callable[[str], None] = print) -> SlimResult:
+        progress: bool = True, log: Callable[[str], None] = print, timer: ReferenceTimer | None = None) -> SlimResult:
     """Search widths and depths by gradient descent under a latency (or FLOPs) budget.
 
     Args:
@@ -63,6 +63,7 @@ def dms(model: nn.Module, *, latency_ms: float | None = None, flops: float | Non
         max_measurements: closed loop: the searched shape is scaled (one factor on every width, removed blocks
             kept) until its measured latency (exact FLOPs) is within [min_use x budget, budget]; at most this many
             measurements.
+        timer: a ``compress.timing.ReferenceTimer`` of the full model to share between searches (see autoslim).
 
     Returns:
         A SlimResult; ``notes`` lists removed blocks and the surrogate's error, ``config`` holds the group widths and
@@ -77,7 +78,7 @@ def dms(model: nn.Module, *, latency_ms: float | None = None, flops: float | Non
     if pipeline == "search_only" and not settings.search_only:
         settings = DMSSettings.from_dict({**settings.to_dict(), "search_only": True})
     prep = prepare("dms", model, latency_ms, flops, device, train_loader, val_loader, divisor, threads,
-                   settings.min_ratio, work_dir, log)
+                   settings.min_ratio, work_dir, log, timer)
     if prep.full_result is not None:
         return prep.full_result
     net, x1, device, budget = prep.net, prep.x1, prep.device, prep.budget
