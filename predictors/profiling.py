@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
-import torch
 
 from compress.export import export_onnx
 from compress.extract import extract_subnet

@@ -1,7 +1,6 @@
 """Latency tables and predictors: files, errors, and the predictor against measurements."""
 
 import json
-import warnings
 
 import numpy as np
 import pytest

@@ -3,7 +3,6 @@ gradients reach only the sliced part of the shared weights."""
 
 import copy
 
-import pytest
 import torch
 import torchvision
 
