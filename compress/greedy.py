@@ -100,22 +100,30 @@ def greedy_slim(net, score: ScoreFn, cost: CostFn, target: float, settings: Sear
         cost: list of configs -> costs (FLOPs, or predicted ms).
         target: the budget in the cost's unit.
         path_file: JSON file the path is written to after every step; an existing one is resumed.
-        identity: anything that must match for a saved path to be resumed (objective, target, network).
+        identity: anything that must match for a saved path to be resumed (objective, network); the target need
+            not match (see below).
 
     Returns:
         The path: dicts with step, config, cost, flops, top1, loss, seconds.
     """
     settings = settings or SearchSettings()
     space = net.space
-    ident = {"identity": identity or {}, "settings": settings.to_dict(), "target": float(target)}
+    # The target is not part of the identity: greedy decisions do not depend on it (only how many cuts a step
+    # makes while far from it), so a saved path is a valid start for any target: a deeper target goes on from its
+    # end, a shallower one is cut after the first point below it. Reruns with a re-measured budget resume.
+    ident = {"identity": identity or {}, "settings": settings.to_dict()}
     path: list[dict] = []
     if path_file is not None and Path(path_file).exists():
         saved = json.loads(Path(path_file).read_text())
         if {k: saved.get(k) for k in ident} != ident:
             raise SearchResumeError(
-                f"The search path {str(path_file)!r} was written for another network, objective, target or "
-                "settings. Delete it or use another work directory.")
+                f"The search path {str(path_file)!r} was written for another network, objective or settings. "
+                "Delete it or use another work directory.")
         path = saved["path"]
+        stop = next((i for i, p in enumerate(path) if p["cost"] <= settings.overshoot * target), None)
+        if stop is not None:
+            path = path[:stop + 1]
+    ident["target"] = float(target)
 
     def point(step: int, cfg: dict, res: dict, c: float, t: float) -> dict:
         return {"step": step, "config": cfg, "cost": float(c), "flops": int(net.flops(cfg)),

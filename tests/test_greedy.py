@@ -96,8 +96,13 @@ def test_interrupted_search_resumes_to_the_same_path(net, tmp_path):
     assert 1 < len(saved) < len(ref)
     again = greedy_slim(net, KnownScore(net), cost, target, path_file=f, progress=False)
     assert [p["config"] for p in again] == [p["config"] for p in ref]
+    deeper = greedy_slim(net, KnownScore(net), cost, 0.4 * target, path_file=f, progress=False)  # another target
+    assert [p["config"] for p in deeper[:len(again)]] == [p["config"] for p in again]  # goes on from the saved path
+    assert deeper[-1]["cost"] <= 0.85 * 0.4 * target and len(deeper) > len(again)
+    shallower = greedy_slim(net, KnownScore(net), cost, 0.9 * target, path_file=f, progress=False)
+    assert shallower[-1]["cost"] <= 0.85 * 0.9 * target < shallower[-2]["cost"]  # cut after the first point below
     with pytest.raises(SearchResumeError, match="Delete it"):
-        greedy_slim(net, KnownScore(net), cost, 0.4 * target, path_file=f, progress=False)
+        greedy_slim(net, KnownScore(net), cost, target, SearchSettings(step_ratio=0.2), path_file=f, progress=False)
 
 
 def test_damage_per_cost_prefers_cuts_that_buy_more_cost(net):
