@@ -29,7 +29,6 @@ from compress.data import SHIPPED_CIFAR, cifar10_loaders  # noqa: E402
 from compress.models import build_model  # noqa: E402
 from compress.objectives import fit_latency_predictor  # noqa: E402
 from devices import get_device  # noqa: E402
-from devices import profile_device as pd  # noqa: E402
 
 FAMILIES = {"resnet20x2": ("cifar_resnet20", {"width": 2.0}), "mobilenet_v2": ("cifar_mobilenet_v2", {"width_mult": 1.0})}
 BUDGETS = (0.70, 0.50, 0.35)
@@ -37,15 +36,8 @@ BUDGETS = (0.70, 0.50, 0.35)
 
 def interleaved_ms(paths: list[Path], threads: int = 1) -> list[float]:
     """Median latency of each ONNX file, timed in alternation so drift hits all alike."""
-    import onnxruntime as ort
-
-    runs = []
-    for p in paths:
-        sess = ort.InferenceSession(str(p), pd.session_options(threads, "all"), providers=["CPUExecutionProvider"])
-        feeds = pd.random_feeds(sess, {})
-        runs.append(lambda s=sess, f=feeds: s.run(None, f))
-    stats = pd.measure_interleaved(runs, min_runs=100)
-    return [s["median_ms"] for s in stats]
+    runs = get_device("cpu", threads=threads).measure_interleaved(paths, min_runs=100)
+    return [m.median_ms for m in runs]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -35,6 +35,10 @@ def _choices(g, floor_width: int, align: int) -> np.ndarray:
     return np.array(aligned or allowed)
 
 
+def _key(config: dict[str, int]) -> tuple:
+    return tuple(sorted(config.items()))
+
+
 def scaled_config(space, config: dict[str, int], floor: dict[str, int], s: float, align: int = 1) -> dict[str, int]:
     """Every group's width times ``s``, clamped to [floor, full] and rounded to the nearest allowed width (a
     multiple of ``align`` where the group has one: on a CPU with 16-channel vector blocks 56 channels cost what 64
@@ -73,7 +77,7 @@ def fit_scale(space, config: dict[str, int], floor: dict[str, int], cost: Callab
     s = 1.0
     while len(tried) < max(3, max_evals - 3):  # the rest is for filling between a stepped bracket
         cfg = scaled_config(space, config, floor, s, align)
-        key = tuple(sorted(cfg.items()))
+        key = _key(cfg)
         if key in seen:
             break
         value = float(cost(cfg))
@@ -99,12 +103,12 @@ def fit_scale(space, config: dict[str, int], floor: dict[str, int], cost: Callab
                 p = math.log(b["value"] / a["value"]) / math.log(b["scale"] / a["scale"])
                 p = min(max(p, 0.3), 3.0)
         guess = s * (aim / value) ** (1.0 / p)
-        if not lo < guess < hi:
-            guess = math.sqrt(max(lo, 1e-6) * hi) if under or over else guess
+        if not lo < guess < hi:  # outside the bracket: bisect it (geometrically)
+            guess = math.sqrt(max(lo, 1e-6) * hi)
         guess = min(max(guess, s_min), s_max)
-        if tuple(sorted(scaled_config(space, config, floor, guess, align).items())) in seen:
+        if _key(scaled_config(space, config, floor, guess, align)) in seen:
             guess = 0.5 * (lo + hi)
-            if tuple(sorted(scaled_config(space, config, floor, guess, align).items())) in seen:
+            if _key(scaled_config(space, config, floor, guess, align)) in seen:
                 break
         s = guess
     if under is not None and over is not None and under["value"] < min_use * budget:
@@ -125,7 +129,7 @@ def _fill_between(space, under: dict, over: dict, cost: Callable[[dict], float],
     while hi - lo > 1 and evals > 0:
         mid = (lo + hi) // 2
         cfg = {**under["config"], **{name: over["config"][name] for name in diff[:mid]}}
-        key = tuple(sorted(cfg.items()))
+        key = _key(cfg)
         value = seen[key] if key in seen else float(cost(cfg))
         if key not in seen:
             seen[key] = value
