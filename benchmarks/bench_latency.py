@@ -29,7 +29,7 @@ import compress
 from compress.export import export_onnx
 from devices import get_device
 from predictors import LatencyPredictor, LatencyTable, profile_configs, profile_family
-from predictors.reference import corrected_ms
+from predictors.reference import anchor_scales, corrected_ms
 from predictors.suite import profile_suite
 
 WITHIN = ("resnet18", "mobilenet_v2", "mobilenet_v3_small")
@@ -117,7 +117,10 @@ def main() -> None:
         cfgs = [nets[fam].space.random_config(50_000 + s) for s in range(n)]
         if fam in CROSS:
             cfgs[0] = nets[fam].space.max_config()
-        tests[fam] = profile_configs(nets[fam], cfgs, f"{fam}_test", work / f"{fam}.test.json", quiet=False)
+        tests[fam] = profile_configs(nets[fam], cfgs, f"{fam}_test", work / f"{fam}.test.json", quiet=False,
+                                     anchor=fam)
+    # each family's full model (the anchor) on the reference's scale, pooled over its training and test batches
+    anchors = anchor_scales(r for t in list(tables.values()) + list(tests.values()) for r in t.records)
 
     # ---- fit -----------------------------------------------------------------------------------
     results = {"timing": timing, "within": {}, "cross": {}, "fingerprint": suite.fingerprint}
@@ -127,13 +130,13 @@ def main() -> None:
         pred = LatencyPredictor().fit([tables[fam]], nets={fam: nets[fam]})
         results["timing"][f"fit_{fam}_s"] = round(time.perf_counter() - t, 2)
         cfgs = [r["meta"]["config"] for r in tests[fam].records]
-        meas = np.array([corrected_ms(r, pred.reference_ms_) for r in tests[fam].records])
+        meas = np.array([corrected_ms(r, pred.reference_ms_, anchors) for r in tests[fam].records])
         p = pred.predict_ms(nets[fam], cfgs, family=fam)
         # baseline: latency proportional to FLOPs, fitted on the training subnets
         fm = nets[fam].flops_model()
         tr = tables[fam].records
         f_tr = fm.flops_batch([r["meta"]["config"] for r in tr]).astype(float)
-        a, b = np.polyfit(f_tr, [corrected_ms(r, pred.reference_ms_) for r in tr], 1)
+        a, b = np.polyfit(f_tr, [corrected_ms(r, pred.reference_ms_, anchors) for r in tr], 1)
         p_flops = a * fm.flops_batch(cfgs).astype(float) + b
         # baseline: sum of standalone layer latencies (first configs only: it is slow)
         cache: dict = {}
@@ -146,10 +149,10 @@ def main() -> None:
     pred = LatencyPredictor().fit([suite] + [tables[f] for f in WITHIN], nets={f: nets[f] for f in WITHIN})
     all_tr = [(f, r) for f in WITHIN for r in tables[f].records]
     f_all = np.array([nets[f].flops(r["meta"]["config"]) for f, r in all_tr], dtype=float)
-    a, b = np.polyfit(f_all, [corrected_ms(r, pred.reference_ms_) for _, r in all_tr], 1)
+    a, b = np.polyfit(f_all, [corrected_ms(r, pred.reference_ms_, anchors) for _, r in all_tr], 1)
     for fam in CROSS:
         cfgs = [r["meta"]["config"] for r in tests[fam].records]
-        meas = np.array([corrected_ms(r, pred.reference_ms_) for r in tests[fam].records])
+        meas = np.array([corrected_ms(r, pred.reference_ms_, anchors) for r in tests[fam].records])
         p = pred.predict_ms(nets[fam], cfgs)
         p_flops = a * nets[fam].flops_model().flops_batch(cfgs).astype(float) + b
         results["cross"][fam] = {"predictor": stats(p, meas), "flops_fitted": stats(p_flops, meas)}

@@ -2,7 +2,8 @@
 
 On a shared machine the same model measures 15-30% apart from one minute to the next (docs/measurement_noise.md),
 so two absolute measurements taken minutes apart cannot be compared to a budget reliably. A ReferenceTimer times
-every candidate interleaved with a fixed reference (the full model): the ratio of the two medians is stable. The
+every candidate interleaved with a fixed reference (the full model), round by round: the median of the per-round
+ratios repeats within 1-3%. The
 candidate's latency is that ratio times the reference's latency, taken as the median of every reference median seen
 in the run, so each decision uses all the evidence about how fast the reference is.
 """
@@ -17,6 +18,7 @@ from typing import Any
 from torch import nn
 
 from devices.measurement import Measurement
+from devices.profile_device import round_ratio
 
 from .errors import check_parameter
 from .export import export_onnx
@@ -95,7 +97,7 @@ class ReferenceTimer:
         else:
             ref, cand = self.device.measure_interleaved([self.reference, module], self.example_inputs)
         self._reference_medians.append(ref.median_ms)
-        ratio = cand.median_ms / ref.median_ms
+        ratio = round_ratio(cand.to_dict(), ref.to_dict())
         self.history.append({"ratio": ratio, "reference_median_ms": ref.median_ms})
         scale = self.reference_ms / ref.median_ms
         return Measurement(ratio * self.reference_ms, cand.p25_ms * scale, cand.p75_ms * scale, cand.runs,

@@ -24,7 +24,8 @@ def write_bundle(models: Mapping[str, str | os.PathLike], input_shapes: Mapping[
                  path: str | os.PathLike, meta: Mapping[str, dict] | None = None,
                  model_inputs: Mapping[str, Mapping[str, list[int]]] | None = None,
                  reference: str | os.PathLike | None = None,
-                 reference_inputs: Mapping[str, list[int]] | None = None) -> Path:
+                 reference_inputs: Mapping[str, list[int]] | None = None,
+                 anchor: str | os.PathLike | None = None, anchor_name: str = "anchor") -> Path:
     """Write a profiling bundle (ONNX models + manifest) atomically; returns its path.
 
     Args:
@@ -35,6 +36,12 @@ def write_bundle(models: Mapping[str, str | os.PathLike], input_shapes: Mapping[
         model_inputs: optional per-model input shapes, overriding ``input_shapes``.
         reference: optional ONNX model timed in every batch, to correct for machine drift.
         reference_inputs: its input shapes.
+        anchor: optional ONNX model like the others (say the full model of the family being profiled), timed
+            in every batch too: each record gets its ratio to the anchor, round by round, which repeats within
+            1-3% where ratios to a small unrelated reference repeat within 4-13% (docs/measurement_noise.md).
+            Its inputs are ``input_shapes``.
+        anchor_name: the anchor's name in the table (records of several tables sharing an anchor name are put on
+            one scale together).
     """
     check_parameter(len(models) > 0, "models", "write_bundle", "a non-empty mapping", models)
     path = Path(path)
@@ -52,6 +59,9 @@ def write_bundle(models: Mapping[str, str | os.PathLike], input_shapes: Mapping[
             if reference is not None:
                 z.write(reference, "reference.onnx")
                 manifest["reference"] = {"file": "reference.onnx", "inputs": dict(reference_inputs or {})}
+            if anchor is not None:
+                z.write(anchor, "anchor.onnx")
+                manifest["anchor"] = {"file": "anchor.onnx", "inputs": dict(input_shapes), "name": anchor_name}
             z.writestr("manifest.json", json.dumps(manifest, indent=1))
         os.replace(tmp, path)
     finally:

@@ -15,11 +15,12 @@ class Measurement:
     runs: int
     samples_ms: list[float] = field(repr=False)
     fingerprint: dict
+    burst: int = 1  # samples per round when timed interleaved (see profile_device.round_ratio)
 
     @classmethod
     def from_stats(cls, stats: dict, fingerprint: dict) -> "Measurement":
         return cls(stats["median_ms"], stats["p25_ms"], stats["p75_ms"], stats["runs"], stats["samples_ms"],
-                   fingerprint)
+                   fingerprint, int(stats.get("burst", 1)))
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -93,26 +93,29 @@ def measure(run, warmup: int = 10, min_runs: int = 50, max_runs: int = 400, rel_
             "samples_ms": [round(s, 5) for s in samples]}
 
 
-def measure_interleaved(runs: list, warmup: int = 10, min_runs: int = 50, burst: int = 5,
+def measure_interleaved(runs: list, warmup: int = 10, min_runs: int = 50, burst: int = 2,
                         max_runs: int = 400, rel_tol: float = 0.01) -> list[dict]:
-    """Time several callables in round-robin bursts, so that slow phases of a shared machine hit
-    every model alike instead of whichever model happened to be running.
+    """Time several callables in rounds: each round runs every model for a short burst, in alternating order
+    (forward, then backward), so a slow phase of a shared machine hits every model alike.
 
     Each model gets at least ``min_runs`` runs; rounds continue (up to ``max_runs`` per model) until
-    another round moves no model's median by more than ``rel_tol``. On a shared 2-core machine this
-    halved the run-to-run spread of medians compared with timing models one after another.
+    another round moves no model's median by more than ``rel_tol``. Samples stay in round order (``burst``
+    per round), so ``round_ratio`` can compare two models round by round.
     """
     for run in runs:
         for _ in range(warmup):
             run()
     samples: list[list[float]] = [[] for _ in runs]
+    rounds = 0
     while True:
         before = [statistics.median(s) if s else None for s in samples]
-        for j, run in enumerate(runs):
+        order = range(len(runs)) if rounds % 2 == 0 else range(len(runs) - 1, -1, -1)
+        for j in order:
             for _ in range(burst):
                 t = time.perf_counter()
-                run()
+                runs[j]()
                 samples[j].append((time.perf_counter() - t) * 1e3)
+        rounds += 1
         n = len(samples[0])
         if n >= max_runs:
             break
@@ -123,8 +126,22 @@ def measure_interleaved(runs: list, warmup: int = 10, min_runs: int = 50, burst:
     for s in samples:
         q = statistics.quantiles(s, n=4)
         out.append({"median_ms": statistics.median(s), "p25_ms": q[0], "p75_ms": q[2], "runs": len(s),
-                    "samples_ms": [round(v, 5) for v in s]})
+                    "burst": burst, "samples_ms": [round(v, 5) for v in s]})
     return out
+
+
+def round_ratio(a: dict, b: dict) -> float:
+    """Median over rounds of (a's burst median / b's burst median) for two models timed by
+    ``measure_interleaved`` in the same call: each ratio compares runs a few milliseconds apart, so a host
+    whose speed drifts between rounds cancels out (docs/measurement_noise.md: 1-3% between repeats where
+    absolute medians differ by 15%)."""
+    burst = int(a.get("burst", 1))
+    sa, sb = a["samples_ms"], b["samples_ms"]
+    n = min(len(sa), len(sb)) // burst
+    if n == 0:
+        return a["median_ms"] / b["median_ms"]
+    return statistics.median(statistics.median(sa[i * burst:(i + 1) * burst]) /
+                             statistics.median(sb[i * burst:(i + 1) * burst]) for i in range(n))
 
 
 def session_options(threads: int, opt_level: str, profile_prefix: str | None = None):
@@ -275,6 +292,20 @@ def load_resumable(out: str, bundle_hash: str, fp: dict) -> dict | None:
     return table
 
 
+def _add_ratios(rec: dict, total: dict, fixed: dict, names: dict) -> None:
+    """Ratios of a model to the batch's reference and anchor (round by round), and of the anchor to the
+    reference, so the host can put every record on one drift-free scale."""
+    if "reference" in fixed:
+        rec["reference_ms"] = fixed["reference"]["median_ms"]
+        rec["reference_ratio"] = round_ratio(total, fixed["reference"])
+    if "anchor" in fixed:
+        rec["anchor"] = names["anchor"]
+        rec["anchor_ms"] = fixed["anchor"]["median_ms"]
+        rec["anchor_ratio"] = round_ratio(total, fixed["anchor"])
+        if "reference" in fixed:
+            rec["anchor_reference_ratio"] = round_ratio(fixed["anchor"], fixed["reference"])
+
+
 def run(bundle: str, out: str, threads: int, opt_level: str, quiet: bool = False, min_runs: int = 50,
         kernel_runs: int = 20, batch: int = 8) -> dict:
     if threads <= 0:
@@ -297,12 +328,14 @@ def run(bundle: str, out: str, threads: int, opt_level: str, quiet: bool = False
     import onnxruntime as ort
 
     with zipfile.ZipFile(bundle) as z:
-        ref = None
-        if manifest.get("reference"):
-            r = manifest["reference"]
-            ref_sess = ort.InferenceSession(z.read(r["file"]), session_options(threads, opt_level),
+        fixed = {}  # the reference and the anchor: timed in every batch, interleaved with the others
+        for role in ("anchor", "reference"):
+            if manifest.get(role):
+                r = manifest[role]
+                sess = ort.InferenceSession(z.read(r["file"]), session_options(threads, opt_level),
                                             providers=["CPUExecutionProvider"])
-            ref = (ref_sess, random_feeds(ref_sess, r.get("inputs", {})))
+                feeds = random_feeds(sess, r.get("inputs", {}))
+                fixed[role] = (r.get("name", role), lambda s=sess, f=feeds: s.run(None, f))
         for b in range(0, len(todo), batch):
             entries = todo[b:b + batch]
             start = time.perf_counter()
@@ -311,16 +344,13 @@ def run(bundle: str, out: str, threads: int, opt_level: str, quiet: bool = False
                         for m in models]
             feeds = [random_feeds(s, e.get("inputs", {})) for s, e in zip(sessions, entries)]
             runs = [lambda s=s, f=f: s.run(None, f) for s, f in zip(sessions, feeds)]
-            if ref is not None:  # the reference model is timed in every batch, interleaved with the others
-                runs.append(lambda: ref[0].run(None, ref[1]))
-            totals = measure_interleaved(runs, min_runs=min_runs)
-            ref_ms = totals.pop()["median_ms"] if ref is not None else None
+            totals = measure_interleaved(runs + [run for _, run in fixed.values()], min_runs=min_runs)
+            stats_of = dict(zip(fixed, totals[len(entries):]))
             del sessions, runs
-            for k, (entry, model, total) in enumerate(zip(entries, models, totals)):
+            for k, (entry, model, total) in enumerate(zip(entries, models, totals[:len(entries)])):
                 kernels = profile_kernels(model, entry.get("inputs", {}), threads, opt_level, kernel_runs)
                 rec = {"model": entry["name"], "meta": entry.get("meta", {}), **total, "kernels": kernels}
-                if ref_ms is not None:
-                    rec["reference_ms"] = ref_ms
+                _add_ratios(rec, total, stats_of, {role: name for role, (name, _) in fixed.items()})
                 table["records"].append(rec)
                 if not quiet:
                     i = len(done) + b + k + 1

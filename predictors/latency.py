@@ -27,7 +27,7 @@ from devices import profile_device as pd
 from .errors import CorruptTableError, NotFittedError, SchemaVersionError
 from .features import FAMILIES, raw_from_kernel
 from .forest import ForestModel
-from .reference import corrected_ms
+from .reference import anchor_scales, corrected_ms
 from .table import LatencyTable, check_fingerprint
 
 PREDICTOR_KIND = "compress-latency-predictor"
@@ -177,7 +177,9 @@ class LatencyPredictor:
 
         Records whose ``meta`` has ``family`` (a key of ``nets``) and ``config`` are
         whole-model measurements of that network at that config. Records timed beside a reference
-        model are first corrected to the median reference latency (``reference_ms_``).
+        model are first corrected to the median reference latency (``reference_ms_``), through their anchor
+        (the full model timed beside them) where they have one: ``anchors_`` holds each anchor's latency in
+        reference units, pooled over every batch of every table.
         """
         tables = [tables] if isinstance(tables, LatencyTable) else list(tables)
         if not tables:
@@ -188,6 +190,7 @@ class LatencyPredictor:
         refs = [r["reference_ms"] for t in tables for r in t.records if r.get("reference_ms")]
         self.reference_ms_ = float(np.median(refs)) if refs else None
         R = self.reference_ms_
+        self.anchors_ = anchor_scales(r for t in tables for r in t.records)
         rows: dict[str, list] = defaultdict(list)
         ys: dict[str, list] = defaultdict(list)
         exact: dict[tuple, list] = defaultdict(list)
@@ -197,7 +200,7 @@ class LatencyPredictor:
                 # sessions; the whole-model median (>= 50 unprofiled runs) is the steadier number, so each
                 # record's kernel times are rescaled to add up to it (they keep their shares).
                 kernel_sum_us = sum(k["us"] for k in rec["kernels"])
-                scale = corrected_ms(rec, R) * 1e3 / kernel_sum_us if kernel_sum_us > 0 else 1.0
+                scale = corrected_ms(rec, R, self.anchors_) * 1e3 / kernel_sum_us if kernel_sum_us > 0 else 1.0
                 for k in rec["kernels"]:
                     fr = raw_from_kernel(k)
                     if fr is None or k["us"] <= 0:
@@ -221,7 +224,7 @@ class LatencyPredictor:
             for rec in t.records:
                 fam, cfg = rec.get("meta", {}).get("family"), rec.get("meta", {}).get("config")
                 if nets and fam in nets and cfg is not None:
-                    samples[fam].append((cfg, corrected_ms(rec, R)))
+                    samples[fam].append((cfg, corrected_ms(rec, R, self.anchors_)))
         all_feats, all_y = [], []
         for fam, items in samples.items():
             nk = NetKernels(nets[fam])
@@ -330,7 +333,7 @@ class LatencyPredictor:
         pd.write_json_atomic(str(path), {
             "schema_version": PREDICTOR_SCHEMA_VERSION, "kind": PREDICTOR_KIND, "fingerprint": self.fingerprint_,
             "params": {"n_trees": self.n_trees, "max_depth": self.max_depth, "seed": self.seed},
-            "block": self.block_, "reference_ms": self.reference_ms_,
+            "block": self.block_, "reference_ms": self.reference_ms_, "anchors": self.anchors_,
             "forests": {k: f.to_dict() for k, f in self.forests_.items()},
             "exact": [[list(k), v] for k, v in self.exact_.items()],
             "overhead": self.overhead_, "global_overhead": self.global_overhead_})
@@ -355,6 +358,7 @@ class LatencyPredictor:
             p.fingerprint_ = d["fingerprint"]
             p.block_ = int(d["block"])
             p.reference_ms_ = d.get("reference_ms")
+            p.anchors_ = dict(d.get("anchors", {}))
             p.forests_ = {k: ForestModel.from_dict(v) for k, v in d["forests"].items()}
             p.exact_ = {tuple(k): v for k, v in d["exact"]}
             p.overhead_ = d["overhead"]

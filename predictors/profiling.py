@@ -34,14 +34,20 @@ def export_configs(net, configs: Sequence[Mapping[str, int]], family: str, folde
 
 def profile_configs(net, configs: Sequence[Mapping[str, int]], family: str, out: str | os.PathLike,
                     threads: int = 1, opt_level: str = "all", start: int = 0, quiet: bool = True,
-                    min_runs: int = 50) -> LatencyTable:
-    """Profile the subnets of ``configs`` (whole-model latency + kernels); results go to ``out`` (resumable)."""
+                    min_runs: int = 50, anchor: str | None = None) -> LatencyTable:
+    """Profile the subnets of ``configs`` (whole-model latency + kernels); results go to ``out`` (resumable).
+
+    Every batch also times the reference model and the full model (the anchor, named ``anchor`` or
+    ``family``): latencies are ratios to the full model, put on the reference's scale (predictors.reference)."""
     shapes = {"input": list(net.example_inputs[0].shape)}
     with tempfile.TemporaryDirectory() as tmp:
         paths, meta = export_configs(net, configs, family, tmp, start)
         ref = export_reference(Path(tmp) / "reference.onnx")
+        full = Path(tmp) / "anchor.onnx"
+        export_onnx(extract_subnet(net, net.space.max_config()), net.example_inputs, full)
         bundle = write_bundle(paths, shapes, Path(tmp) / "bundle.zip", meta, reference=ref,
-                              reference_inputs={"input": REFERENCE_INPUT})
+                              reference_inputs={"input": REFERENCE_INPUT}, anchor=full,
+                              anchor_name=anchor or family)
         part = Path(tmp) / "part.json"
         pd.run(str(bundle), str(part), threads, opt_level, quiet=quiet, min_runs=min_runs)
         new = LatencyTable.load(part)

@@ -2,13 +2,19 @@
 
 A shared machine speeds up and slows down by 10-20% over minutes (docs/measurement_noise.md). Timing one
 fixed model in every batch, interleaved with the others, turns each measurement into a ratio to it;
-``corrected_ms`` maps it back to milliseconds at one common reference latency.
+``corrected_ms`` maps it back to milliseconds at one common reference latency. A small unrelated reference
+reacts to the host's slow phases differently from a large model (ratios to it repeat within 4-13%), so bundles
+profiling subnets of one model also time an *anchor*, the full model: ratios to it repeat within 1-3%, and the
+anchor's own ratio to the reference, pooled over every batch, puts all records on the common scale.
 """
 
 from __future__ import annotations
 
 import os
+import statistics
+from collections import defaultdict
 from pathlib import Path
+from typing import Iterable, Mapping
 
 import torch
 from torch import nn
@@ -35,7 +41,25 @@ def export_reference(path: str | os.PathLike) -> Path:
     return Path(path)
 
 
-def corrected_ms(record: dict, reference_ms: float) -> float:
-    """A record's median latency at the common reference latency (unchanged if it has no reference)."""
+def anchor_scales(records: Iterable[dict]) -> dict[str, float]:
+    """Each anchor's latency in units of the reference: the median, over the batches that timed it, of its
+    round-by-round ratio to the reference. Pool the records of every table that shares an anchor."""
+    per: dict[str, list[float]] = defaultdict(list)
+    for r in records:
+        if r.get("anchor") and r.get("anchor_reference_ratio"):
+            per[r["anchor"]].append(r["anchor_reference_ratio"])
+    return {name: statistics.median(v) for name, v in per.items()}
+
+
+def corrected_ms(record: dict, reference_ms: float, anchors: Mapping[str, float] | None = None) -> float:
+    """A record's latency at the common reference latency ``reference_ms``.
+
+    Best first: its ratio to its anchor x the anchor's scale (``anchor_scales``) x ``reference_ms``; its
+    round-by-round ratio to the reference x ``reference_ms``; its median x ``reference_ms`` / the reference's
+    median of its batch; its median alone (no reference timed)."""
+    if anchors and record.get("anchor") in anchors and record.get("anchor_ratio"):
+        return record["anchor_ratio"] * anchors[record["anchor"]] * reference_ms
+    if record.get("reference_ratio"):
+        return record["reference_ratio"] * reference_ms
     ref = record.get("reference_ms")
     return record["median_ms"] * reference_ms / ref if ref else record["median_ms"]

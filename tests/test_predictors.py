@@ -26,12 +26,21 @@ def profiled(tmp_path_factory):
 def test_table_round_trip_and_merge(profiled, tmp_path):
     _, table, path = profiled
     assert len(table) == 8 and all(r["meta"]["family"] == "resnet18" for r in table.records)
-    # the reference model was timed in every batch: records carry its latency for drift correction
+    # the reference model and the full model (the anchor) were timed in every batch: records carry ratios to both
     refs = [r["reference_ms"] for r in table.records]
     assert all(x > 0 for x in refs) and len(set(refs)) == 1  # 8 configs: one batch
-    from predictors.reference import corrected_ms
-    rec = dict(table.records[0], reference_ms=2 * refs[0])
-    assert corrected_ms(rec, refs[0]) == rec["median_ms"] / 2
+    assert all(r["anchor"] == "resnet18" and r["anchor_ratio"] > 0 for r in table.records)
+    full = table.records[0]  # the max config is the anchor itself, timed twice in the same rounds
+    assert 0.8 < full["anchor_ratio"] < 1.25, full["anchor_ratio"]
+    assert table.records[1]["anchor_ratio"] < full["anchor_ratio"]  # the min config is faster
+    from predictors.reference import anchor_scales, corrected_ms
+    anchors = anchor_scales(table.records)
+    assert anchors == {"resnet18": full["anchor_reference_ratio"]}
+    R = 0.5
+    assert corrected_ms(full, R, anchors) == pytest.approx(full["anchor_ratio"] * anchors["resnet18"] * R)
+    assert corrected_ms(full, R) == pytest.approx(full["reference_ratio"] * R)  # no anchor scale known
+    legacy = {"median_ms": 3.0, "reference_ms": 2 * R}  # tables written before ratios were recorded
+    assert corrected_ms(legacy, R) == 1.5 and corrected_ms({"median_ms": 3.0}, R) == 3.0
     again = LatencyTable.load(path)
     assert again.records == table.records and again.fingerprint == table.fingerprint
     other = LatencyTable(dict(table.fingerprint), [dict(table.records[0], model="extra")])

@@ -121,3 +121,17 @@ def test_bad_threads_and_bad_bundle(tmp_path):
     assert proc.returncode == 2 and "Cannot read bundle" in proc.stderr
     proc = _run([tmp_path / "junk.zip", "--out", tmp_path / "o.json", "--threads", 0], os.environ)
     assert proc.returncode == 2 and "--threads must be a positive int" in proc.stderr
+
+
+def test_rounds_alternate_and_round_ratio_cancels_drift():
+    from devices import profile_device as pd
+
+    calls = []
+    stats = pd.measure_interleaved([lambda: calls.append(0), lambda: calls.append(1)], warmup=0, min_runs=4,
+                                   burst=2, max_runs=4)
+    assert calls == [0, 0, 1, 1, 1, 1, 0, 0]  # forward, then backward: neither model always runs first
+    assert [s["burst"] for s in stats] == [2, 2] and [s["runs"] for s in stats] == [4, 4]
+    # a host that slows down 4x over the rounds: the medians' ratio is off, the round-by-round ratio is exact
+    a = {"burst": 2, "median_ms": 1.0, "samples_ms": [1.0, 1.0, 2.0, 2.0, 4.0, 4.0]}  # medians of
+    b = {"burst": 2, "median_ms": 8.0, "samples_ms": [2.0, 2.0, 4.0, 4.0, 8.0, 8.0]}  # other phases
+    assert pd.round_ratio(a, b) == 0.5 and a["median_ms"] / b["median_ms"] != 0.5
