@@ -34,6 +34,7 @@ from predictors.suite import profile_suite
 
 WITHIN = ("resnet18", "mobilenet_v2", "mobilenet_v3_small")
 CROSS = ("regnet_x_400mf", "efficientnet_b0", "mnasnet1_0")
+REFERENCE = "resnet18-112"  # timed in every batch of every table: one scale across families
 
 
 def stats(pred: np.ndarray, meas: np.ndarray) -> dict:
@@ -103,13 +104,14 @@ def main() -> None:
         path = work / f"{fam}.train.json"
         t = time.perf_counter()
         if not (work / f"{fam}.train.done").exists():
-            profile_family(nets[fam], fam, path, n_initial=args.train, rounds=2, per_round=10, progress=True)
+            profile_family(nets[fam], fam, path, n_initial=args.train, rounds=2, per_round=10, progress=True,
+                           reference=REFERENCE)
             (work / f"{fam}.train.done").write_text("")
             timing[f"profile_{fam}_s"] = round(time.perf_counter() - t, 1)
         tables[fam] = LatencyTable.load(path)
     suite_path = work / "suite.json"
     t = time.perf_counter()
-    suite = profile_suite(suite_path, n=120, quiet=False)
+    suite = profile_suite(suite_path, n=120, quiet=False, reference=REFERENCE)
     timing.setdefault("profile_suite_s", round(time.perf_counter() - t, 1))
     tests = {}
     for fam in WITHIN + CROSS:
@@ -118,7 +120,7 @@ def main() -> None:
         if fam in CROSS:
             cfgs[0] = nets[fam].space.max_config()
         tests[fam] = profile_configs(nets[fam], cfgs, f"{fam}_test", work / f"{fam}.test.json", quiet=False,
-                                     anchor=fam)
+                                     anchor=fam, reference=REFERENCE)
     # each family's full model (the anchor) on the reference's scale, pooled over its training and test batches
     anchors = anchor_scales(r for t in list(tables.values()) + list(tests.values()) for r in t.records)
 
@@ -215,10 +217,12 @@ def _table(results: dict, args, path: Path) -> None:
     lines = ["# Latency predictor vs measured latency", "",
              f"Command: `python benchmarks/bench_latency.py --resolution {args.resolution}`. Device: onnxruntime "
              f"{results['fingerprint']['runtime_version']} CPU ({results['fingerprint']['cpu']}), 1 thread, "
-             "median of >= 50 runs, timed in interleaved batches of 8 beside a fixed reference model; every "
-             "measured latency is corrected to the common reference latency (ratio to the reference timed in "
-             "the same batch), because this shared machine drifts by 10-20% between batches "
-             "(docs/measurement_noise.md). The standalone-layer baseline is timed without that correction. "
+             "median of >= 50 runs. Models are timed in batches of 8, in interleaved rounds with two more "
+             f"models: the family's full model (the anchor) and a fixed reference ({REFERENCE}). A measured "
+             "latency is the model's round-by-round ratio to its anchor x the anchor's ratio to the reference "
+             "(pooled over every batch that timed it) x one common reference latency, because this shared "
+             "machine drifts by 10-30% over minutes (docs/measurement_noise.md). The standalone-layer baseline "
+             "is timed without that correction. "
              "Every test subnet is one the predictor never saw while fitting.", "",
              "| test set / method | n | within +-10% | within +-5% | RMSPE | Spearman | bias |", "|---|---|---|---|---|---|---|"]
     for key in ("within", "cross"):

@@ -4,8 +4,8 @@
 
 For resnet18 and mobilenet_v2 (224x224, onnxruntime CPU, 1 thread), exports ``--models`` random subnets
 and the full model (the anchor), then measures each family ``--passes`` times, minutes apart, the way the
-profiler does (``profile_device.measure_interleaved``: the subnets, the anchor and the small fixed reference
-model of ``predictors.reference`` in rounds), plus once more one model after another (``measure``). Every
+profiler does (``profile_device.measure_interleaved``: the subnets, the anchor and the two fixed reference
+models of ``predictors.reference`` in rounds), plus once more one model after another (``measure``). Every
 pair of passes is compared per subnet: how often do two estimates of the same latency agree within 2/5/10%?
 A predictor cannot be judged more finely than the measurement repeats.
 """
@@ -33,10 +33,11 @@ FAMILIES = ("resnet18", "mobilenet_v2")
 # estimate name -> f(subnet stats, anchor stats, reference stats) -> a number proportional to its latency
 ESTIMATES = {
     "median, one model after another": None,  # from the sequential passes
-    "median, interleaved rounds": lambda s, a, r: s["median_ms"],
-    "median / small reference's median": lambda s, a, r: s["median_ms"] / r["median_ms"],
-    "ratio to small reference, round by round": lambda s, a, r: pd.round_ratio(s, r),
-    "ratio to the full model (anchor), round by round": lambda s, a, r: pd.round_ratio(s, a),
+    "median, interleaved rounds": lambda s, a, r, big: s["median_ms"],
+    "median / small reference's median": lambda s, a, r, big: s["median_ms"] / r["median_ms"],
+    "ratio to small reference (0.25 ms), round by round": lambda s, a, r, big: pd.round_ratio(s, r),
+    "ratio to resnet18-112 reference (10 ms), round by round": lambda s, a, r, big: pd.round_ratio(s, big),
+    "ratio to the full model (anchor), round by round": lambda s, a, r, big: pd.round_ratio(s, a),
 }
 
 
@@ -66,6 +67,7 @@ def main() -> None:
     results: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
         reference = _session(str(export_reference(Path(tmp) / "reference.onnx")))
+        big = _session(str(export_reference(Path(tmp) / "big.onnx", "resnet18-112")))
         runs = {}
         for fam in FAMILIES:
             torch.manual_seed(0)
@@ -81,14 +83,14 @@ def main() -> None:
         for p in range(args.passes):
             for fam in FAMILIES:
                 anchor, *subnets = runs[fam]
-                stats = pd.measure_interleaved(subnets + [anchor, reference])
-                *sub, a, r = stats
+                stats = pd.measure_interleaved(subnets + [anchor, reference, big])
+                *sub, a, r, b = stats
                 absolute_full[fam].append(a["median_ms"])
                 for name, f in ESTIMATES.items():
                     if f is None:
                         values[fam][name].append([pd.measure(run)["median_ms"] for run in subnets])
                     else:
-                        values[fam][name].append([f(s, a, r) for s in sub])
+                        values[fam][name].append([f(s, a, r, b) for s in sub])
             print(f"pass {p + 1}/{args.passes}: full models " + ", ".join(
                 f"{fam} {absolute_full[fam][-1]:.2f} ms" for fam in FAMILIES), flush=True)
             if p + 1 < args.passes:
@@ -100,7 +102,7 @@ def main() -> None:
              f"Command: `python benchmarks/bench_measurement_noise.py --models {args.models} --passes {args.passes} "
              f"--pause-s {args.pause_s:g}`. {args.models} random subnets of each family (224x224, onnxruntime CPU, "
              f"1 thread) are measured in {args.passes} passes {args.pause_s:g} s apart, each pass timing a family's "
-             "subnets, its full model (the anchor) and a small fixed reference CNN in interleaved rounds as the "
+             "subnets, its full model (the anchor) and two fixed reference CNNs in interleaved rounds as the "
              "profiler does, then the subnets once more one after another. Each row compares the estimates of "
              "the same subnet from every pair of passes.", ""]
     for fam in FAMILIES:

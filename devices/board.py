@@ -24,7 +24,7 @@ def write_bundle(models: Mapping[str, str | os.PathLike], input_shapes: Mapping[
                  path: str | os.PathLike, meta: Mapping[str, dict] | None = None,
                  model_inputs: Mapping[str, Mapping[str, list[int]]] | None = None,
                  reference: str | os.PathLike | None = None,
-                 reference_inputs: Mapping[str, list[int]] | None = None,
+                 reference_inputs: Mapping[str, list[int]] | None = None, reference_name: str = "reference",
                  anchor: str | os.PathLike | None = None, anchor_name: str = "anchor") -> Path:
     """Write a profiling bundle (ONNX models + manifest) atomically; returns its path.
 
@@ -36,6 +36,7 @@ def write_bundle(models: Mapping[str, str | os.PathLike], input_shapes: Mapping[
         model_inputs: optional per-model input shapes, overriding ``input_shapes``.
         reference: optional ONNX model timed in every batch, to correct for machine drift.
         reference_inputs: its input shapes.
+        reference_name: its name in the table (tables put on one scale must share the reference).
         anchor: optional ONNX model like the others (say the full model of the family being profiled), timed
             in every batch too: each record gets its ratio to the anchor, round by round, which repeats within
             1-3% where ratios to a small unrelated reference repeat within 4-13% (docs/measurement_noise.md).
@@ -58,7 +59,8 @@ def write_bundle(models: Mapping[str, str | os.PathLike], input_shapes: Mapping[
                                            "meta": dict((meta or {}).get(name, {}))})
             if reference is not None:
                 z.write(reference, "reference.onnx")
-                manifest["reference"] = {"file": "reference.onnx", "inputs": dict(reference_inputs or {})}
+                manifest["reference"] = {"file": "reference.onnx", "inputs": dict(reference_inputs or {}),
+                                         "name": reference_name}
             if anchor is not None:
                 z.write(anchor, "anchor.onnx")
                 manifest["anchor"] = {"file": "anchor.onnx", "inputs": dict(input_shapes), "name": anchor_name}

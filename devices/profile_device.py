@@ -296,6 +296,7 @@ def _add_ratios(rec: dict, total: dict, fixed: dict, names: dict) -> None:
     """Ratios of a model to the batch's reference and anchor (round by round), and of the anchor to the
     reference, so the host can put every record on one drift-free scale."""
     if "reference" in fixed:
+        rec["reference"] = names["reference"]
         rec["reference_ms"] = fixed["reference"]["median_ms"]
         rec["reference_ratio"] = round_ratio(total, fixed["reference"])
     if "anchor" in fixed:

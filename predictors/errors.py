@@ -21,3 +21,7 @@ class NotFittedError(CompressError, ValueError, AttributeError):
 
 class UnsupportedKernelError(CompressError, ValueError):
     """Kernels with no predictor: never counted as 0 ms."""
+
+
+class ReferenceMismatchError(CompressError, ValueError):
+    """Tables timed beside different reference models, so their latencies are on different scales."""

@@ -24,14 +24,15 @@ from compress.counts import SpecCounter
 from compress.flops import numel_poly
 from devices import profile_device as pd
 
-from .errors import CorruptTableError, NotFittedError, SchemaVersionError
+from .errors import CorruptTableError, NotFittedError, ReferenceMismatchError, SchemaVersionError
 from .features import FAMILIES, raw_from_kernel
 from .forest import ForestModel
 from .reference import anchor_scales, corrected_ms
+from .roofline import RooflineModel
 from .table import LatencyTable, check_fingerprint
 
 PREDICTOR_KIND = "compress-latency-predictor"
-PREDICTOR_SCHEMA_VERSION = 1
+PREDICTOR_SCHEMA_VERSION = 2
 OTHER_KINDS = ("elementwise", "pool", "adaptive_avg_pool", "mean", "upsample")
 _FUSABLE_BETWEEN = ("BatchNorm", "ReLU", "ReLU6", "Hardtanh", "Identity")
 
@@ -160,16 +161,20 @@ class LatencyPredictor:
     Args:
         n_trees, max_depth: size of each kernel family's tree ensemble.
         seed: random seed of the ensembles.
+        residual: the trees learn the log-ratio of the measured time to a parametric kernel time
+            (``RooflineModel``: fixed + per-MAC + per-byte cost by kernel class), so shapes outside the tables
+            extrapolate with work and traffic; False: the trees learn the log time itself.
 
     Example:
         >>> pred = LatencyPredictor().fit(table, nets={"resnet18": net})
         >>> pred.predict_ms(net, [net.space.uniform_config(0.5)], family="resnet18")
     """
 
-    def __init__(self, n_trees: int = 40, max_depth: int | None = 18, seed: int = 0) -> None:
+    def __init__(self, n_trees: int = 40, max_depth: int | None = 18, seed: int = 0, residual: bool = True) -> None:
         self.n_trees = n_trees
         self.max_depth = max_depth
         self.seed = seed
+        self.residual = residual
 
     # ---- fitting ------------------------------------------------------------------------
     def fit(self, tables: LatencyTable | Sequence[LatencyTable], nets: Mapping[str, Any] | None = None) -> "LatencyPredictor":
@@ -187,6 +192,12 @@ class LatencyPredictor:
         fp = tables[0].fingerprint
         for t in tables[1:]:
             check_fingerprint(fp, t.fingerprint, "A table passed to fit")
+        ref_names = {r["reference"] for t in tables for r in t.records if r.get("reference")}
+        if len(ref_names) > 1:
+            raise ReferenceMismatchError(
+                f"The tables were timed beside different reference models ({sorted(ref_names)}), so their "
+                "latencies are on different scales. Profile them with one reference (profile_configs(..., "
+                "reference=...)).")
         refs = [r["reference_ms"] for t in tables for r in t.records if r.get("reference_ms")]
         self.reference_ms_ = float(np.median(refs)) if refs else None
         R = self.reference_ms_
@@ -212,9 +223,14 @@ class LatencyPredictor:
         self.block_ = _channel_block(rows.get("conv", []))
         self.exact_ = {key: float(np.median(v)) for key, v in exact.items()}
         self.forests_ = {}
-        for fam, raw in rows.items():
-            X = FAMILIES[fam][1](np.asarray(raw, dtype=np.float64))
-            self.forests_[fam] = ForestModel.fit(X, np.log(np.asarray(ys[fam])), self.n_trees, self.max_depth,
+        raw_arr = {fam: np.asarray(raw, dtype=np.float64) for fam, raw in rows.items()}
+        y_arr = {fam: np.asarray(ys[fam], dtype=np.float64) for fam in rows}
+        self.roofline_ = RooflineModel.fit(raw_arr, y_arr) if self.residual else None
+        for fam, raw in raw_arr.items():
+            target = np.log(y_arr[fam])
+            if self.roofline_ is not None:
+                target = target - np.log(self.roofline_.predict(fam, raw))
+            self.forests_[fam] = ForestModel.fit(FAMILIES[fam][1](raw), target, self.n_trees, self.max_depth,
                                                  seed=self.seed)
         self._cache: dict[tuple, float] = {}
         self._layer_caches: dict[tuple, tuple] = {}
@@ -263,8 +279,10 @@ class LatencyPredictor:
             else:
                 vals[j] = v
         if missing:
-            X = FAMILIES[family][1](uniq[missing].astype(np.float64))
-            pred = np.exp(self.forests_[family].predict(X))
+            rows = uniq[missing].astype(np.float64)
+            pred = np.exp(self.forests_[family].predict(FAMILIES[family][1](rows)))
+            if getattr(self, "roofline_", None) is not None:
+                pred = pred * self.roofline_.predict(family, rows)
             vals[missing] = pred
             for j, v in zip(missing, pred):
                 self._cache[(family,) + tuple(uniq[j].tolist())] = float(v)
@@ -332,7 +350,9 @@ class LatencyPredictor:
         self._check_fitted()
         pd.write_json_atomic(str(path), {
             "schema_version": PREDICTOR_SCHEMA_VERSION, "kind": PREDICTOR_KIND, "fingerprint": self.fingerprint_,
-            "params": {"n_trees": self.n_trees, "max_depth": self.max_depth, "seed": self.seed},
+            "params": {"n_trees": self.n_trees, "max_depth": self.max_depth, "seed": self.seed,
+                       "residual": self.residual},
+            "roofline": self.roofline_.to_dict() if self.roofline_ is not None else None,
             "block": self.block_, "reference_ms": self.reference_ms_, "anchors": self.anchors_,
             "forests": {k: f.to_dict() for k, f in self.forests_.items()},
             "exact": [[list(k), v] for k, v in self.exact_.items()],
@@ -360,6 +380,7 @@ class LatencyPredictor:
             p.reference_ms_ = d.get("reference_ms")
             p.anchors_ = dict(d.get("anchors", {}))
             p.forests_ = {k: ForestModel.from_dict(v) for k, v in d["forests"].items()}
+            p.roofline_ = RooflineModel.from_dict(d["roofline"]) if d["roofline"] is not None else None
             p.exact_ = {tuple(k): v for k, v in d["exact"]}
             p.overhead_ = d["overhead"]
             p.global_overhead_ = d["global_overhead"]

@@ -14,7 +14,7 @@ from compress.extract import extract_subnet
 from devices import profile_device as pd
 from devices.board import write_bundle
 
-from .reference import REFERENCE_INPUT, export_reference
+from .reference import export_reference, reference_input
 from .table import LatencyTable
 
 
@@ -34,20 +34,21 @@ def export_configs(net, configs: Sequence[Mapping[str, int]], family: str, folde
 
 def profile_configs(net, configs: Sequence[Mapping[str, int]], family: str, out: str | os.PathLike,
                     threads: int = 1, opt_level: str = "all", start: int = 0, quiet: bool = True,
-                    min_runs: int = 50, anchor: str | None = None) -> LatencyTable:
+                    min_runs: int = 50, anchor: str | None = None, reference: str = "small") -> LatencyTable:
     """Profile the subnets of ``configs`` (whole-model latency + kernels); results go to ``out`` (resumable).
 
     Every batch also times the reference model and the full model (the anchor, named ``anchor`` or
-    ``family``): latencies are ratios to the full model, put on the reference's scale (predictors.reference)."""
+    ``family``): latencies are ratios to the full model, put on the reference's scale (predictors.reference).
+    ``reference`` names the reference model (``predictors.reference.REFERENCES``)."""
     shapes = {"input": list(net.example_inputs[0].shape)}
     with tempfile.TemporaryDirectory() as tmp:
         paths, meta = export_configs(net, configs, family, tmp, start)
-        ref = export_reference(Path(tmp) / "reference.onnx")
+        ref = export_reference(Path(tmp) / "reference.onnx", reference)
         full = Path(tmp) / "anchor.onnx"
         export_onnx(extract_subnet(net, net.space.max_config()), net.example_inputs, full)
         bundle = write_bundle(paths, shapes, Path(tmp) / "bundle.zip", meta, reference=ref,
-                              reference_inputs={"input": REFERENCE_INPUT}, anchor=full,
-                              anchor_name=anchor or family)
+                              reference_inputs={"input": reference_input(reference)},
+                              reference_name=reference, anchor=full, anchor_name=anchor or family)
         part = Path(tmp) / "part.json"
         pd.run(str(bundle), str(part), threads, opt_level, quiet=quiet, min_runs=min_runs)
         new = LatencyTable.load(part)
@@ -74,20 +75,21 @@ def unseen_kernel_mass(predictor, net, configs: Sequence[Mapping[str, int]]) -> 
 
 def profile_family(net, family: str, out: str | os.PathLike, n_initial: int = 40, rounds: int = 2,
                    per_round: int = 20, pool: int = 300, seed: int = 0, threads: int = 1,
-                   progress: bool = True) -> LatencyTable:
+                   progress: bool = True, reference: str = "small") -> LatencyTable:
     """In-context table for one model: random subnets first, then adaptively the configs whose kernels
     the table covers worst (largest predicted time of kernels never measured)."""
     from .latency import LatencyPredictor
 
     space = net.space
     configs = [space.max_config(), space.min_config()] + [space.random_config(seed + i) for i in range(n_initial - 2)]
-    table = profile_configs(net, configs, family, out, threads, quiet=not progress)
+    table = profile_configs(net, configs, family, out, threads, quiet=not progress, reference=reference)
     start = len(configs)
     for r in range(rounds):
         pred = LatencyPredictor(n_trees=20).fit(table, nets={family: net})
         candidates = [space.random_config(10_000 * (r + 1) + seed + i) for i in range(pool)]
         mass = unseen_kernel_mass(pred, net, candidates)
         chosen = [candidates[i] for i in np.argsort(-mass)[:per_round]]
-        table = profile_configs(net, chosen, family, out, threads, start=start, quiet=not progress)
+        table = profile_configs(net, chosen, family, out, threads, start=start, quiet=not progress,
+                                reference=reference)
         start += len(chosen)
     return table

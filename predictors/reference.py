@@ -19,25 +19,54 @@ from typing import Iterable, Mapping
 import torch
 from torch import nn
 
-REFERENCE_INPUT = [1, 3, 64, 64]
+REFERENCE_INPUT = [1, 3, 64, 64]  # of the "small" reference
 
 
-def reference_model() -> nn.Module:
-    """A small fixed CNN (same weights every time: the seed is fixed)."""
+def _seeded(m: nn.Module) -> nn.Module:
     g = torch.Generator().manual_seed(0)
-    m = nn.Sequential(nn.Conv2d(3, 32, 3, 2, 1), nn.ReLU(), nn.Conv2d(32, 32, 3, 1, 1, groups=32), nn.ReLU(),
-                      nn.Conv2d(32, 64, 1), nn.ReLU(), nn.Conv2d(64, 64, 3, 2, 1), nn.ReLU(),
-                      nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10))
     with torch.no_grad():
         for p in m.parameters():
             p.copy_(torch.randn(p.shape, generator=g) * 0.1)
     return m.eval()
 
 
-def export_reference(path: str | os.PathLike) -> Path:
+def _small() -> nn.Module:
+    return _seeded(nn.Sequential(nn.Conv2d(3, 32, 3, 2, 1), nn.ReLU(), nn.Conv2d(32, 32, 3, 1, 1, groups=32),
+                                 nn.ReLU(), nn.Conv2d(32, 64, 1), nn.ReLU(), nn.Conv2d(64, 64, 3, 2, 1), nn.ReLU(),
+                                 nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10)))
+
+
+def _resnet18_112() -> nn.Module:
+    import torchvision
+
+    return _seeded(torchvision.models.resnet18())
+
+
+# name -> (builder, input shape). "small" (0.25 ms here) is cheap beside small models; "resnet18-112" (10 ms)
+# tracks the host's slow phases far better across model families (docs/measurement_noise.md): use it for tables
+# that must share one scale across families (kernel suite, cross-model predictors).
+REFERENCES = {"small": (_small, REFERENCE_INPUT), "resnet18-112": (_resnet18_112, [1, 3, 112, 112])}
+
+
+def reference_model(name: str = "small") -> nn.Module:
+    """A fixed reference CNN (same weights every time: the seed is fixed)."""
+    return REFERENCES[_known(name)][0]()
+
+
+def reference_input(name: str = "small") -> list[int]:
+    return list(REFERENCES[_known(name)][1])
+
+
+def _known(name: str) -> str:
+    if name not in REFERENCES:
+        raise ValueError(f"Unknown reference model {name!r}; known: {sorted(REFERENCES)}.")
+    return name
+
+
+def export_reference(path: str | os.PathLike, name: str = "small") -> Path:
     from compress.export import export_onnx
 
-    export_onnx(reference_model(), torch.zeros(REFERENCE_INPUT), path)
+    export_onnx(reference_model(name), torch.zeros(reference_input(name)), path)
     return Path(path)
 
 

@@ -17,7 +17,7 @@ from compress.export import export_onnx
 from devices import profile_device as pd
 from devices.board import write_bundle
 
-from .reference import REFERENCE_INPUT, export_reference
+from .reference import export_reference, reference_input
 from .table import LatencyTable
 
 _CHANNELS = (8, 16, 24, 32, 40, 48, 64, 72, 96, 120, 144, 160, 192, 240, 256, 320, 384, 480, 512, 640, 960)
@@ -48,7 +48,7 @@ def suite_layers(n: int = 120, seed: int = 0) -> list[tuple[str, nn.Module, tupl
 
 
 def profile_suite(out: str | os.PathLike, n: int = 120, threads: int = 1, min_runs: int = 30,
-                  quiet: bool = True) -> LatencyTable:
+                  quiet: bool = True, reference: str = "resnet18-112") -> LatencyTable:
     """Profile the suite into ``out`` (resumable through profile_device's table)."""
     with tempfile.TemporaryDirectory() as tmp:
         paths, shapes_by = {}, {}
@@ -58,7 +58,7 @@ def profile_suite(out: str | os.PathLike, n: int = 120, threads: int = 1, min_ru
             paths[name], shapes_by[name] = str(p), list(shape)
         bundle = write_bundle(paths, {}, Path(tmp) / "suite.zip", meta={k: {"kind": "suite"} for k in paths},
                               model_inputs={k: {"input": v} for k, v in shapes_by.items()},
-                              reference=export_reference(Path(tmp) / "reference.onnx"),
-                              reference_inputs={"input": REFERENCE_INPUT})
+                              reference=export_reference(Path(tmp) / "reference.onnx", reference),
+                              reference_inputs={"input": reference_input(reference)}, reference_name=reference)
         pd.run(str(bundle), str(out), threads, "all", quiet=quiet, min_runs=min_runs)
     return LatencyTable.load(out)
