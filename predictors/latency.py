@@ -56,6 +56,7 @@ class NetKernels:
                                    "hout": o.shape[2], "wout": o.shape[3] if len(o.shape) > 3 else 1, "kh": kh, "kw": kw,
                                    "gs_out": op.params["gs_out"] if op.params["gs"] else None,
                                    "groups": op.params["groups"], "has_sum": int(_feeds_add(op.node, modules)),
+                                   "act": _fused_activation(op.node, modules),
                                    "batch": i.shape[0]})
             elif op.kind == "linear":
                 i, o = op.inputs[0], op.output
@@ -98,7 +99,7 @@ class NetKernels:
                     cin, cout, groups = pad(cin, block + 1), pad(cout, block // 2), np.full(n, c["groups"])
                 cols.append(np.stack([cin, cout, np.full(n, c["hin"]), np.full(n, c["win"]), np.full(n, c["hout"]),
                                       np.full(n, c["wout"]), np.full(n, c["kh"]), np.full(n, c["kw"]), groups,
-                                      has_sum], axis=1))
+                                      has_sum, np.full(n, c["act"])], axis=1))
             out["conv"] = np.stack(cols, axis=1)
         if self.gemms:
             out["gemm"] = np.stack([np.stack([np.full(n, g["rows"]), counts[:, g["in"]], counts[:, g["out"]]], axis=1)
@@ -127,6 +128,31 @@ def _conv_chain_to(node, modules):
                 continue
         return None
     return None
+
+
+# module / function after a conv (through BN) -> the activation code onnxruntime fuses into it (features.ACTIVATIONS)
+_ACT_MODULES = {"ReLU": 1, "LeakyReLU": 1, "ReLU6": 2, "Hardtanh": 2, "Sigmoid": 3, "Hardsigmoid": 3}
+_ACT_FUNCTIONS = {"relu": 1, "relu_": 1, "leaky_relu": 1, "relu6": 2, "hardtanh": 2, "sigmoid": 3, "hardsigmoid": 3}
+
+
+def _fused_activation(node, modules) -> int:
+    """The activation that follows a conv (through BN) as its only user: onnxruntime fuses it into the conv."""
+    cur = node
+    for _ in range(3):
+        users = list(cur.users)
+        if len(users) != 1:
+            return 0
+        u = users[0]
+        if u.op == "call_module":
+            kind = type(modules[u.target]).__name__.replace("Slim", "")
+            if kind.startswith("BatchNorm"):
+                cur = u
+                continue
+            return _ACT_MODULES.get(kind, 0)
+        if u.op in ("call_function", "call_method"):
+            return _ACT_FUNCTIONS.get(getattr(u.target, "__name__", str(u.target)), 0)
+        return 0
+    return 0
 
 
 def _feeds_add(node, modules) -> bool:
@@ -213,7 +239,7 @@ class LatencyPredictor:
                 kernel_sum_us = sum(k["us"] for k in rec["kernels"])
                 scale = corrected_ms(rec, R, self.anchors_) * 1e3 / kernel_sum_us if kernel_sum_us > 0 else 1.0
                 for k in rec["kernels"]:
-                    fr = raw_from_kernel(k)
+                    fr = raw_from_kernel(k, rec.get("meta", {}).get("activation"))
                     if fr is None or k["us"] <= 0:
                         continue
                     rows[fr[0]].append(fr[1])

@@ -17,6 +17,7 @@ BYTES_PER_ELEMENT = 4.0
 def conv_terms(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(class index, [1, MACs, bytes]) of conv kernels from raw rows in ``features.CONV_RAW`` order."""
     cin, cout, hin, win, hout, wout, kh, kw, groups, has_sum = (raw[:, i].astype(np.float64) for i in range(10))
+    # (the activation column, 10, is left to the trees)
     cin_g = cin / np.maximum(groups, 1)
     macs = hout * wout * cout * cin_g * kh * kw
     nbytes = BYTES_PER_ELEMENT * (cin * hin * win + cout * hout * wout * (1 + has_sum) + cout * cin_g * kh * kw)

@@ -23,6 +23,10 @@ from .table import LatencyTable
 _CHANNELS = (8, 16, 24, 32, 40, 48, 64, 72, 96, 120, 144, 160, 192, 240, 256, 320, 384, 480, 512, 640, 960)
 
 
+# layer kind -> the activation onnxruntime fuses into it (the kernel is the graph's output, so its name does not say)
+SUITE_ACTIVATIONS = {"conv": "Relu", "depthwise": "Clip", "pointwise": "Relu", "linear": None}
+
+
 def suite_layers(n: int = 120, seed: int = 0) -> list[tuple[str, nn.Module, tuple[int, ...]]]:
     """(name, module, input shape) for conv kxk, depthwise, pointwise and linear layers."""
     rng = np.random.default_rng(seed)
@@ -56,7 +60,8 @@ def profile_suite(out: str | os.PathLike, n: int = 120, threads: int = 1, min_ru
             p = Path(tmp) / (name.replace("/", "_") + ".onnx")
             export_onnx(m, torch.randn(*shape), p)
             paths[name], shapes_by[name] = str(p), list(shape)
-        bundle = write_bundle(paths, {}, Path(tmp) / "suite.zip", meta={k: {"kind": "suite"} for k in paths},
+        meta = {k: {"kind": "suite", "activation": SUITE_ACTIVATIONS[k.rsplit("_", 1)[1]]} for k in paths}
+        bundle = write_bundle(paths, {}, Path(tmp) / "suite.zip", meta=meta,
                               model_inputs={k: {"input": v} for k, v in shapes_by.items()},
                               reference=export_reference(Path(tmp) / "reference.onnx", reference),
                               reference_inputs={"input": reference_input(reference)}, reference_name=reference)
