@@ -111,7 +111,7 @@ def main() -> None:
         tables[fam] = LatencyTable.load(path)
     suite_path = work / "suite.json"
     t = time.perf_counter()
-    suite = profile_suite(suite_path, n=120, quiet=False, reference=REFERENCE)
+    suite = profile_suite(suite_path, quiet=False, reference=REFERENCE)
     timing.setdefault("profile_suite_s", round(time.perf_counter() - t, 1))
     tests = {}
     for fam in WITHIN + CROSS:

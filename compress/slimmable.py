@@ -84,6 +84,7 @@ class SlimmableNetwork(nn.Module):
         self.coupling: CouplingResult = res
         self.assignment: GroupAssignment = ga
         self.graph_module = gm
+        self.tensor_metas = prop.metas  # fx node -> TMeta (shape, channel atoms) of every traced tensor
         self._dims: dict[tuple, np.ndarray] = {}
         self._rewrite(gm, res, prop.values)
         self._index_dims()

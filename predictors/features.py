@@ -41,6 +41,8 @@ def conv_rows(raw: np.ndarray) -> np.ndarray:
         _log2(cin), _log2(cout), _log2(hout * wout), kh, kw, stride, _log2(groups), depthwise,
         (cin % 8 == 0), (cout % 8 == 0), (cin % 16 == 0), (cout % 16 == 0), (cout % 32 == 0),
         _log2(flops), _log2(mem), has_sum, _log2(cin_g), act == 1, act == 2, act == 3,
+        # grouped convs: each group's width against the vector block (group width 24 runs slower per MAC than 16)
+        (cin_g % 8 == 0), (cin_g % 16 == 0),
     ]).astype(np.float64)
 
 

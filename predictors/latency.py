@@ -34,7 +34,8 @@ from .table import LatencyTable, check_fingerprint
 PREDICTOR_KIND = "compress-latency-predictor"
 PREDICTOR_SCHEMA_VERSION = 2
 OTHER_KINDS = ("elementwise", "pool", "adaptive_avg_pool", "mean", "upsample")
-_FUSABLE_BETWEEN = ("BatchNorm", "ReLU", "ReLU6", "Hardtanh", "Identity")
+# ops between a conv and an add that leave the add fusable into the conv (identities in eval mode included)
+_FUSABLE_BETWEEN = ("BatchNorm", "ReLU", "ReLU6", "Hardtanh", "Identity", "StochasticDepth", "Dropout")
 
 
 class NetKernels:
@@ -48,6 +49,11 @@ class NetKernels:
         self.convs, self.gemms = [], []
         other_terms: dict[tuple, int] = defaultdict(int)
         self.other_ops: list[tuple[int, int]] = []  # (spec of channels, elements per channel) of other ops
+        fused_adds = {a for op in net.coupling.flop_ops if op.kind == "conv"
+                      for a in [_feeds_add(op.node, modules)] if a is not None}
+        others = [op.output for op in net.coupling.flop_ops if op.kind in OTHER_KINDS and op.node not in fused_adds]
+        metas = getattr(net, "tensor_metas", {})
+        others += [metas[n] for n in _unfused_activations(net, modules, fused_adds) if n in metas]
         for op in net.coupling.flop_ops:
             if op.kind == "conv":
                 i, o = op.inputs[0], op.output
@@ -55,18 +61,18 @@ class NetKernels:
                 self.convs.append({"in": spec(i.atoms), "out": spec(o.atoms), "hin": i.shape[2], "win": i.shape[3] if len(i.shape) > 3 else 1,
                                    "hout": o.shape[2], "wout": o.shape[3] if len(o.shape) > 3 else 1, "kh": kh, "kw": kw,
                                    "gs_out": op.params["gs_out"] if op.params["gs"] else None,
-                                   "groups": op.params["groups"], "has_sum": int(_feeds_add(op.node, modules)),
+                                   "groups": op.params["groups"], "has_sum": int(_feeds_add(op.node, modules) is not None),
                                    "act": _fused_activation(op.node, modules),
                                    "batch": i.shape[0]})
             elif op.kind == "linear":
                 i, o = op.inputs[0], op.output
                 self.gemms.append({"in": spec(i.atoms), "out": spec(o.atoms),
                                    "rows": math.prod(i.shape[:-1])})
-            elif op.kind in OTHER_KINDS:
-                for key, c in numel_poly(op.output, spec).terms.items():
-                    other_terms[key] += c
-                    if len(key) == 1:
-                        self.other_ops.append((key[0], c))
+        for meta in others:  # element-wise ops, pools, unfused activations: counted by elements
+            for key, c in numel_poly(meta, spec).terms.items():
+                other_terms[key] += c
+                if len(key) == 1:
+                    self.other_ops.append((key[0], c))
         self.other_const = other_terms.pop((), 0)
         self.other_vars = np.array([k[0] for k in other_terms], dtype=np.int64)
         self.other_coef = np.array(list(other_terms.values()), dtype=np.int64)
@@ -96,7 +102,8 @@ class NetKernels:
                     cin, cout = pad(cin, block // 2), pad(cout, block // 2)
                     groups = cout
                 else:
-                    cin, cout, groups = pad(cin, block + 1), pad(cout, block // 2), np.full(n, c["groups"])
+                    # output channels are always padded (squeeze-excitation's 4 -> 16 profiled here)
+                    cin, cout, groups = pad(cin, block + 1), pad(cout, 1), np.full(n, c["groups"])
                 cols.append(np.stack([cin, cout, np.full(n, c["hin"]), np.full(n, c["win"]), np.full(n, c["hout"]),
                                       np.full(n, c["wout"]), np.full(n, c["kh"]), np.full(n, c["kw"]), groups,
                                       has_sum, np.full(n, c["act"])], axis=1))
@@ -131,8 +138,12 @@ def _conv_chain_to(node, modules):
 
 
 # module / function after a conv (through BN) -> the activation code onnxruntime fuses into it (features.ACTIVATIONS)
-_ACT_MODULES = {"ReLU": 1, "LeakyReLU": 1, "ReLU6": 2, "Hardtanh": 2, "Sigmoid": 3, "Hardsigmoid": 3}
-_ACT_FUNCTIONS = {"relu": 1, "relu_": 1, "leaky_relu": 1, "relu6": 2, "hardtanh": 2, "sigmoid": 3, "hardsigmoid": 3}
+_ACT_MODULES = {"ReLU": 1, "LeakyReLU": 1, "ReLU6": 2, "Hardtanh": 2, "Sigmoid": 3, "Hardsigmoid": 3,
+                "Hardswish": 0}  # fused after a conv too (no kernel of its own in mobilenet_v3's profiles)
+_ACT_FUNCTIONS = {"relu": 1, "relu_": 1, "leaky_relu": 1, "relu6": 2, "hardtanh": 2, "sigmoid": 3, "hardsigmoid": 3,
+                  "hardswish": 0}
+# activations onnxruntime runs as kernels of their own (SiLU becomes QuickGelu: 22% of efficientnet_b0's time)
+_UNFUSED_ACTS = {"SiLU", "GELU", "Mish", "Tanh", "silu", "gelu", "mish", "tanh"}
 
 
 def _fused_activation(node, modules) -> int:
@@ -155,8 +166,8 @@ def _fused_activation(node, modules) -> int:
     return 0
 
 
-def _feeds_add(node, modules) -> bool:
-    """Whether onnxruntime fuses a residual add into this conv: the add's first operand is this conv
+def _feeds_add(node, modules):
+    """The residual add onnxruntime fuses into this conv, or None: the add's first operand is this conv
     (through BN / activations), or its first operand is no conv and the second one is."""
     import operator
 
@@ -166,16 +177,45 @@ def _feeds_add(node, modules) -> bool:
     for _ in range(4):
         users = list(cur.users)
         if len(users) != 1:
-            return False
+            return None
         u = users[0]
         if u.op == "call_function" and u.target in (operator.add, operator.iadd, torch.add):
             first = _conv_chain_to(u.args[0], modules)
-            return first is node or (first is None and _conv_chain_to(u.args[1], modules) is node)
+            fused = first is node or (first is None and _conv_chain_to(u.args[1], modules) is node)
+            return u if fused else None
         if u.op == "call_module" and type(modules[u.target]).__name__.replace("Slim", "").startswith(_FUSABLE_BETWEEN):
             cur = u
             continue
-        return False
-    return False
+        return None
+    return None
+
+
+def _activation_kind(node, modules) -> str | None:
+    """The activation a node computes (module class or function name), or None."""
+    if node.op == "call_module":
+        kind = type(modules[node.target]).__name__.replace("Slim", "")
+        return kind if kind in _ACT_MODULES or kind in _UNFUSED_ACTS else None
+    if node.op in ("call_function", "call_method"):
+        name = getattr(node.target, "__name__", str(node.target))
+        return name if name in _ACT_FUNCTIONS or name in _UNFUSED_ACTS else None
+    return None
+
+
+def _unfused_activations(net, modules, fused_adds: set) -> list:
+    """Activation nodes onnxruntime runs as kernels of their own: those that do not directly follow a conv
+    (through BN) or a residual add fused into a conv, and the kinds it never fuses (SiLU, Hardswish, GELU)."""
+    out = []
+    for n in net.graph_module.graph.nodes:
+        kind = _activation_kind(n, modules)
+        if kind is None or not n.args or not hasattr(n.args[0], "op"):
+            continue
+        src = n.args[0]
+        while src.op == "call_module" and type(modules[src.target]).__name__.replace("Slim", "").startswith("BatchNorm"):
+            src = src.args[0]
+        after_conv = src.op == "call_module" and type(modules[src.target]).__name__.replace("Slim", "").startswith("Conv")
+        if kind in _UNFUSED_ACTS or not (after_conv and len(n.args[0].users) == 1 or src in fused_adds):
+            out.append(n)
+    return out
 
 
 class LatencyPredictor:
@@ -189,14 +229,16 @@ class LatencyPredictor:
         seed: random seed of the ensembles.
         residual: the trees learn the log-ratio of the measured time to a parametric kernel time
             (``RooflineModel``: fixed + per-MAC + per-byte cost by kernel class), so shapes outside the tables
-            extrapolate with work and traffic; False: the trees learn the log time itself.
+            extrapolate with work and traffic; False (default): the trees learn the log time itself. Measured
+            here (docs/latency_benchmark.md) the residual form was no better within a model and worse across
+            families (74% vs 97% within +-10%): keep it for devices whose tables cover few shapes.
 
     Example:
         >>> pred = LatencyPredictor().fit(table, nets={"resnet18": net})
         >>> pred.predict_ms(net, [net.space.uniform_config(0.5)], family="resnet18")
     """
 
-    def __init__(self, n_trees: int = 40, max_depth: int | None = 18, seed: int = 0, residual: bool = True) -> None:
+    def __init__(self, n_trees: int = 40, max_depth: int | None = 18, seed: int = 0, residual: bool = False) -> None:
         self.n_trees = n_trees
         self.max_depth = max_depth
         self.seed = seed
@@ -233,11 +275,7 @@ class LatencyPredictor:
         exact: dict[tuple, list] = defaultdict(list)
         for t in tables:
             for rec in t.records:
-                # Kernel times come from a profiled session and drift with the machine's load between
-                # sessions; the whole-model median (>= 50 unprofiled runs) is the steadier number, so each
-                # record's kernel times are rescaled to add up to it (they keep their shares).
-                kernel_sum_us = sum(k["us"] for k in rec["kernels"])
-                scale = corrected_ms(rec, R, self.anchors_) * 1e3 / kernel_sum_us if kernel_sum_us > 0 else 1.0
+                scale = _kernel_scale(rec, R, self.anchors_)
                 for k in rec["kernels"]:
                     fr = raw_from_kernel(k, rec.get("meta", {}).get("activation"))
                     if fr is None or k["us"] <= 0:
@@ -276,8 +314,16 @@ class LatencyPredictor:
             self.overhead_[fam] = _lstsq(feats, y).tolist()
             all_feats.append(feats)
             all_y.append(y)
-        self.global_overhead_ = _lstsq(np.concatenate(all_feats), np.concatenate(all_y)).tolist() if all_feats \
-            else [0.0, 1.0, 0.0, 0.0]
+        # For families never profiled the element-wise ops are costed at the per-element time measured on such
+        # kernels (a free coefficient, fitted on families with few of them, blew efficientnet's SiLUs up 2x);
+        # the fixed cost and the kernel factor are fitted on every profiled family together.
+        self.element_ms_per_m_ = _element_ms_per_million(tables)
+        if all_feats:
+            F, y = np.concatenate(all_feats), np.concatenate(all_y)
+            a, b = _lstsq(F[:, :2], y - self.element_ms_per_m_ * F[:, 2])
+            self.global_overhead_ = [float(a), float(b), self.element_ms_per_m_, 0.0]
+        else:
+            self.global_overhead_ = [0.0, 1.0, self.element_ms_per_m_, 0.0]
         return self
 
     def _overhead_features(self, nk: NetKernels, widths: np.ndarray) -> np.ndarray:
@@ -414,6 +460,34 @@ class LatencyPredictor:
             raise CorruptTableError(f"{str(path)!r} misses field {exc}; fit and save it again.") from exc
         p._cache = {}
         return p
+
+
+# onnxruntime kernels that stream over their tensor once (their time is about proportional to its elements)
+ELEMENTWISE_KERNELS = ("Add", "Mul", "Sub", "Div", "Relu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish", "QuickGelu",
+                       "Gelu", "Tanh", "Sum")
+
+
+def _element_ms_per_million(tables) -> float:
+    """Median time of element-wise kernels per million output elements (ms), over every profiled record."""
+    rates = [k["us"] / 1e3 / (math.prod(k["outputs"][0]) / 1e6) for t in tables for r in t.records
+             for k in r["kernels"] if k["op"] in ELEMENTWISE_KERNELS and k.get("outputs") and k["us"] > 0
+             and math.prod(k["outputs"][0]) >= 1000]
+    return float(np.median(rates)) if rates else 0.0
+
+
+def _kernel_scale(rec: dict, reference_ms: float | None, anchors: dict) -> float:
+    """Factor that puts a record's profiled kernel times on the common scale.
+
+    Kernel times come from a profiled session and drift with the machine's load between sessions; the
+    whole-model latency (>= 50 unprofiled runs, drift-corrected) is the steadier number, so a network's kernel
+    times are rescaled to add up to it (they keep their shares). Not so for a single layer (a kernel-suite
+    record): timed in rounds after other models its whole run is a cold start (weights and input out of cache,
+    plus the run's fixed cost), 16-45% above its profiled kernels where a network's kernels add up to within a
+    few % of it, so its kernel times only get the drift correction."""
+    if rec.get("meta", {}).get("kind") == "suite":
+        return corrected_ms(rec, reference_ms, anchors) / rec["median_ms"] if reference_ms else 1.0
+    kernel_sum_us = sum(k["us"] for k in rec["kernels"])
+    return corrected_ms(rec, reference_ms, anchors) * 1e3 / kernel_sum_us if kernel_sum_us > 0 else 1.0
 
 
 def _lstsq(X: np.ndarray, y: np.ndarray) -> np.ndarray:
