@@ -53,23 +53,35 @@ def write_bundle(models: Mapping[str, str | os.PathLike], input_shapes: Mapping[
         with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as z:
             for i, (name, onnx_path) in enumerate(models.items()):
                 arc = f"models/{i:05d}.onnx"
-                z.write(onnx_path, arc)
+                _add_file(z, onnx_path, arc)
                 inputs = dict((model_inputs or {}).get(name, input_shapes))
                 manifest["models"].append({"name": name, "file": arc, "inputs": inputs,
                                            "meta": dict((meta or {}).get(name, {}))})
             if reference is not None:
-                z.write(reference, "reference.onnx")
+                _add_file(z, reference, "reference.onnx")
                 manifest["reference"] = {"file": "reference.onnx", "inputs": dict(reference_inputs or {}),
                                          "name": reference_name}
             if anchor is not None:
-                z.write(anchor, "anchor.onnx")
+                _add_file(z, anchor, "anchor.onnx")
                 manifest["anchor"] = {"file": "anchor.onnx", "inputs": dict(input_shapes), "name": anchor_name}
-            z.writestr("manifest.json", json.dumps(manifest, indent=1))
+            z.writestr(_entry("manifest.json"), json.dumps(manifest, indent=1))
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def _entry(arc: str) -> zipfile.ZipInfo:
+    """A zip entry with a fixed time stamp: the same models give the same bundle bytes, so the profiler's
+    output (keyed by the bundle's hash) resumes across runs that rewrite the bundle."""
+    info = zipfile.ZipInfo(arc, date_time=(1980, 1, 1, 0, 0, 0))
+    info.compress_type = zipfile.ZIP_DEFLATED
+    return info
+
+
+def _add_file(z: zipfile.ZipFile, path: str | os.PathLike, arc: str) -> None:
+    z.writestr(_entry(arc), Path(path).read_bytes())
 
 
 class BoardDevice:

@@ -11,13 +11,15 @@ For every model of the bundle it measures the whole-model latency (warm-up,
 then at least 50 runs until the median is stable; median, p25, p75 and raw
 samples) and the time of every kernel as onnxruntime executes it (fused nodes of
 the optimised graph, from onnxruntime's profiler). Models are timed in batches
-(``--batch``), round-robin in short bursts, so that a slow phase of the machine
-does not land on one model only; if the bundle has a reference model it is
-timed in every batch too, and each record keeps ``reference_ms``, so that a
-machine that drifts between batches can be corrected for (compare ratios). Each finished batch is flushed to ``--out``
-atomically (temporary file, then rename), so a crash or Ctrl-C loses nothing
-finished, and running the same command again resumes with the models not yet
-measured.
+(``--batch``), in rounds of short bursts in alternating order, so that a slow phase
+of the machine does not land on one model only. If the bundle has a reference model
+and/or an anchor (say the full model whose subnets are being profiled), they are timed
+in every batch too, and each record keeps its round-by-round ratio to them
+(``reference_ratio``, ``anchor_ratio``, and the anchor's ``anchor_reference_ratio``):
+ratios repeat within 1-3% on a host whose absolute latency drifts by 15%. Each finished
+batch is flushed to ``--out`` atomically (temporary file, then rename), so a crash or
+Ctrl-C loses nothing finished, and running the same command again resumes with the
+models not yet measured.
 
 Exit codes: 0 done, 2 bad input (unknown bundle schema, unreadable bundle,
 output from another device or bundle), 130 interrupted.

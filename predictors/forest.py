@@ -17,11 +17,11 @@ class ForestModel:
 
     @classmethod
     def fit(cls, X: np.ndarray, y: np.ndarray, n_trees: int = 40, max_depth: int | None = 18,
-            min_samples_leaf: int = 1, seed: int = 0) -> "ForestModel":
+            min_samples_leaf: int = 1, seed: int = 0, sample_weight: np.ndarray | None = None) -> "ForestModel":
         from sklearn.ensemble import ExtraTreesRegressor
 
         est = ExtraTreesRegressor(n_estimators=n_trees, max_depth=max_depth, min_samples_leaf=min_samples_leaf,
-                                  random_state=seed, n_jobs=1).fit(X, y)
+                                  random_state=seed, n_jobs=1).fit(X, y, sample_weight=sample_weight)
         trees = []
         for t in est.estimators_:
             tr = t.tree_

@@ -232,14 +232,19 @@ class LatencyPredictor:
             extrapolate with work and traffic; False (default): the trees learn the log time itself. Measured
             here (docs/latency_benchmark.md) the residual form was no better within a model and worse across
             families (74% vs 97% within +-10%): keep it for devices whose tables cover few shapes.
+        suite_weight: weight of kernel-suite kernels (single layers) against kernels profiled inside networks
+            when fitting the trees. A single layer is timed cold and its small kernels carry more noise, so the
+            suite fills shapes the networks lack rather than outvoting them.
 
     Example:
         >>> pred = LatencyPredictor().fit(table, nets={"resnet18": net})
         >>> pred.predict_ms(net, [net.space.uniform_config(0.5)], family="resnet18")
     """
 
-    def __init__(self, n_trees: int = 40, max_depth: int | None = 18, seed: int = 0, residual: bool = False) -> None:
+    def __init__(self, n_trees: int = 40, max_depth: int | None = 18, seed: int = 0, residual: bool = False,
+                 suite_weight: float = 0.1) -> None:
         self.n_trees = n_trees
+        self.suite_weight = suite_weight
         self.max_depth = max_depth
         self.seed = seed
         self.residual = residual
@@ -272,19 +277,24 @@ class LatencyPredictor:
         self.anchors_ = anchor_scales(r for t in tables for r in t.records)
         rows: dict[str, list] = defaultdict(list)
         ys: dict[str, list] = defaultdict(list)
+        weights: dict[str, list] = defaultdict(list)
         exact: dict[tuple, list] = defaultdict(list)
         for t in tables:
             for rec in t.records:
                 scale = _kernel_scale(rec, R, self.anchors_)
+                single = rec.get("meta", {}).get("kind") == "suite"
                 for k in rec["kernels"]:
                     fr = raw_from_kernel(k, rec.get("meta", {}).get("activation"))
                     if fr is None or k["us"] <= 0:
                         continue
                     rows[fr[0]].append(fr[1])
                     ys[fr[0]].append(k["us"] * scale)
-                    exact[(fr[0],) + tuple(int(v) for v in fr[1])].append(k["us"] * scale)
+                    weights[fr[0]].append(self.suite_weight if single else 1.0)
+                    if not single:
+                        exact[(fr[0],) + tuple(int(v) for v in fr[1])].append(k["us"] * scale)
         self.fingerprint_ = fp
         self.block_ = _channel_block(rows.get("conv", []))
+        # exact hits come from kernels measured inside networks only: a single layer timed alone is a cold start
         self.exact_ = {key: float(np.median(v)) for key, v in exact.items()}
         self.forests_ = {}
         raw_arr = {fam: np.asarray(raw, dtype=np.float64) for fam, raw in rows.items()}
@@ -295,7 +305,7 @@ class LatencyPredictor:
             if self.roofline_ is not None:
                 target = target - np.log(self.roofline_.predict(fam, raw))
             self.forests_[fam] = ForestModel.fit(FAMILIES[fam][1](raw), target, self.n_trees, self.max_depth,
-                                                 seed=self.seed)
+                                                 seed=self.seed, sample_weight=np.asarray(weights[fam]))
         self._cache: dict[tuple, float] = {}
         self._layer_caches: dict[tuple, tuple] = {}
         self.overhead_ = {}
@@ -423,7 +433,7 @@ class LatencyPredictor:
         pd.write_json_atomic(str(path), {
             "schema_version": PREDICTOR_SCHEMA_VERSION, "kind": PREDICTOR_KIND, "fingerprint": self.fingerprint_,
             "params": {"n_trees": self.n_trees, "max_depth": self.max_depth, "seed": self.seed,
-                       "residual": self.residual},
+                       "residual": self.residual, "suite_weight": self.suite_weight},
             "roofline": self.roofline_.to_dict() if self.roofline_ is not None else None,
             "block": self.block_, "reference_ms": self.reference_ms_, "anchors": self.anchors_,
             "forests": {k: f.to_dict() for k, f in self.forests_.items()},
@@ -498,8 +508,9 @@ def _lstsq(X: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 
 def _channel_block(conv_raw: list) -> int:
-    """The channel block the runtime padded convs to (16, 8 or 1), read off the profiled conv shapes."""
-    couts = [r[1] for r in conv_raw if r[1] >= 8]
+    """The channel block the runtime padded convs to (16, 8 or 1), read off the profiled dense conv shapes
+    (grouped convs whose groups do not align with the block run unblocked, unpadded)."""
+    couts = [r[1] for r in conv_raw if r[1] >= 8 and r[8] == 1]
     for block in (16, 8):
         if couts and all(c % block == 0 for c in couts):
             return block

@@ -19,11 +19,13 @@ from .table import LatencyTable
 
 
 def export_configs(net, configs: Sequence[Mapping[str, int]], family: str, folder: str | os.PathLike,
-                   start: int = 0) -> tuple[dict[str, str], dict[str, dict]]:
-    """Export each config's subnet to ONNX in ``folder``; returns name -> path and name -> meta."""
+                   start: int = 0, indices: Sequence[int] | None = None) -> tuple[dict[str, str], dict[str, dict]]:
+    """Export each config's subnet to ONNX in ``folder``; returns name -> path and name -> meta. Config k is
+    named ``family/NNNN`` with NNNN = ``indices[k]`` (default ``start + k``)."""
     paths, meta = {}, {}
     x = net.example_inputs
-    for i, cfg in enumerate(configs, start):
+    indices = list(indices) if indices is not None else list(range(start, start + len(configs)))
+    for i, cfg in zip(indices, configs):
         name = f"{family}/{i:04d}"
         path = Path(folder) / f"{family}_{i:04d}.onnx"
         export_onnx(extract_subnet(net, cfg), x, path)
@@ -35,26 +37,35 @@ def export_configs(net, configs: Sequence[Mapping[str, int]], family: str, folde
 def profile_configs(net, configs: Sequence[Mapping[str, int]], family: str, out: str | os.PathLike,
                     threads: int = 1, opt_level: str = "all", start: int = 0, quiet: bool = True,
                     min_runs: int = 50, anchor: str | None = None, reference: str = "small") -> LatencyTable:
-    """Profile the subnets of ``configs`` (whole-model latency + kernels); results go to ``out`` (resumable).
+    """Profile the subnets of ``configs`` (whole-model latency + kernels) into the table ``out``.
 
     Every batch also times the reference model and the full model (the anchor, named ``anchor`` or
     ``family``): latencies are ratios to the full model, put on the reference's scale (predictors.reference).
-    ``reference`` names the reference model (``predictors.reference.REFERENCES``)."""
+    ``reference`` names the reference model (``predictors.reference.REFERENCES``).
+
+    Resumable: configs already in ``out`` under the same name and config are not measured again, and the
+    batches of an interrupted call are kept in ``out``'s ``.part`` file beside it and picked up by a rerun."""
+    existing = LatencyTable.load(out) if Path(out).exists() else None
+    done = {r["model"]: r.get("meta", {}).get("config") for r in existing.records} if existing else {}
+    todo = [(i, dict(c)) for i, c in enumerate(configs, start) if done.get(f"{family}/{i:04d}") != dict(c)]
+    if not todo:
+        return existing
     shapes = {"input": list(net.example_inputs[0].shape)}
     with tempfile.TemporaryDirectory() as tmp:
-        paths, meta = export_configs(net, configs, family, tmp, start)
+        paths, meta = export_configs(net, [c for _, c in todo], family, tmp, indices=[i for i, _ in todo])
         ref = export_reference(Path(tmp) / "reference.onnx", reference)
         full = Path(tmp) / "anchor.onnx"
         export_onnx(extract_subnet(net, net.space.max_config()), net.example_inputs, full)
         bundle = write_bundle(paths, shapes, Path(tmp) / "bundle.zip", meta, reference=ref,
                               reference_inputs={"input": reference_input(reference)},
                               reference_name=reference, anchor=full, anchor_name=anchor or family)
-        part = Path(tmp) / "part.json"
+        part = Path(f"{out}.{pd.sha256_file(str(bundle))[:12]}.part")
         pd.run(str(bundle), str(part), threads, opt_level, quiet=quiet, min_runs=min_runs)
         new = LatencyTable.load(part)
-    if Path(out).exists():
-        new = LatencyTable.load(out).merge(new)
+    if existing is not None:
+        new = existing.merge(new)
     new.save(out)
+    part.unlink()
     return new
 
 

@@ -59,16 +59,22 @@ def suite_layers(n: int = 180, seed: int = 0) -> list[tuple[str, nn.Module, tupl
     layers, each with the activations networks put after it."""
     rng = np.random.default_rng(seed)
     layers = []
-    for i in range(n):
-        kind, act = SUITE_KINDS[i % len(SUITE_KINDS)]
-        while True:
-            m, shape, macs = _layer(rng, kind)
-            if macs <= MAX_MACS:
-                break
-        if act is not None:
-            m = nn.Sequential(m, _ACT_MODULES[act]())
-        layers.append((f"suite/{i:04d}_{kind}_{act or 'none'}", m.eval(), shape, act))
+    with torch.random.fork_rng():  # the same weights every time, so a rerun resumes the same bundle
+        torch.manual_seed(seed)
+        for i in range(n):
+            layers.append(_suite_entry(i, rng))
     return layers
+
+
+def _suite_entry(i: int, rng) -> tuple[str, nn.Module, tuple[int, ...], str | None]:
+    kind, act = SUITE_KINDS[i % len(SUITE_KINDS)]
+    while True:
+        m, shape, macs = _layer(rng, kind)
+        if macs <= MAX_MACS:
+            break
+    if act is not None:
+        m = nn.Sequential(m, _ACT_MODULES[act]())
+    return f"suite/{i:04d}_{kind}_{act or 'none'}", m.eval(), shape, act
 
 
 def profile_suite(out: str | os.PathLike, n: int = 180, threads: int = 1, min_runs: int = 30,

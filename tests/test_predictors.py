@@ -133,3 +133,18 @@ def test_ops_without_predictor_are_reported(profiled):
     pred = LatencyPredictor(n_trees=5).fit(table)
     with pytest.warns(UserWarning, match=r"1 ops have no latency predictor.*cumsum"):
         pred.predict_ms(odd, [odd.space.max_config()])
+
+
+def test_profiling_again_measures_only_new_configs(profiled, tmp_path):
+    net, table, path = profiled
+    out = tmp_path / "again.json"
+    table.save(out)
+    configs = [r["meta"]["config"] for r in table.records] + [net.space.random_config(999)]
+    again = predictors.profile_configs(net, configs, "resnet18", out, min_runs=20)
+    assert len(again) == 9
+    by_name = {r["model"]: r for r in again.records}
+    for r in table.records:  # finished measurements are kept, not repeated
+        assert by_name[r["model"]]["median_ms"] == r["median_ms"]
+    assert by_name["resnet18/0008"]["meta"]["config"] == configs[-1]
+    assert not list(tmp_path.glob("*.part"))  # the in-progress file is gone once merged
+    assert predictors.profile_configs(net, configs, "resnet18", out).records == again.records  # nothing to do

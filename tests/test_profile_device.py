@@ -135,3 +135,21 @@ def test_rounds_alternate_and_round_ratio_cancels_drift():
     a = {"burst": 2, "median_ms": 1.0, "samples_ms": [1.0, 1.0, 2.0, 2.0, 4.0, 4.0]}  # medians of
     b = {"burst": 2, "median_ms": 8.0, "samples_ms": [2.0, 2.0, 4.0, 4.0, 8.0, 8.0]}  # other phases
     assert pd.round_ratio(a, b) == 0.5 and a["median_ms"] / b["median_ms"] != 0.5
+
+
+def test_same_models_give_the_same_bundle_bytes(bundle, tmp_path):
+    """The profiler keys its output by the bundle's hash: rewriting a bundle of the same models (a rerun) must
+    give the same bytes, or a rerun could not resume."""
+    import zipfile
+
+    from devices import profile_device as pd
+
+    with zipfile.ZipFile(bundle) as z:
+        manifest = json.loads(z.read("manifest.json"))
+        for m in manifest["models"]:
+            (tmp_path / m["name"]).write_bytes(z.read(m["file"]))
+    paths = {m["name"]: tmp_path / m["name"] for m in manifest["models"]}
+    time.sleep(2.1)  # zip time stamps have a 2 s resolution
+    again = devices.write_bundle(paths, {"input": [1, 3, 48, 48]}, tmp_path / "again.zip",
+                                 meta={"m0": {"family": "toy"}})
+    assert pd.sha256_file(str(again)) == pd.sha256_file(str(bundle))
