@@ -20,7 +20,7 @@ CONV_RAW = ("cin", "cout", "hin", "win", "hout", "wout", "kh", "kw", "groups", "
 
 # Activation fused into a conv kernel -> code. onnxruntime runs the same conv 1.4-1.8x slower with Clip (ReLU6)
 # fused than with Relu fused (measured: mobilenet_v2's depthwise convs vs mnasnet's of the same shapes).
-ACTIVATIONS = {"Relu": 1, "LeakyRelu": 1, "Clip": 2, "HardSigmoid": 3, "Sigmoid": 3}
+ACTIVATIONS = {"Relu": 1, "LeakyRelu": 1, "Clip": 2, "HardSigmoid": 3, "Sigmoid": 3, "HardSwish": 4}
 _FUSED_OP = re.compile(r"/([A-Za-z]+)_output_\d+(?:_nchwc)?$")
 GEMM_RAW = ("rows", "in_features", "out_features")
 
@@ -40,7 +40,7 @@ def conv_rows(raw: np.ndarray) -> np.ndarray:
     return np.column_stack([
         _log2(cin), _log2(cout), _log2(hout * wout), kh, kw, stride, _log2(groups), depthwise,
         (cin % 8 == 0), (cout % 8 == 0), (cin % 16 == 0), (cout % 16 == 0), (cout % 32 == 0),
-        _log2(flops), _log2(mem), has_sum, _log2(cin_g), act == 1, act == 2, act == 3,
+        _log2(flops), _log2(mem), has_sum, _log2(cin_g), act == 1, act == 2, act == 3, act == 4,
         # grouped convs: each group's width against the vector block (group width 24 runs slower per MAC than 16)
         (cin_g % 8 == 0), (cin_g % 16 == 0),
     ]).astype(np.float64)
@@ -73,7 +73,8 @@ def raw_from_kernel(k: dict, activation: str | None = None) -> tuple[str, tuple[
         _, _, hout, wout = outs[0]
         groups = max(1, cin // max(1, cin_g))
         has_sum = int(any(len(s) == 4 for s in ins[2:]))
-        act = fused_activation(k.get("name", ""), activation)
+        act = ACTIVATIONS.get(k["activation"], 0) if "activation" in k else \
+            fused_activation(k.get("name", ""), activation)
         return "conv", (cin, cout, hin, win, hout, wout, kh, kw, groups, has_sum, act)
     if op in GEMM_OPS and ins and outs and len(ins[0]) >= 2:
         rows = math.prod(outs[0][:-1])

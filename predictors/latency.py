@@ -139,9 +139,9 @@ def _conv_chain_to(node, modules):
 
 # module / function after a conv (through BN) -> the activation code onnxruntime fuses into it (features.ACTIVATIONS)
 _ACT_MODULES = {"ReLU": 1, "LeakyReLU": 1, "ReLU6": 2, "Hardtanh": 2, "Sigmoid": 3, "Hardsigmoid": 3,
-                "Hardswish": 0}  # fused after a conv too (no kernel of its own in mobilenet_v3's profiles)
+                "Hardswish": 4}  # fused after a conv too (no kernel of its own in mobilenet_v3's profiles)
 _ACT_FUNCTIONS = {"relu": 1, "relu_": 1, "leaky_relu": 1, "relu6": 2, "hardtanh": 2, "sigmoid": 3, "hardsigmoid": 3,
-                  "hardswish": 0}
+                  "hardswish": 4}
 # activations onnxruntime runs as kernels of their own (SiLU becomes QuickGelu: 22% of efficientnet_b0's time)
 _UNFUSED_ACTS = {"SiLU", "GELU", "Mish", "Tanh", "silu", "gelu", "mish", "tanh"}
 

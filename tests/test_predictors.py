@@ -148,3 +148,23 @@ def test_profiling_again_measures_only_new_configs(profiled, tmp_path):
     assert by_name["resnet18/0008"]["meta"]["config"] == configs[-1]
     assert not list(tmp_path.glob("*.part"))  # the in-progress file is gone once merged
     assert predictors.profile_configs(net, configs, "resnet18", out).records == again.records  # nothing to do
+
+
+def test_fused_hardswish_is_annotated_from_the_graph(tmp_path):
+    """onnxruntime names a conv with a fused HardSwish like a bare conv; the host reads it off the graph."""
+    from torch import nn
+
+    from devices import profile_device
+    from predictors.features import raw_from_kernel
+    from predictors.profiling import annotate_fused_activations
+
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.Hardswish(), nn.Conv2d(16, 16, 3, padding=1))
+    path = tmp_path / "m.onnx"
+    compress.export_onnx(model.eval(), torch.randn(1, 3, 16, 16), path)
+    kernels = profile_device.profile_kernels(str(path), {"input": [1, 3, 16, 16]})
+    convs = [k for k in kernels if k["op"] in ("Conv", "FusedConv", "NchwcConv")]
+    assert len(convs) == 2
+    records = [{"model": "m", "kernels": kernels}]
+    annotate_fused_activations(records, {"m": path})
+    assert [k.get("activation") for k in convs] == ["HardSwish", None]
+    assert raw_from_kernel(convs[0])[1][-1] == 4 and raw_from_kernel(convs[1])[1][-1] == 0
