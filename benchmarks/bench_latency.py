@@ -86,7 +86,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", default="out/bench_latency")
     ap.add_argument("--resolution", type=int, default=224)
-    ap.add_argument("--train", type=int, default=30, help="initial random subnets per family")
+    ap.add_argument("--train", type=int, default=60, help="initial random subnets per family")
+    ap.add_argument("--adaptive", type=int, default=15, help="subnets per adaptive round (two rounds)")
     ap.add_argument("--test", type=int, default=30, help="test subnets per family")
     ap.add_argument("--baseline-configs", type=int, default=6, help="test configs per family for the standalone baseline")
     ap.add_argument("--docs", default="docs")
@@ -105,7 +106,7 @@ def main() -> None:
         path = work / f"{fam}.train.json"
         t = time.perf_counter()
         if not (work / f"{fam}.train.done").exists():
-            profile_family(nets[fam], fam, path, n_initial=args.train, rounds=2, per_round=10, progress=True,
+            profile_family(nets[fam], fam, path, n_initial=args.train, rounds=2, per_round=args.adaptive, progress=True,
                            reference=REFERENCE)
             (work / f"{fam}.train.done").write_text("")
             timing[f"profile_{fam}_s"] = round(time.perf_counter() - t, 1)
@@ -224,7 +225,8 @@ def _table(results: dict, args, path: Path) -> None:
                 f"{100 * s['rmspe']:.1f}% | {s['spearman']:.3f} | {100 * s['bias']:+.1f}% |")
 
     lines = ["# Latency predictor vs measured latency", "",
-             f"Command: `python benchmarks/bench_latency.py --resolution {args.resolution}`. Device: onnxruntime "
+             f"Command: `python benchmarks/bench_latency.py --resolution {args.resolution} --train {args.train} "
+             f"--adaptive {args.adaptive}`. Device: onnxruntime "
              f"{results['fingerprint']['runtime_version']} CPU ({results['fingerprint']['cpu']}), 1 thread, "
              "median of >= 50 runs. Models are timed in batches of 8, in interleaved rounds with two more "
              f"models: the family's full model (the anchor) and a fixed reference ({REFERENCE}). A measured "
@@ -245,15 +247,15 @@ def _table(results: dict, args, path: Path) -> None:
         lines.append(row(f"**{key}: all families, predictor**", results[f"{key}_all"]))
     w, c = results["within_all"], results["cross_all"]
     lines += ["", "Targets: within-model >= 99% within +-10% and >= 90% within +-5%: "
-              f"{100 * w['within_10pct']:.0f}% / {100 * w['within_5pct']:.0f}% "
+              f"{100 * w['within_10pct']:.1f}% / {100 * w['within_5pct']:.1f}% "
               f"({'met' if w['within_10pct'] >= 0.99 and w['within_5pct'] >= 0.90 else 'not met'}); cross-model >= 95% "
-              f"within +-10%: {100 * c['within_10pct']:.0f}% ({'met' if c['within_10pct'] >= 0.95 else 'not met'}). "
+              f"within +-10%: {100 * c['within_10pct']:.1f}% ({'met' if c['within_10pct'] >= 0.95 else 'not met'}). "
               "How finely this host can judge: two measurements of one subnet repeat within 1-3% "
               "(docs/measurement_noise.md), and a family's scale against another's moves by 1-4% between "
               "sessions, so a +-5% criterion sits close to the measurement's own spread."]
-    lines += ["", "Profiling (in the run that built the cached tables; 50 subnets per family at 224x224: 30 random, then "
-              "two rounds of 10 chosen where the table covers worst) and fitting cost (s): "
-              + ", ".join(f"{k} {v}" for k, v in results["timing"].items()),
+    lines += ["", f"Profiling (in the run that built the cached tables; {args.train + 2 * args.adaptive} subnets per "
+              f"family at 224x224: {args.train} random, then two rounds of {args.adaptive} chosen where the table "
+              "covers worst) and fitting cost (s): " + ", ".join(f"{k} {v}" for k, v in results["timing"].items()),
               "", f"Fast queries (resnet18, one core): {results['queries_per_s_fresh']} configs/s on configs never "
               f"queried before, {results['queries_per_s_cached']} configs/s once their kernels are cached.", "",
               "![predicted vs measured](latency_scatter.png)"]
