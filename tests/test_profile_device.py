@@ -94,8 +94,10 @@ def test_ctrl_c_exits_cleanly(tmp_path):
         compress.export_onnx(model.eval(), torch.randn(1, 3, 96, 96), paths[f"m{i}"])
     slow = devices.write_bundle(paths, {"input": [1, 3, 96, 96]}, tmp_path / "slow.zip")
     out = tmp_path / "board.json"
+    # as from a terminal: a shell that starts a job in the background (`cmd &`, as CI may) leaves SIGINT ignored
     proc = subprocess.Popen([sys.executable, str(SCRIPT), str(slow), "--out", str(out), "--min-runs", "400",
-                             "--batch", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             "--batch", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while time.time() < deadline and not out.exists():
         time.sleep(0.02)
