@@ -49,11 +49,11 @@ class NetKernels:
         self.convs, self.gemms = [], []
         other_terms: dict[tuple, int] = defaultdict(int)
         self.other_ops: list[tuple[int, int]] = []  # (spec of channels, elements per channel) of other ops
-        fused_adds = {a for op in net.coupling.flop_ops if op.kind == "conv"
-                      for a in [_feeds_add(op.node, modules)] if a is not None}
+        add_of = {op.node: _feeds_add(op.node, modules) for op in net.coupling.flop_ops if op.kind == "conv"}
+        fused_adds = {a for a in add_of.values() if a is not None}
         others = [op.output for op in net.coupling.flop_ops if op.kind in OTHER_KINDS and op.node not in fused_adds]
-        metas = getattr(net, "tensor_metas", {})
-        others += [metas[n] for n in _unfused_activations(net, modules, fused_adds) if n in metas]
+        others += [net.tensor_metas[n] for n in _unfused_activations(net, modules, fused_adds)
+                   if n in net.tensor_metas]
         for op in net.coupling.flop_ops:
             if op.kind == "conv":
                 i, o = op.inputs[0], op.output
@@ -61,7 +61,7 @@ class NetKernels:
                 self.convs.append({"in": spec(i.atoms), "out": spec(o.atoms), "hin": i.shape[2], "win": i.shape[3] if len(i.shape) > 3 else 1,
                                    "hout": o.shape[2], "wout": o.shape[3] if len(o.shape) > 3 else 1, "kh": kh, "kw": kw,
                                    "gs_out": op.params["gs_out"] if op.params["gs"] else None,
-                                   "groups": op.params["groups"], "has_sum": int(_feeds_add(op.node, modules) is not None),
+                                   "groups": op.params["groups"], "has_sum": int(add_of[op.node] is not None),
                                    "act": _fused_activation(op.node, modules),
                                    "batch": i.shape[0]})
             elif op.kind == "linear":
@@ -120,6 +120,11 @@ class NetKernels:
         return out, np.asarray(other, dtype=np.float64) * np.ones(n), unaligned
 
 
+def _module_kind(node, modules) -> str:
+    """The class name of a call_module node's module, without the Slim prefix of slimmable layers."""
+    return type(modules[node.target]).__name__.replace("Slim", "")
+
+
 def _conv_chain_to(node, modules):
     """The conv whose output reaches ``node`` through BN / activations only, or None."""
     cur = node
@@ -127,7 +132,7 @@ def _conv_chain_to(node, modules):
         if not hasattr(cur, "op"):
             return None
         if cur.op == "call_module":
-            kind = type(modules[cur.target]).__name__.replace("Slim", "")
+            kind = _module_kind(cur, modules)
             if kind.startswith("Conv"):
                 return cur
             if kind.startswith(_FUSABLE_BETWEEN) and cur.args:
@@ -155,7 +160,7 @@ def _fused_activation(node, modules) -> int:
             return 0
         u = users[0]
         if u.op == "call_module":
-            kind = type(modules[u.target]).__name__.replace("Slim", "")
+            kind = _module_kind(u, modules)
             if kind.startswith("BatchNorm"):
                 cur = u
                 continue
@@ -183,7 +188,7 @@ def _feeds_add(node, modules):
             first = _conv_chain_to(u.args[0], modules)
             fused = first is node or (first is None and _conv_chain_to(u.args[1], modules) is node)
             return u if fused else None
-        if u.op == "call_module" and type(modules[u.target]).__name__.replace("Slim", "").startswith(_FUSABLE_BETWEEN):
+        if u.op == "call_module" and _module_kind(u, modules).startswith(_FUSABLE_BETWEEN):
             cur = u
             continue
         return None
@@ -193,7 +198,7 @@ def _feeds_add(node, modules):
 def _activation_kind(node, modules) -> str | None:
     """The activation a node computes (module class or function name), or None."""
     if node.op == "call_module":
-        kind = type(modules[node.target]).__name__.replace("Slim", "")
+        kind = _module_kind(node, modules)
         return kind if kind in _ACT_MODULES or kind in _UNFUSED_ACTS else None
     if node.op in ("call_function", "call_method"):
         name = getattr(node.target, "__name__", str(node.target))
@@ -210,9 +215,9 @@ def _unfused_activations(net, modules, fused_adds: set) -> list:
         if kind is None or not n.args or not hasattr(n.args[0], "op"):
             continue
         src = n.args[0]
-        while src.op == "call_module" and type(modules[src.target]).__name__.replace("Slim", "").startswith("BatchNorm"):
+        while src.op == "call_module" and _module_kind(src, modules).startswith("BatchNorm"):
             src = src.args[0]
-        after_conv = src.op == "call_module" and type(modules[src.target]).__name__.replace("Slim", "").startswith("Conv")
+        after_conv = src.op == "call_module" and _module_kind(src, modules).startswith("Conv")
         if kind in _UNFUSED_ACTS or not (after_conv and len(n.args[0].users) == 1 or src in fused_adds):
             out.append(n)
     return out
@@ -282,7 +287,7 @@ class LatencyPredictor:
         for t in tables:
             for rec in t.records:
                 scale = _kernel_scale(rec, R, self.anchors_)
-                single = rec.get("meta", {}).get("kind") == "suite"
+                single = _is_single_layer(rec)
                 for k in rec["kernels"]:
                     fr = raw_from_kernel(k, rec.get("meta", {}).get("activation"))
                     if fr is None or k["us"] <= 0:
@@ -327,13 +332,13 @@ class LatencyPredictor:
         # For families never profiled the element-wise ops are costed at the per-element time measured on such
         # kernels (a free coefficient, fitted on families with few of them, blew efficientnet's SiLUs up 2x);
         # the fixed cost and the kernel factor are fitted on every profiled family together.
-        self.element_ms_per_m_ = _element_ms_per_million(tables)
+        element_ms = _element_ms_per_million(tables)  # per million elements; global_overhead_[2]
         if all_feats:
             F, y = np.concatenate(all_feats), np.concatenate(all_y)
-            a, b = _lstsq(F[:, :2], y - self.element_ms_per_m_ * F[:, 2])
-            self.global_overhead_ = [float(a), float(b), self.element_ms_per_m_, 0.0]
+            a, b = _lstsq(F[:, :2], y - element_ms * F[:, 2])
+            self.global_overhead_ = [float(a), float(b), element_ms, 0.0]
         else:
-            self.global_overhead_ = [0.0, 1.0, self.element_ms_per_m_, 0.0]
+            self.global_overhead_ = [0.0, 1.0, element_ms, 0.0]
         return self
 
     def _overhead_features(self, nk: NetKernels, widths: np.ndarray) -> np.ndarray:
@@ -363,7 +368,7 @@ class LatencyPredictor:
         if missing:
             rows = uniq[missing].astype(np.float64)
             pred = np.exp(self.forests_[family].predict(FAMILIES[family][1](rows)))
-            if getattr(self, "roofline_", None) is not None:
+            if self.roofline_ is not None:
                 pred = pred * self.roofline_.predict(family, rows)
             vals[missing] = pred
             for j, v in zip(missing, pred):
@@ -485,6 +490,11 @@ def _element_ms_per_million(tables) -> float:
     return float(np.median(rates)) if rates else 0.0
 
 
+def _is_single_layer(rec: dict) -> bool:
+    """A kernel-suite record: one layer timed alone (``predictors.suite``)."""
+    return rec.get("meta", {}).get("kind") == "suite"
+
+
 def _kernel_scale(rec: dict, reference_ms: float | None, anchors: dict) -> float:
     """Factor that puts a record's profiled kernel times on the common scale.
 
@@ -494,7 +504,7 @@ def _kernel_scale(rec: dict, reference_ms: float | None, anchors: dict) -> float
     record): timed in rounds after other models its whole run is a cold start (weights and input out of cache,
     plus the run's fixed cost), 16-45% above its profiled kernels where a network's kernels add up to within a
     few % of it, so its kernel times only get the drift correction."""
-    if rec.get("meta", {}).get("kind") == "suite":
+    if _is_single_layer(rec):
         return corrected_ms(rec, reference_ms, anchors) / rec["median_ms"] if reference_ms else 1.0
     kernel_sum_us = sum(k["us"] for k in rec["kernels"])
     return corrected_ms(rec, reference_ms, anchors) * 1e3 / kernel_sum_us if kernel_sum_us > 0 else 1.0

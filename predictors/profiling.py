@@ -20,12 +20,11 @@ from .table import LatencyTable
 
 
 def export_configs(net, configs: Sequence[Mapping[str, int]], family: str, folder: str | os.PathLike,
-                   start: int = 0, indices: Sequence[int] | None = None) -> tuple[dict[str, str], dict[str, dict]]:
+                   indices: Sequence[int]) -> tuple[dict[str, str], dict[str, dict]]:
     """Export each config's subnet to ONNX in ``folder``; returns name -> path and name -> meta. Config k is
-    named ``family/NNNN`` with NNNN = ``indices[k]`` (default ``start + k``)."""
+    named ``family/NNNN`` with NNNN = ``indices[k]``."""
     paths, meta = {}, {}
     x = net.example_inputs
-    indices = list(indices) if indices is not None else list(range(start, start + len(configs)))
     for i, cfg in zip(indices, configs):
         name = f"{family}/{i:04d}"
         path = Path(folder) / f"{family}_{i:04d}.onnx"
@@ -53,7 +52,7 @@ def profile_configs(net, configs: Sequence[Mapping[str, int]], family: str, out:
         return existing
     shapes = {"input": list(net.example_inputs[0].shape)}
     with tempfile.TemporaryDirectory() as tmp:
-        paths, meta = export_configs(net, [c for _, c in todo], family, tmp, indices=[i for i, _ in todo])
+        paths, meta = export_configs(net, [c for _, c in todo], family, tmp, [i for i, _ in todo])
         ref = export_reference(Path(tmp) / "reference.onnx", reference)
         full = Path(tmp) / "anchor.onnx"
         export_onnx(extract_subnet(net, net.space.max_config()), net.example_inputs, full)
