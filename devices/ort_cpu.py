@@ -51,7 +51,7 @@ class OrtCpuDevice:
 
     def measure_interleaved(self, models: list, input_shapes: dict[str, list[int]] | None = None,
                             **protocol: Any) -> list[Measurement]:
-        """Latency of several models timed in alternating bursts, so a slow phase of the host hits all alike."""
+        """Latency of several models timed in bursts in rotating order, so a slow phase of the host hits all alike."""
         import onnxruntime as ort
 
         runs = []

@@ -43,7 +43,7 @@ class TorchCpuDevice:
         return Measurement.from_stats(stats, self.fingerprint())
 
     def measure_interleaved(self, models: list[nn.Module], example_inputs: Any, **protocol: Any) -> list[Measurement]:
-        """Latency of several modules timed in alternating bursts, so a slow phase of the host hits all alike."""
+        """Latency of several modules timed in bursts in rotating order, so a slow phase of the host hits all alike."""
         inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
         prev_threads, prev_modes = torch.get_num_threads(), [m.training for m in models]
         try:

@@ -31,9 +31,9 @@ def test_table_round_trip_and_merge(profiled, tmp_path):
     assert all(x > 0 for x in refs) and len(set(refs)) == 1  # 8 configs: one batch
     assert all(r["anchor"] == "resnet18" and r["anchor_ratio"] > 0 for r in table.records)
     full = table.records[0]  # the max config is the anchor itself, timed twice in the same rounds
-    # On ~1 ms models the first slot of a batch measures up to ~28% slower than the anchor slot (seen 1.00-1.28
-    # over repeated runs here; 1.00 on 224x224 models), so this bounds the ratio loosely.
-    assert 0.7 < full["anchor_ratio"] < 1.45, full["anchor_ratio"]
+    # The same network in two slots: 0.98-1.06 over repeated runs here since the round order rotates (an
+    # alternating order gave 1.00-1.28 on this 0.3 ms model: the slot at the turn ran twice in a row).
+    assert 0.8 < full["anchor_ratio"] < 1.25, full["anchor_ratio"]
     assert table.records[1]["anchor_ratio"] < full["anchor_ratio"]  # the min config is faster
     from predictors.reference import anchor_scales, corrected_ms
     anchors = anchor_scales(table.records)

@@ -135,10 +135,11 @@ def test_rounds_alternate_and_round_ratio_cancels_drift():
     from devices import profile_device as pd
 
     calls = []
-    stats = pd.measure_interleaved([lambda: calls.append(0), lambda: calls.append(1)], warmup=0, min_runs=4,
-                                   burst=2, max_runs=4)
-    assert calls == [0, 0, 1, 1, 1, 1, 0, 0]  # forward, then backward: neither model always runs first
-    assert [s["burst"] for s in stats] == [2, 2] and [s["runs"] for s in stats] == [4, 4]
+    stats = pd.measure_interleaved([lambda i=i: calls.append(i) for i in range(3)], warmup=0, min_runs=6,
+                                   burst=2, max_runs=6)
+    # the order rotates: no model always runs first, none runs twice in a row across rounds
+    assert calls == [0, 0, 1, 1, 2, 2, 1, 1, 2, 2, 0, 0, 2, 2, 0, 0, 1, 1]
+    assert [s["burst"] for s in stats] == [2, 2, 2] and [s["runs"] for s in stats] == [6, 6, 6]
     # a host that slows down 4x over the rounds: the medians' ratio is off, the round-by-round ratio is exact
     a = {"burst": 2, "median_ms": 1.0, "samples_ms": [1.0, 1.0, 2.0, 2.0, 4.0, 4.0]}  # medians of
     b = {"burst": 2, "median_ms": 8.0, "samples_ms": [2.0, 2.0, 4.0, 4.0, 8.0, 8.0]}  # other phases
