@@ -127,7 +127,8 @@ def main() -> None:
             cfgs[0] = nets[fam].space.max_config()
         tests[fam] = profile_configs(nets[fam], cfgs, f"{fam}_test", work / f"{fam}.test.json", quiet=False,
                                      anchor=fam, reference=REFERENCE)
-    # each family's full model (the anchor) on the reference's scale, pooled over its training and test batches
+    # each family's full model (the anchor) on the reference's scale, pooled over its training and test batches:
+    # the scale of the families the cross-model predictor never saw (within-model uses the predictor's own)
     anchors = anchor_scales(r for t in list(tables.values()) + list(tests.values()) for r in t.records)
 
     # ---- fit -----------------------------------------------------------------------------------
@@ -138,13 +139,15 @@ def main() -> None:
         pred = LatencyPredictor().fit([tables[fam]], nets={fam: nets[fam]})
         results["timing"][f"fit_{fam}_s"] = round(time.perf_counter() - t, 2)
         cfgs = [r["meta"]["config"] for r in tests[fam].records]
-        meas = np.array([corrected_ms(r, pred.reference_ms_, anchors) for r in tests[fam].records])
+        # measured = the subnet's ratio to the full model timed beside it x the full model's latency on the
+        # predictor's scale (its anchor scale, from the training tables): one unit for prediction and measurement
+        meas = np.array([corrected_ms(r, pred.reference_ms_, pred.anchors_) for r in tests[fam].records])
         p = pred.predict_ms(nets[fam], cfgs, family=fam)
         # baseline: latency proportional to FLOPs, fitted on the training subnets
         fm = nets[fam].flops_model()
         tr = tables[fam].records
         f_tr = fm.flops_batch([r["meta"]["config"] for r in tr]).astype(float)
-        a, b = np.polyfit(f_tr, [corrected_ms(r, pred.reference_ms_, anchors) for r in tr], 1)
+        a, b = np.polyfit(f_tr, [corrected_ms(r, pred.reference_ms_, pred.anchors_) for r in tr], 1)
         p_flops = a * fm.flops_batch(cfgs).astype(float) + b
         # baseline: sum of standalone layer latencies (first configs only: it is slow)
         cache: dict = {}
@@ -231,7 +234,8 @@ def _table(results: dict, args, path: Path) -> None:
              "median of >= 50 runs. Models are timed in batches of 8, in interleaved rounds with two more "
              f"models: the family's full model (the anchor) and a fixed reference ({REFERENCE}). A measured "
              "latency is the model's round-by-round ratio to its anchor x the anchor's ratio to the reference "
-             "(pooled over every batch that timed it) x one common reference latency, because this shared "
+             "(within-model: pooled over the training batches, the predictor's own scale; cross-model: over "
+             "every batch that timed the unseen family) x one common reference latency, because this shared "
              "machine drifts by 10-30% over minutes (docs/measurement_noise.md). The standalone-layer baseline "
              "is timed without that correction. "
              "Every test subnet is one the predictor never saw while fitting.", "",

@@ -170,3 +170,20 @@ def test_fused_hardswish_is_annotated_from_the_graph(tmp_path):
     annotate_fused_activations(records, {"m": path})
     assert [k.get("activation") for k in convs] == ["HardSwish", None]
     assert raw_from_kernel(convs[0])[1][-1] == 4 and raw_from_kernel(convs[1])[1][-1] == 0
+
+
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v3_small"])
+def test_weight_count_equals_the_extracted_subnets_weights(name):
+    """The overhead's weight term, computed from channel counts, against the parameters of the extracted subnet
+    (conv and linear weights; no padding with block 1)."""
+    from predictors.latency import NetKernels, weight_count
+
+    torch.manual_seed(0)
+    net = compress.SlimmableNetwork(getattr(torchvision.models, name)(num_classes=10), torch.randn(1, 3, 64, 64))
+    configs = [net.space.max_config(), net.space.min_config(), net.space.random_config(3)]
+    widths = np.stack([net.space.widths(c) for c in configs])
+    raw, _, _ = NetKernels(net).raw(widths, block=1)
+    for cfg, counted in zip(configs, weight_count(raw, len(configs))):
+        sub = compress.extract_subnet(net, cfg)
+        expected = sum(m.weight.numel() for m in sub.modules() if isinstance(m, (nn.Conv2d, nn.Linear)))
+        assert counted == expected
