@@ -36,7 +36,7 @@ zoo: $(VENV)/.installed  ## coverage table over the torchvision zoo -> docs/zoo_
 bench: $(VENV)/.installed  ## channel-space speed benchmark -> docs/benchmarks.md
 	$(PY) benchmarks/bench_channel_space.py
 
-bench-latency: $(VENV)/.installed  ## latency predictor vs measured latency -> docs/latency_benchmark.md (~35 min)
+bench-latency: $(VENV)/.installed  ## latency predictor vs measured latency -> docs/latency_benchmark.md (~25 min from scratch)
 	$(PY) benchmarks/bench_latency.py
 
 bench-autoslim: $(VENV)/.installed  ## measured latency vs budget, 2 families x 3 budgets -> docs/autoslim_budget.md
