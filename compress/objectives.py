@@ -53,6 +53,7 @@ def fit_latency_predictor(net, device, family: str, work_dir: str | os.PathLike,
             tools/profile_device.py and pass ``predictor=``).
     """
     from predictors import LatencyPredictor
+    from predictors.errors import SchemaVersionError
     from predictors.profiling import profile_family
 
     if not hasattr(device, "profile") or getattr(device, "name", "") not in ("cpu", "ort-cpu"):
@@ -65,7 +66,10 @@ def fit_latency_predictor(net, device, family: str, work_dir: str | os.PathLike,
     work_dir.mkdir(parents=True, exist_ok=True)
     pred_file = work_dir / f"{family}.predictor.json"
     if pred_file.exists():
-        return LatencyPredictor.load(pred_file, fingerprint=device.fingerprint())
+        try:
+            return LatencyPredictor.load(pred_file, fingerprint=device.fingerprint())
+        except SchemaVersionError:  # written by an older version: refit on the kept table (nothing re-measured)
+            pred_file.unlink()
     n_initial = max(4, (2 * n_configs) // 3)
     per_round = max(1, n_configs - n_initial)
     table = profile_family(net, family, work_dir / f"{family}.lut.json", n_initial=n_initial, rounds=1,

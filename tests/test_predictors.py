@@ -187,3 +187,26 @@ def test_weight_count_equals_the_extracted_subnets_weights(name):
         sub = compress.extract_subnet(net, cfg)
         expected = sum(m.weight.numel() for m in sub.modules() if isinstance(m, (nn.Conv2d, nn.Linear)))
         assert counted == expected
+
+
+def test_a_cached_predictor_of_an_older_schema_is_refitted_from_its_table(profiled, tmp_path):
+    """compress' cached predictor is a derived file: one written by an older version is refitted on the kept
+    table (nothing re-measured) instead of stopping a search."""
+    import shutil
+
+    from compress.objectives import fit_latency_predictor
+    from devices import get_device
+
+    net, table, path = profiled
+    shutil.copy(path, tmp_path / "resnet18.lut.json")
+    from predictors.latency import PREDICTOR_KIND
+
+    (tmp_path / "resnet18.predictor.json").write_text(json.dumps({"schema_version": 2, "kind": PREDICTOR_KIND}))
+    pred = fit_latency_predictor(net, get_device("cpu", threads=1), "resnet18", tmp_path, n_configs=4,
+                                 progress=False)
+    # the first 4 configs were in the table and are not measured again (the one adaptive pick is new)
+    before = {r["model"]: r["median_ms"] for r in table.records}
+    after = {r["model"]: r["median_ms"] for r in LatencyTable.load(tmp_path / "resnet18.lut.json").records}
+    assert all(after[f"resnet18/{i:04d}"] == before[f"resnet18/{i:04d}"] for i in range(4))
+    assert json.loads((tmp_path / "resnet18.predictor.json").read_text())["schema_version"] == 3
+    assert pred.predict_ms(net, [net.space.max_config()])[0] > 0
