@@ -345,8 +345,8 @@ class LatencyPredictor:
         """Per config: 1, predicted kernel ms, elements of other ops, of unaligned ones, and weights (millions).
 
         Weights: kernel times measured in context carry the cache state of the table's average subnet; a subnet
-        with more weights streams more of them from memory every run (mobilenet_v3_small: 93% of unseen subnets
-        within +-5% with this term, 90% without)."""
+        with more weights streams more of them from memory every run (mobilenet_v3_small, docs/latency_benchmark.md:
+        80% of unseen subnets within +-5% with this term, 73% without)."""
         raw, other, unaligned = nk.raw(widths, self.block_)
         kernel_ms = sum(self._layer_sum_us(nk, fam, r) for fam, r in raw.items()) / 1e3
         return np.column_stack([np.ones(len(widths)), kernel_ms, other / 1e6, unaligned / 1e6,
