@@ -153,14 +153,19 @@ def main(argv: list[str] | None = None) -> int:
               "dms": dms, "autoslim": lambda b, k: autoslim(b, k, "kl"),
               "autoslim-alpha": lambda b, k: autoslim(b, k, "alpha"),
               "autoslim-per-ms": lambda b, k: autoslim(b, k, "kl", PER_MS)}
-    if args.full and "full" not in rows:  # what the budgets give up: the full model trained the same way
-        t1 = time.perf_counter()
-        row = {"config": probe.space.max_config(), "removed_blocks": []}
+    def train_and_score(row: dict) -> torch.nn.Module:
+        """The row's architecture from fresh weights, trained by the one recipe; adds train_s, flops, test_top1."""
         subnet = fresh_subnet(row, x)
+        t1 = time.perf_counter()
         finetune(subnet, None, train, args.epochs, lr=0.1)
-        rows["full"] = {**row, "method": "full", "train_s": time.perf_counter() - t1,
-                        "flops": int(compress.count_flops(subnet, (x,)).total),
-                        "test_top1": evaluate(subnet, test_loader)["top1"]}
+        row.update({"train_s": time.perf_counter() - t1, "flops": int(compress.count_flops(subnet, (x,)).total),
+                    "test_top1": evaluate(subnet, test_loader)["top1"]})
+        return subnet
+
+    if args.full and "full" not in rows:  # what the budgets give up: the full model trained the same way
+        row = {"config": probe.space.max_config(), "removed_blocks": [], "method": "full"}
+        train_and_score(row)
+        rows["full"] = row
         save()
     for frac in args.budgets:
         budget = frac * full_ms
@@ -173,15 +178,10 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.perf_counter()
             row = choose[method](budget, key)
             row["choose_s"] = time.perf_counter() - t0
-            subnet = fresh_subnet(row, x)
-            t1 = time.perf_counter()
-            finetune(subnet, None, train, args.epochs, lr=0.1)
-            row["train_s"] = time.perf_counter() - t1
+            subnet = train_and_score(row)
             onnx = work / f"{key}.onnx"
             compress.export_onnx(subnet, (x,), onnx)
-            row.update({"method": method, "budget_fraction": frac, "budget_ms": budget, "onnx": str(onnx),
-                        "flops": int(compress.count_flops(subnet, (x,)).total),
-                        "test_top1": evaluate(subnet, test_loader)["top1"]})
+            row.update({"method": method, "budget_fraction": frac, "budget_ms": budget, "onnx": str(onnx)})
             rows[key] = row
             print(json.dumps({k: v for k, v in row.items() if k != "config"}))
             save()
@@ -196,12 +196,6 @@ def main(argv: list[str] | None = None) -> int:
             save()
     write_markdown(rows, full_ms, command, Path(args.out).with_suffix(".md"), args)
     return 0
-
-
-def choose_seconds(row: dict) -> str:
-    """Seconds spent choosing the architecture: closed loop for the uniform widths; DMS search (weights and
-    structure together) plus its closed loop; AutoSlim greedy search plus closed loop (supernet not included)."""
-    return f"{row['choose_s']:.0f}"
 
 
 def write_markdown(rows: dict, full_ms: float, command: str, path: Path, args) -> None:
@@ -228,7 +222,7 @@ def write_markdown(rows: dict, full_ms: float, command: str, path: Path, args) -
             gain = f"{r['test_top1'] - uni['test_top1']:+.2f}" if uni and m != "uniform" else ""
             widths = "/".join(str(w) for w in r["config"].values())
             lines.append(f"| {frac:.0%} | {m} | {ms} | {r['flops'] / 1e6:.1f} | {len(r['removed_blocks'])} | "
-                         f"{widths} | {r['test_top1']:.2f} | {gain} | {choose_seconds(r)} | {r['train_s']:.0f} |")
+                         f"{widths} | {r['test_top1']:.2f} | {gain} | {r['choose_s']:.0f} | {r['train_s']:.0f} |")
     if "full" in rows:
         r = rows["full"]
         lines += ["", f"The full model trained with the same recipe: {r['test_top1']:.2f}% test top-1 "
