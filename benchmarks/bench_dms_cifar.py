@@ -2,9 +2,10 @@
 training of the final network, search cost for each.
 
     python benchmarks/bench_dms_cifar.py        # ~70 min on 2 cores -> docs/dms_cifar.md/.json
+    python benchmarks/bench_dms_cifar.py --model resnet18 ...   # -> docs/dms_cifar_resnet18.md/.json
 
 Protocol (the one NAS papers use, AutoSlim's and DMS's included): each method chooses an *architecture* under the
-budget; then every architecture is built from the same freshly initialised ResNet-20 x2 (seed 0; the first k
+budget; then every architecture is built from the same freshly initialised network (``--model``, seed 0; the first k
 channels of each group, removed blocks replaced by their skip) and trained from scratch with one recipe
 (``--epochs`` passes, SGD lr 0.1, cosine, batch 128). Top-1 on the 10,000 test images then compares architectures
 only. What choosing cost is reported beside it:
@@ -29,11 +30,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import time
 from pathlib import Path
 
 import torch
+import torchvision
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -60,35 +63,48 @@ DEFAULT_DATA = ROOT.parent / "shared" / "data" / "cifar10-jpg.tar.gz"
 # supernet searched by held-out damage per millisecond saved, scored on 8 held-out batches instead of 2
 METHODS = ("uniform", "autoslim", "dms", "uniform-aligned", "autoslim-alpha", "autoslim-per-ms")
 PER_MS = {"criterion": "score_per_cost", "eval_batches": 8}
+# the networks every method slims: the CIFAR ResNet-20 x2 (well proportioned for 32 x 32 inputs), and torchvision's
+# ImageNet ResNet-18 as a user would take it from the zoo (7x7 stride-2 stem and max-pool, 512 channels at 1 x 1 in
+# the last stage: latency dominated by weights, a cost FLOPs do not see)
+MODELS = {"resnet20x2": ("ResNet-20 x2", lambda: cifar_resnet(width=2.0)),
+          "resnet18": ("torchvision ResNet-18 (ImageNet layout)", lambda: torchvision.models.resnet18(num_classes=10))}
 
 
-def fresh_subnet(arch: dict, x: torch.Tensor) -> torch.nn.Module:
-    """The architecture ``arch`` (config + removed blocks) cut from a freshly initialised full model (seed 0)."""
-    torch.manual_seed(0)
-    net = compress.SlimmableNetwork(cifar_resnet(width=2.0), x)
+def fresh_subnet(build, arch: dict, x: torch.Tensor, seed: int = 0) -> torch.nn.Module:
+    """The architecture ``arch`` (config + removed blocks) cut from a freshly initialised full model."""
+    torch.manual_seed(seed)
+    net = compress.SlimmableNetwork(build(), x)
     return extract_with_depth(net, arch["config"], arch["removed_blocks"])
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="resnet20x2", choices=sorted(MODELS))
     ap.add_argument("--data", default=str(DEFAULT_DATA))
     ap.add_argument("--train-per-class", type=int, default=2000)
     ap.add_argument("--epochs", type=float, default=6.0, help="training of every final architecture (epochs)")
     ap.add_argument("--dms-search", type=float, default=1.0, help="DMS search epochs")
     ap.add_argument("--supernet-epochs", type=float, default=3.0, help="AutoSlim supernet epochs")
     ap.add_argument("--budgets", nargs="+", type=float, default=[0.5, 0.35])
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0],
+                    help="train every chosen architecture once per seed (init and data order); top-1 is the mean")
     ap.add_argument("--methods", nargs="+", default=list(METHODS[:4]), choices=METHODS)
     ap.add_argument("--full", action="store_true", help="also train the full model with the same recipe (headroom)")
-    ap.add_argument("--work", default="out/bench_dms_cifar")
-    ap.add_argument("--out", default="docs/dms_cifar")
+    ap.add_argument("--work", default=None, help="default out/bench_dms_cifar[_MODEL]")
+    ap.add_argument("--out", default=None, help="default docs/dms_cifar[_MODEL] (.md and .json)")
     args = ap.parse_args(argv)
+    suffix = "" if args.model == "resnet20x2" else f"_{args.model}"
+    args.work = args.work or f"out/bench_dms_cifar{suffix}"
+    args.out = args.out or f"docs/dms_cifar{suffix}"
+    build = MODELS[args.model][1]
     torch.set_num_threads(2)
     work = Path(args.work)
     out_json = Path(args.out).with_suffix(".json")
     command = "python benchmarks/bench_dms_cifar.py " + " ".join(argv if argv is not None else sys.argv[1:])
     state = json.loads(out_json.read_text()) if out_json.exists() else {}
+    state.get("args", {}).setdefault("model", "resnet20x2")  # files written before --model existed
     if state.get("protocol") != PROTOCOL or any(state.get("args", {}).get(k) != getattr(args, k) for k in
-                                                ("train_per_class", "epochs", "dms_search", "supernet_epochs")):
+            ("model", "train_per_class", "epochs", "dms_search", "supernet_epochs")):
         state = {}
     rows: dict = state.get("rows", {})
     t_start = time.perf_counter()
@@ -102,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     dev = get_device("cpu", threads=1)
     block = dev.channel_block
     x = torch.zeros(1, 3, 32, 32)
-    probe = compress.SlimmableNetwork(cifar_resnet(width=2.0), x)
+    probe = compress.SlimmableNetwork(build(), x)
     full = compress.extract_subnet(probe, None)
     # budgets are fractions of the full model: one timer with the reference pinned at the full model's latency
     # (kept from an earlier run when resuming) judges every candidate of every method by its ratio alone
@@ -116,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
                    "seconds_this_run": time.perf_counter() - t_start, "args": vars(args)}, out_json)
 
     def uniform(budget: float, key: str, divisor: int) -> dict:
-        net = compress.SlimmableNetwork(cifar_resnet(width=2.0), x, divisor=divisor)
+        net = compress.SlimmableNetwork(build(), x, divisor=divisor)
         path = uniform_path(net, LatencyCost(net, predictor, "model"))
         index, _ = closed_loop(net, path, budget, dev, timer=timer)
         return {"config": path[index]["config"], "removed_blocks": [], "width": path[index]["ratio"],
@@ -124,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def dms(budget: float, key: str) -> dict:
         torch.manual_seed(0)
-        res = compress.dms(cifar_resnet(width=2.0), latency_ms=budget, device=dev, train_loader=train,
+        res = compress.dms(build(), latency_ms=budget, device=dev, train_loader=train,
                            val_loader=held, pipeline="scratch", predictor=predictor, divisor=block,
                            settings=DMSSettings(epochs=args.dms_search, lr=0.1), work_dir=work / key, timer=timer)
         return {"config": res.config, "removed_blocks": res.removed_blocks, "notes": res.notes,
@@ -135,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     def autoslim(budget: float, key: str, distill: str, search: dict | None = None) -> dict:
         if distill not in supernets:
             torch.manual_seed(0)
-            supernet = compress.SlimmableNetwork(cifar_resnet(width=2.0), x, divisor=block)
+            supernet = compress.SlimmableNetwork(build(), x, divisor=block)
             t1 = time.perf_counter()
             compress.train_supernet(supernet, train, compress.TrainSettings(epochs=args.supernet_epochs,
                                                                             distill=distill),
@@ -153,17 +169,28 @@ def main(argv: list[str] | None = None) -> int:
               "dms": dms, "autoslim": lambda b, k: autoslim(b, k, "kl"),
               "autoslim-alpha": lambda b, k: autoslim(b, k, "alpha"),
               "autoslim-per-ms": lambda b, k: autoslim(b, k, "kl", PER_MS)}
-    def train_and_score(row: dict) -> torch.nn.Module:
-        """The row's architecture from fresh weights, trained by the one recipe; adds train_s, flops, test_top1."""
-        subnet = fresh_subnet(row, x)
-        t1 = time.perf_counter()
-        finetune(subnet, None, train, args.epochs, lr=0.1)
-        row.update({"train_s": time.perf_counter() - t1, "flops": int(compress.count_flops(subnet, (x,)).total),
-                    "test_top1": evaluate(subnet, test_loader)["top1"]})
+    def train_and_score(row: dict) -> torch.nn.Module | None:
+        """The row's architecture from fresh weights, trained by the one recipe once per seed it lacks; sets
+        ``seeds`` (seed -> top-1), ``test_top1`` (their mean), train_s, flops. Returns the last network trained."""
+        seeds = row.setdefault("seeds", {"0": row["test_top1"]} if "test_top1" in row else {})
+        subnet = None
+        for seed in args.seeds:
+            if str(seed) in seeds:
+                continue
+            subnet = fresh_subnet(build, row, x, seed)
+            loader = TensorLoader(train.data, 128, train=True, seed=seed)
+            t1 = time.perf_counter()
+            finetune(subnet, None, loader, args.epochs, lr=0.1)
+            seeds[str(seed)] = evaluate(subnet, test_loader)["top1"]
+            row.update({"train_s": time.perf_counter() - t1, "flops": int(compress.count_flops(subnet, (x,)).total)})
+        row["test_top1"] = statistics.mean(seeds.values())
         return subnet
 
-    if args.full and "full" not in rows:  # what the budgets give up: the full model trained the same way
-        row = {"config": probe.space.max_config(), "removed_blocks": [], "method": "full"}
+    def complete(key: str) -> bool:
+        return key in rows and all(str(s) in rows[key].get("seeds", {"0": 0}) for s in args.seeds)
+
+    if args.full and not complete("full"):  # what the budgets give up: the full model trained the same way
+        row = rows.get("full") or {"config": probe.space.max_config(), "removed_blocks": [], "method": "full"}
         train_and_score(row)
         rows["full"] = row
         save()
@@ -172,8 +199,12 @@ def main(argv: list[str] | None = None) -> int:
         tag = f"b{int(round(frac * 100))}"
         for method in args.methods:
             key = f"{tag}_{method}"
-            if key in rows:
+            if complete(key):
                 print(f"{key}: done in an earlier run, skipped")
+                continue
+            if key in rows:  # chosen in an earlier run; train the seeds it lacks
+                train_and_score(rows[key])
+                save()
                 continue
             t0 = time.perf_counter()
             row = choose[method](budget, key)
@@ -198,19 +229,25 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def per_seed(row: dict) -> str:
+    return " / ".join(f"{v:.2f}" for v in row.get("seeds", {"0": row["test_top1"]}).values())
+
+
 def write_markdown(rows: dict, full_ms: float, command: str, path: Path, args) -> None:
     lines = ["# DMS vs AutoSlim vs uniform width on CIFAR-10 (equal measured latency, equal training)", "",
              f"Command: `{command.strip()}`", "",
-             f"ResNet-20 x2; {args.train_per_class} training images per class, 500 per class held out, 10,000 test "
-             f"images. Each method chooses an architecture under the budget; every architecture is then cut from the "
+             f"{MODELS[args.model][0]}; {args.train_per_class} training images per class, 500 per class held out, "
+             f"10,000 test images. Each method chooses an architecture under the budget; every architecture is then "
+             "cut from the "
              f"same freshly initialised full model and trained from scratch for {args.epochs:g} epochs with one "
-             f"recipe, so top-1 compares architectures. Choosing cost: DMS {args.dms_search:g} epoch(s) of search "
+             f"recipe, so top-1 compares architectures (mean over the seeds in `per seed`: initialisation and data "
+             f"order). Choosing cost: DMS {args.dms_search:g} epoch(s) of search "
              f"from random init; AutoSlim a supernet of {args.supernet_epochs:g} epochs (4 subnets per step, shared "
              f"by the budgets) plus greedy search. Full model {full_ms:.3f} ms (onnxruntime CPU, 1 thread). "
              "`latency / full model`: each budget's subnets and the full model timed interleaved in one run "
              "(drift-free); the budget is that fraction. Widths: every channel group's width, in group order.", "",
-             "| budget | method | latency / full model | MFLOPs | blocks removed | widths | test top-1 | vs uniform | "
-             "choose s | train s |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "| budget | method | latency / full model | MFLOPs | blocks removed | widths | test top-1 | per seed | "
+             "vs uniform | choose s | train s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for frac in args.budgets:
         tag = f"b{int(round(frac * 100))}"
         uni = rows.get(f"{tag}_uniform")
@@ -222,7 +259,8 @@ def write_markdown(rows: dict, full_ms: float, command: str, path: Path, args) -
             gain = f"{r['test_top1'] - uni['test_top1']:+.2f}" if uni and m != "uniform" else ""
             widths = "/".join(str(w) for w in r["config"].values())
             lines.append(f"| {frac:.0%} | {m} | {ms} | {r['flops'] / 1e6:.1f} | {len(r['removed_blocks'])} | "
-                         f"{widths} | {r['test_top1']:.2f} | {gain} | {r['choose_s']:.0f} | {r['train_s']:.0f} |")
+                         f"{widths} | {r['test_top1']:.2f} | {per_seed(r)} | {gain} | {r['choose_s']:.0f} | "
+                         f"{r['train_s']:.0f} |")
     if "full" in rows:
         r = rows["full"]
         lines += ["", f"The full model trained with the same recipe: {r['test_top1']:.2f}% test top-1 "
