@@ -103,10 +103,14 @@ def main(argv: list[str] | None = None) -> int:
     command = "python benchmarks/bench_dms_cifar.py " + " ".join(argv if argv is not None else sys.argv[1:])
     state = json.loads(out_json.read_text()) if out_json.exists() else {}
     state.get("args", {}).setdefault("model", "resnet20x2")  # files written before --model existed
-    if state.get("protocol") != PROTOCOL or any(state.get("args", {}).get(k) != getattr(args, k) for k in
-            ("model", "train_per_class", "epochs", "dms_search", "supernet_epochs")):
+    old = state.get("args", {})
+    if state.get("protocol") != PROTOCOL or any(old.get(k) != getattr(args, k) for k in
+                                                ("model", "train_per_class", "epochs")):
         state = {}
     rows: dict = state.get("rows", {})
+    for method, arg in (("dms", "dms_search"), ("autoslim", "supernet_epochs")):  # rows another search made
+        if old.get(arg) != getattr(args, arg):
+            rows = {k: r for k, r in rows.items() if not r.get("method", "").startswith(method)}
     t_start = time.perf_counter()
 
     all_train, test = load_image_folder(args.data, "train"), load_image_folder(args.data, "test")
@@ -155,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
             t1 = time.perf_counter()
             compress.train_supernet(supernet, train, compress.TrainSettings(epochs=args.supernet_epochs,
                                                                             distill=distill),
-                                    checkpoint=work / f"supernet_{distill}.pt")
+                                    checkpoint=work / f"supernet_{distill}_e{args.supernet_epochs:g}.pt")
             supernets[distill] = (supernet, time.perf_counter() - t1)
         supernet, supernet_s = supernets[distill]
         settings = compress.AutoSlimSettings(search=compress.SearchSettings(**(search or {})))

@@ -3,7 +3,8 @@
 The predictor ranks subnets; the device decides. Starting at the first path point predicted under the budget, the
 subnet is exported to ONNX and measured. Over budget: move further along the path, to the first point whose
 prediction, scaled by the measured/predicted ratio seen so far, is under the budget. Under budget but using less
-than ``min_use`` of it: try a larger point the same way. The largest measured point under the budget wins.
+than ``min_use`` of it: try a larger point the same way (unused budget is accuracy given away). The largest measured
+point under the budget wins.
 """
 
 from __future__ import annotations
@@ -21,14 +22,16 @@ class BudgetNotMetError(CompressError, RuntimeError):
 
 
 def closed_loop(net, path: list[dict], budget_ms: float, device: Any, max_measurements: int = 6,
-                min_use: float = 0.85, log: Callable[[str], None] = print,
-                timer: ReferenceTimer | None = None) -> tuple[int, dict[int, Any]]:
+                min_use: float = 0.95, log: Callable[[str], None] = print,
+                timer: ReferenceTimer | None = None, warn_below: float = 0.85) -> tuple[int, dict[int, Any]]:
     """Index of the path point to deploy and every measurement taken (index -> Measurement).
 
     Path points are ordered from the largest subnet to the smallest. The walk keeps ``over`` (the last index known
     over the budget) and ``under`` (the first index known under it); the next point is the largest one between them
     whose prediction, scaled by the latest measured/predicted ratio, fits the budget, else the midpoint (bisection).
-    With a ``timer`` every point is timed interleaved with the full model (drift-free); else measured alone.
+    With a ``timer`` every point is timed interleaved with the full model (drift-free); else measured alone. The walk
+    stops at a point using >= ``min_use`` of the budget or after ``max_measurements``; a choice using less than
+    ``warn_below`` of it is warned about.
 
     Raises:
         BudgetNotMetError: every point tried measured over the budget (the message gives the numbers).
@@ -67,8 +70,8 @@ def closed_loop(net, path: list[dict], budget_ms: float, device: Any, max_measur
             f"No subnet on the search path measured under the budget of {budget_ms:.3f} ms ({lines}). The path "
             f"ends at a predicted {path[-1]['cost']:.3f} ms; lower SearchSettings.overshoot so the search goes "
             "further, raise the budget, or check that the device is not busy.")
-    if measured[under].median_ms < min_use * budget_ms:
+    if measured[under].median_ms < warn_below * budget_ms:
         warnings.warn(f"The chosen subnet uses {measured[under].median_ms / budget_ms:.0%} of the latency budget "
-                      f"(less than {min_use:.0%}): the larger subnets tried on the path measured over it.",
+                      f"(less than {warn_below:.0%}): the larger subnets tried on the path measured over it.",
                       stacklevel=2)
     return under, measured

@@ -123,7 +123,7 @@ class AutoSlimSettings(JsonSettings):
     finetune_lr: float = 0.01
     profile_configs: int = 24         # subnets profiled in context to fit the latency predictor
     max_measurements: int = 6         # closed loop: subnets exported and measured at most
-    min_budget_use: float = 0.85      # closed loop: try a larger subnet when measured < this x budget
+    min_budget_use: float = 0.95      # closed loop: try a larger subnet when measured < this x budget
 
     def __post_init__(self) -> None:
         self._check("divisor", isinstance(self.divisor, int) and self.divisor >= 1, "an int >= 1")

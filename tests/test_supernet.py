@@ -49,7 +49,7 @@ def test_training_lowers_the_loss_of_largest_and_smallest(small_data):
         net.set_config(cfg)
         before[name] = evaluate(net, batches)["loss"]
     net.set_config(None)
-    hist = train_supernet(net, loader, TrainSettings(epochs=10, lr=0.1, warmup_epochs=0), progress=False)
+    hist = train_supernet(net, loader, TrainSettings(epochs=10, lr=0.4, warmup_epochs=0), progress=False)
     assert hist["steps"] == 40 and len(hist["epochs"]) == 10
     assert net.config == net.space.max_config()  # left at full width
     for name, cfg in (("max", net.space.max_config()), ("min", net.space.uniform_config(0.25))):

@@ -50,7 +50,7 @@ def measured_per_predicted(dmsnet: DMSNetwork, surrogate, full_ms: float, floor_
 def dms(model: nn.Module, *, latency_ms: float | None = None, flops: float | None = None, device: Any = "cpu",
         train_loader: Iterable, val_loader: Iterable, settings: DMSSettings | None = None,
         pipeline: str = "pretrained", train_epochs: float = 0.0, predictor: Any = None, threads: int = 1,
-        divisor: int = 8, max_measurements: int = 8, min_use: float = 0.85, work_dir: str | Path | None = None,
+        divisor: int = 8, max_measurements: int = 8, min_use: float = 0.95, work_dir: str | Path | None = None,
         progress: bool = True, log: Callable[[str], None] = print, timer: ReferenceTimer | None = None) -> SlimResult:
     """Search widths and depths by gradient descent under a latency (or FLOPs) budget.
 
