@@ -15,6 +15,7 @@ from typing import Any, Callable, Iterable
 from torch import nn
 
 from .bn import recalibrate_bn
+from .checkpoint import weights_digest
 from .closed_loop import closed_loop
 from .evaluate import CalibratedScorer, evaluate, take_batches
 from .extract import extract_subnet
@@ -104,7 +105,8 @@ def autoslim(model: nn.Module, *, latency_ms: float | None = None, flops: float 
     # ---- search and closed loop -------------------------------------------------------------------------------
     notes: list[str] = []
     measurements: dict = {}
-    ident = {"objective": cost.name, "groups": {g.name: g.width for g in space.free}}
+    # the weights are part of what was searched: a path scored on another supernet must not be resumed
+    ident = {"objective": cost.name, "groups": {g.name: g.width for g in space.free}, "weights": weights_digest(net)}
     search_target = budget
     if latency_ms is not None and measurable:  # the predictor may run low: search deep enough for the device
         worst = max(full["measured_ms"] / full_cost, floor_ms / floor_cost, 1.0)

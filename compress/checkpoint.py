@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -31,6 +32,16 @@ def save_json(obj: Any, path: str | os.PathLike) -> Path:
         with open(tmp, "w") as f:
             json.dump(obj, f, indent=1)
     return atomic_write(path, write)
+
+
+def weights_digest(module: torch.nn.Module) -> str:
+    """A short hash of the parameters of ``module`` (names, shapes, values). Buffers are left out: BN
+    recalibration rewrites them without changing what was trained."""
+    h = hashlib.sha1()
+    for name, t in sorted(module.named_parameters()):
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+        h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:

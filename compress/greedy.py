@@ -117,8 +117,8 @@ def greedy_slim(net, score: ScoreFn, cost: CostFn, target: float, settings: Sear
         saved = json.loads(Path(path_file).read_text())
         if {k: saved.get(k) for k in ident} != ident:
             raise SearchResumeError(
-                f"The search path {str(path_file)!r} was written for another network, objective or settings. "
-                "Delete it or use another work directory.")
+                f"The search path {str(path_file)!r} was written for another network, its weights, objective or "
+                "settings. Delete it or use another work directory.")
         path = saved["path"]
         stop = next((i for i, p in enumerate(path) if p["cost"] <= settings.overshoot * target), None)
         if stop is not None:

@@ -121,3 +121,26 @@ def test_damage_per_cost_prefers_cuts_that_buy_more_cost(net):
     first = [k for k in path[1]["config"] if path[1]["config"][k] != full_cfg[k]][0]
     cuts = cheapest_useful_cuts(net.space, full_cfg, full, cost, s)
     assert first == min(cuts, key=lambda c: c[2])[0]  # the cut with the lowest resulting cost
+
+
+def test_a_path_searched_on_other_weights_is_not_resumed(tmp_path):
+    """autoslim puts the supernet's weights digest in the path identity: BN recalibration leaves it alone, any
+    trained parameter changes it, and a path file written for other weights is a named error, not reused."""
+    from compress.bn import recalibrate_bn
+    from compress.checkpoint import weights_digest
+
+    torch.manual_seed(0)
+    net = SlimmableNetwork(torchvision.models.resnet18(num_classes=10), torch.zeros(1, 3, 32, 32))
+    before = weights_digest(net)
+    recalibrate_bn(net, [(torch.randn(4, 3, 32, 32), torch.zeros(4, dtype=torch.long))])
+    assert weights_digest(net) == before
+    with torch.no_grad():
+        next(net.parameters())[0].add_(1e-3)
+    after = weights_digest(net)
+    assert after != before
+    cost = FlopsCost(net)
+    target = 0.6 * cost([net.space.max_config()])[0]
+    f = tmp_path / "path.json"
+    greedy_slim(net, KnownScore(net), cost, target, path_file=f, identity={"weights": before}, progress=False)
+    with pytest.raises(SearchResumeError, match="its weights"):
+        greedy_slim(net, KnownScore(net), cost, target, path_file=f, identity={"weights": after}, progress=False)
