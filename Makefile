@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PY) -m pip install --quiet -e ".[dev]"
 	touch $@
 
-.PHONY: install demo demo-space test test-slow zoo bench bench-latency bench-autoslim bench-autoslim-cifar
+.PHONY: install demo demo-space test test-slow zoo bench bench-latency bench-autoslim bench-autoslim-cifar bench-search-cifar
 install: $(VENV)/.installed
 
 demo: $(VENV)/.installed  ## the main job: autoslim end to end on the shipped CIFAR-10 subset (~12 min)
@@ -44,3 +44,7 @@ bench-autoslim: $(VENV)/.installed  ## measured latency vs budget, 2 families x 
 
 bench-autoslim-cifar: $(VENV)/.installed  ## AutoSlim vs uniform width on full CIFAR-10 -> docs/autoslim_cifar.md
 	$(PY) benchmarks/bench_autoslim_cifar.py
+
+bench-search-cifar: $(VENV)/.installed  ## DMS vs AutoSlim vs uniform, torchvision ResNet-18, CIFAR-10 -> docs/dms_cifar_resnet18.md (~2.5 h, resumable)
+	$(PY) benchmarks/bench_dms_cifar.py --model resnet18 --train-per-class 4500 --epochs 6 --supernet-epochs 6 \
+		--dms-search 3 --methods uniform autoslim dms --seeds 0 1
