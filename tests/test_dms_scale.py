@@ -66,3 +66,15 @@ def test_aligned_widths_and_filling_a_stepped_cost(net):
     assert 0.9 * budget <= fit.value <= budget, fit.tried
     assert any("groups_from_over" in t for t in fit.tried) and len(fit.tried) <= 8
     assert all(w % 16 == 0 or w == g.width for g in space.free for w in [fit.config[g.name]])
+
+
+def test_headroom_keeps_the_choice_that_fraction_below_the_budget(net):
+    space, floor, shape = net.space, net.space.uniform_config(0.25), _shape(net)
+
+    def cost(cfg):
+        return float(net.flops(cfg)) + 2e6
+
+    budget = 0.5 * cost(space.max_config())
+    fit = fit_scale(space, shape, floor, cost, budget, min_use=0.85, headroom=0.05, log=lambda s: None)
+    assert 0.85 * budget <= fit.value <= 0.95 * budget
+    assert all(t["value"] > 0.95 * budget for t in fit.tried if t["value"] > fit.value)  # nothing larger fitted

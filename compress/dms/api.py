@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ..bn import recalibrate_bn
+from ..closed_loop import HEADROOM
 from ..timing import ReferenceTimer, timed_ms
 from ..errors import InvalidParameterError
 from ..evaluate import evaluate, take_batches
@@ -120,7 +121,8 @@ def dms(model: nn.Module, *, latency_ms: float | None = None, flops: float | Non
             return timed_ms(prep, candidate) if prep.latency else float(count_flops(candidate, x1).total)
 
         fit = fit_scale(net.space, cfg, prep.floor_cfg, cost, budget, min_use, max_measurements,
-                        align=getattr(device, "channel_block", 1) if prep.latency else 1, log=log)
+                        align=getattr(device, "channel_block", 1) if prep.latency else 1, log=log,
+                        headroom=HEADROOM if prep.latency else 0.0)
         measurements = {i: {"value": t["value"], "unit": unit, "scale": t["scale"]} for i, t in enumerate(fit.tried)}
         if fit.scale != 1.0:
             notes.append(f"searched widths scaled by {fit.scale:.3f} to meet the budget on the device")

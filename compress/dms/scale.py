@@ -53,7 +53,7 @@ def scaled_config(space, config: dict[str, int], floor: dict[str, int], s: float
 
 def fit_scale(space, config: dict[str, int], floor: dict[str, int], cost: Callable[[dict], float], budget: float,
               min_use: float = 0.85, max_evals: int = 8, exponent: float = 1.5, align: int = 1,
-              log: Callable[[str], None] = print) -> ScaleFit:
+              log: Callable[[str], None] = print, headroom: float = 0.0) -> ScaleFit:
     """Largest scale of ``config`` whose ``cost`` is <= ``budget``, stopping once one uses >= ``min_use`` of it.
 
     ``cost(config)`` measures (or counts) a config. The next s comes from the cost law cost ~ s^p fitted through
@@ -64,6 +64,9 @@ def fit_scale(space, config: dict[str, int], floor: dict[str, int], cost: Callab
     differ between the under and the over config are taken over one by one (late groups first: fewer pixels, finer
     steps), bisecting on how many.
 
+    A cost counts as under the budget only with ``headroom`` (a fraction of it) to spare: for measured latency,
+    what a re-measurement can move (``compress.closed_loop.HEADROOM``); 0 for exact FLOPs.
+
     Raises:
         BudgetNotMetError: even the smallest scale (every group at its floor) is over the budget.
     """
@@ -73,7 +76,8 @@ def fit_scale(space, config: dict[str, int], floor: dict[str, int], cost: Callab
     seen: dict[tuple, float] = {}
     under: dict | None = None   # the largest s known under the budget
     over: dict | None = None    # the smallest s known over it
-    aim = 0.5 * (1.0 + min_use) * budget
+    limit = (1.0 - headroom) * budget
+    aim = 0.5 * (min_use * budget + limit)
     s = 1.0
     while len(tried) < max(3, max_evals - 3):  # the rest is for filling between a stepped bracket
         cfg = scaled_config(space, config, floor, s, align)
@@ -85,7 +89,7 @@ def fit_scale(space, config: dict[str, int], floor: dict[str, int], cost: Callab
         point = {"scale": s, "value": value, "config": cfg}
         tried.append(point)
         log(f"  scale {s:.3f}: {value:.4g} (budget {budget:.4g})")
-        if value <= budget:
+        if value <= limit:
             if under is None or s > under["scale"]:
                 under = point
             if value >= min_use * budget:
@@ -112,7 +116,8 @@ def fit_scale(space, config: dict[str, int], floor: dict[str, int], cost: Callab
                 break
         s = guess
     if under is not None and over is not None and under["value"] < min_use * budget:
-        under = _fill_between(space, under, over, cost, budget, min_use, max_evals - len(tried), seen, tried, log)
+        under = _fill_between(space, under, over, cost, budget, limit, min_use, max_evals - len(tried), seen, tried,
+                              log)
     if under is None:
         lines = ", ".join(f"x{t['scale']:.2f}: {t['value']:.4g}" for t in tried)
         raise BudgetNotMetError(
@@ -121,8 +126,8 @@ def fit_scale(space, config: dict[str, int], floor: dict[str, int], cost: Callab
     return ScaleFit(under["scale"], under["config"], under["value"], tried)
 
 
-def _fill_between(space, under: dict, over: dict, cost: Callable[[dict], float], budget: float, min_use: float,
-                  evals: int, seen: dict, tried: list, log: Callable[[str], None]) -> dict:
+def _fill_between(space, under: dict, over: dict, cost: Callable[[dict], float], budget: float, limit: float,
+                  min_use: float, evals: int, seen: dict, tried: list, log: Callable[[str], None]) -> dict:
     """Bisect on how many of the differing groups (late first) take the over config's width."""
     diff = [g.name for g in reversed(space.free) if under["config"][g.name] != over["config"][g.name]]
     lo, hi = 0, len(diff)  # lo groups taken: under; hi taken: over
@@ -136,7 +141,7 @@ def _fill_between(space, under: dict, over: dict, cost: Callable[[dict], float],
             evals -= 1
             tried.append({"scale": under["scale"], "value": value, "config": cfg, "groups_from_over": mid})
             log(f"  {mid} of {len(diff)} groups widened: {value:.4g} (budget {budget:.4g})")
-        if value <= budget:
+        if value <= limit:
             lo = mid
             if value > under["value"]:
                 under = {"scale": under["scale"], "value": value, "config": cfg}
