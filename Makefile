@@ -45,6 +45,8 @@ bench-autoslim: $(VENV)/.installed  ## measured latency vs budget, 2 families x 
 bench-autoslim-cifar: $(VENV)/.installed  ## AutoSlim vs uniform width on full CIFAR-10 -> docs/autoslim_cifar.md
 	$(PY) benchmarks/bench_autoslim_cifar.py
 
-bench-search-cifar: $(VENV)/.installed  ## DMS vs AutoSlim vs uniform, torchvision ResNet-18, CIFAR-10 -> docs/dms_cifar_resnet18.md (~2.5 h, resumable)
-	$(PY) benchmarks/bench_dms_cifar.py --model resnet18 --train-per-class 4500 --epochs 6 --supernet-epochs 6 \
-		--dms-search 3 --methods uniform autoslim dms --seeds 0 1
+SEARCH_CIFAR = $(PY) benchmarks/bench_dms_cifar.py --model resnet18 --train-per-class 4500 --epochs 6 \
+	--supernet-epochs 6 --dms-search 1
+bench-search-cifar: $(VENV)/.installed  ## DMS vs AutoSlim vs uniform, torchvision ResNet-18, CIFAR-10 -> docs/dms_cifar_resnet18.md (~1.5 h, resumable)
+	$(SEARCH_CIFAR) --methods uniform autoslim --seeds 0 1
+	$(SEARCH_CIFAR) --methods uniform autoslim dms --seeds 0 --full
