@@ -267,7 +267,7 @@ def write_markdown(rows: dict, full_ms: float, command: str, path: Path, args) -
     if "full" in rows:
         r = rows["full"]
         lines += ["", f"The full model trained with the same recipe: {r['test_top1']:.2f}% test top-1 "
-                  f"({r['flops'] / 1e6:.1f} MFLOPs, latency 1.0): the accuracy a budget can give up."]
+                  f"({r['flops'] / 1e6:.1f} MFLOPs, latency 1.0)."]
     sups = {r["distill"]: r["supernet_s"] for r in rows.values() if r.get("supernet_s")}
     if sups:
         lines += ["", "AutoSlim supernet training, shared by the budgets (seconds, summed over the runs that trained "
