@@ -108,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
                                                 ("model", "train_per_class", "epochs")):
         state = {}
     rows: dict = state.get("rows", {})
+    for r in rows.values():  # rows written before --seeds existed: their one training was seed 0
+        r.setdefault("seeds", {"0": r["test_top1"]})
     for method, arg in (("dms", "dms_search"), ("autoslim", "supernet_epochs")):  # rows another search made
         if old.get(arg) != getattr(args, arg):
             rows = {k: r for k, r in rows.items() if not r.get("method", "").startswith(method)}
@@ -172,10 +174,11 @@ def main(argv: list[str] | None = None) -> int:
               "dms": dms, "autoslim": lambda b, k: autoslim(b, k, "kl"),
               "autoslim-alpha": lambda b, k: autoslim(b, k, "alpha"),
               "autoslim-per-ms": lambda b, k: autoslim(b, k, "kl", PER_MS)}
+
     def train_and_score(row: dict) -> torch.nn.Module | None:
         """The row's architecture from fresh weights, trained by the one recipe once per seed it lacks; sets
         ``seeds`` (seed -> top-1), ``test_top1`` (their mean), train_s, flops. Returns the last network trained."""
-        seeds = row.setdefault("seeds", {"0": row["test_top1"]} if "test_top1" in row else {})
+        seeds = row.setdefault("seeds", {})
         subnet = None
         for seed in args.seeds:
             if str(seed) in seeds:
@@ -190,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         return subnet
 
     def complete(key: str) -> bool:
-        return key in rows and all(str(s) in rows[key].get("seeds", {"0": 0}) for s in args.seeds)
+        return key in rows and all(str(s) in rows[key]["seeds"] for s in args.seeds)
 
     if args.full and not complete("full"):  # what the budgets give up: the full model trained the same way
         row = rows.get("full") or {"config": probe.space.max_config(), "removed_blocks": [], "method": "full"}
@@ -233,19 +236,17 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def per_seed(row: dict) -> str:
-    return " / ".join(f"{v:.2f}" for v in row.get("seeds", {"0": row["test_top1"]}).values())
+    return " / ".join(f"{v:.2f}" for v in row["seeds"].values())
 
 
 def write_markdown(rows: dict, full_ms: float, command: str, path: Path, args) -> None:
     lines = ["# DMS vs AutoSlim vs uniform width on CIFAR-10 (equal measured latency, equal training)", "",
              f"Command: `{command.strip()}`", "",
              f"{MODELS[args.model][0]}; {args.train_per_class} training images per class, 500 per class held out, "
-             f"10,000 test images. Each method chooses an architecture under the budget; every architecture is then "
-             "cut from the "
-             f"same freshly initialised full model and trained from scratch for {args.epochs:g} epochs with one "
-             f"recipe, so top-1 compares architectures (mean over the seeds in `per seed`: initialisation and data "
-             f"order). Choosing cost: DMS {args.dms_search:g} epoch(s) of search "
-             f"from random init; AutoSlim a supernet of {args.supernet_epochs:g} epochs (4 subnets per step, shared "
+             "10,000 test images. Each method chooses an architecture under the budget; every architecture is then "
+             f"cut from the same freshly initialised full model and trained from scratch for {args.epochs:g} epochs "
+             "with one recipe, so top-1 compares architectures (mean over the seeds in `per seed`: initialisation "
+             f"and data order). Choosing cost: DMS {args.dms_search:g} epoch(s) of search from random init; AutoSlim a supernet of {args.supernet_epochs:g} epochs (4 subnets per step, shared "
              f"by the budgets) plus greedy search. Full model {full_ms:.3f} ms (onnxruntime CPU, 1 thread). "
              "`latency / full model`: each budget's subnets and the full model timed interleaved in one run "
              "(drift-free); the budget is that fraction. Widths: every channel group's width, in group order.", "",

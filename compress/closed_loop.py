@@ -48,6 +48,7 @@ def closed_loop(net, path: list[dict], budget_ms: float, device: Any, max_measur
     measured: dict[int, Any] = {}
     over, under = -1, None
     ratio = 1.0
+    limit_ms = (1.0 - headroom) * budget_ms
 
     def guess(lo: int, hi: int) -> int | None:
         fits = [j for j in range(lo + 1, hi) if path[j]["cost"] * ratio <= limit_ms and j not in measured]
@@ -55,7 +56,6 @@ def closed_loop(net, path: list[dict], budget_ms: float, device: Any, max_measur
             return fits[0]
         return (lo + hi) // 2 if hi - lo > 1 and (lo + hi) // 2 not in measured else None
 
-    limit_ms = (1.0 - headroom) * budget_ms
     i = next((j for j, p in enumerate(path) if p["cost"] <= limit_ms), len(path) - 1)
     while i is not None and len(measured) < max_measurements:
         sub = extract_subnet(net, path[i]["config"])
