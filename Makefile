@@ -46,7 +46,6 @@ bench-autoslim-cifar: $(VENV)/.installed  ## AutoSlim vs uniform width on full C
 	$(PY) benchmarks/bench_autoslim_cifar.py
 
 SEARCH_CIFAR = $(PY) benchmarks/bench_dms_cifar.py --model resnet18 --train-per-class 4500 --epochs 6 \
-	--supernet-epochs 6 --dms-search 1
+	--supernet-epochs 6 --dms-search 3
 bench-search-cifar: $(VENV)/.installed  ## DMS vs AutoSlim vs uniform, torchvision ResNet-18, CIFAR-10 -> docs/dms_cifar_resnet18.md (~1.5 h, resumable)
-	$(SEARCH_CIFAR) --methods uniform autoslim --seeds 0 1
-	$(SEARCH_CIFAR) --methods uniform autoslim dms --seeds 0 --full
+	$(SEARCH_CIFAR) --methods uniform autoslim dms --seeds 0 1 --full

@@ -121,8 +121,12 @@ class NetKernels:
 
 
 def _module_kind(node, modules) -> str:
-    """The class name of a call_module node's module, without the Slim prefix of slimmable layers."""
-    return type(modules[node.target]).__name__.replace("Slim", "")
+    """The class name of a call_module node's module, without the Slim prefix of slimmable layers; "Identity" for
+    a module that declares ``removed_at_export`` (a search-time gate: it never reaches the device)."""
+    mod = modules[node.target]
+    if getattr(mod, "removed_at_export", False):
+        return "Identity"
+    return type(mod).__name__.replace("Slim", "")
 
 
 def _conv_chain_to(node, modules):

@@ -1,5 +1,6 @@
 """compress.dms end to end on real images (FLOPs budget), and its bad inputs."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -41,24 +42,59 @@ def test_dms_bad_inputs(loaders):
 
 
 def test_latency_surrogate_recovers_a_known_cost_model():
-    """Fitted on a cost that is linear in the FLOPs of each op kind, the surrogate is exact, also under masks."""
+    """Fitted on a cost that is linear in the FLOPs of each op, the surrogate is exact, also under masks."""
     from compress import SlimmableNetwork
     from compress.dms.masked import DMSNetwork
     from compress.dms.surrogate import fit_latency_surrogate
 
     net = SlimmableNetwork(cifar_resnet(20), torch.zeros(1, 3, 32, 32))
     d = DMSNetwork(net)
-    w = torch.linspace(1.0, 2.0, len(d.kinds)).double().numpy() * 1e-6
+    w = torch.linspace(1.0, 2.0, len(d.feature_ops)).double().numpy() * 1e-6
 
     def truth(configs):
         return 0.2 + d.features_of_widths([net.space.widths(c) for c in configs]) @ w
 
     sur = fit_latency_surrogate(d, truth, n=80)
+    assert sur.tying == "op"  # a weight per op: tying them by kind cannot fit this cost
     assert sur.holdout_max_rel_err < 1e-6
     cfg = net.space.uniform_config(0.5)
     assert float(sur(torch.from_numpy(d.features_of_widths([net.space.widths(cfg)])[0]))) == \
         pytest.approx(float(truth([cfg])[0]), rel=1e-6)
     assert float(sur(d.soft_features())) < float(truth([net.space.max_config()])[0]) * 1.0001
+
+
+def test_latency_surrogate_ties_weights_by_kind_when_that_fits():
+    """A cost linear in the FLOPs of each op kind is fitted exactly, with one weight per kind."""
+    from compress import SlimmableNetwork
+    from compress.dms.masked import DMSNetwork
+    from compress.dms.surrogate import fit_latency_surrogate
+
+    net = SlimmableNetwork(cifar_resnet(20), torch.zeros(1, 3, 32, 32))
+    d = DMSNetwork(net)
+    per_kind = {k: 1e-6 * (i + 1) for i, k in enumerate(sorted(set(d.feature_kinds)))}
+    w = np.array([per_kind[k] for k in d.feature_kinds])
+    sur = fit_latency_surrogate(d, lambda cs: 0.1 + d.features_of_widths([net.space.widths(c) for c in cs]) @ w, n=80)
+    assert sur.tying == "kind" and sur.holdout_max_rel_err < 1e-6
+
+
+def test_block_gates_are_invisible_to_the_latency_predictor():
+    """DMS puts a gate between each residual branch and its add; the predictor's view of the network (which
+    adds fuse into convs, which activations run on their own) must not change, or the surrogate is fitted on
+    a different network (it was: ResNet-18's predictions moved by up to 45%)."""
+    import torchvision
+
+    from compress import SlimmableNetwork
+    from compress.dms.masked import DMSNetwork
+    from predictors.latency import NetKernels
+
+    net = SlimmableNetwork(torchvision.models.resnet18(num_classes=10), torch.zeros(1, 3, 32, 32))
+    before = NetKernels(net)
+    d = DMSNetwork(net)
+    assert d.gates  # the graph really was changed
+    after = NetKernels(net)
+    assert after.convs == before.convs
+    assert sum(c["has_sum"] for c in after.convs) == 8  # ResNet-18's 8 residual adds fused into convs
+    assert after.other_ops == before.other_ops and after.other_const == before.other_const
 
 
 def test_no_residual_stage_skips_depth_with_a_note(loaders, tmp_path):

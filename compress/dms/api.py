@@ -92,8 +92,8 @@ def dms(model: nn.Module, *, latency_ms: float | None = None, flops: float | Non
         if predictor is None:
             predictor = fit_latency_predictor(net, device, "model", prep.work / "latency", progress=progress)
         surrogate = fit_latency_surrogate(dmsnet, LatencyCost(net, predictor, "model"))
-        notes.append(f"latency surrogate vs predictor on unseen configs: median error "
-                     f"{surrogate.holdout_rel_err:.1%}, max {surrogate.holdout_max_rel_err:.1%}")
+        notes.append(f"latency surrogate (one weight per {surrogate.tying}) vs predictor on unseen configs: "
+                     f"median error {surrogate.holdout_rel_err:.1%}, max {surrogate.holdout_max_rel_err:.1%}")
         log(notes[-1])
 
         def soft_cost():

@@ -81,6 +81,8 @@ def group_stages(gm: fx.GraphModule, blocks: list[Block]) -> list[list[Block]]:
 class BlockGate(nn.Module):
     """Multiplies a residual branch by a scalar gate during the depth search (identity when ``value`` is None)."""
 
+    removed_at_export = True  # the latency predictor sees through it (the add stays fused into the conv)
+
     def __init__(self) -> None:
         super().__init__()
         self.value: torch.Tensor | None = None

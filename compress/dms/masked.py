@@ -145,14 +145,19 @@ class DMSNetwork(nn.Module):
             for j, blk in enumerate(stage):
                 for name in blk.nodes | {blk.add}:  # the add goes with the block
                     gate_of[name] = (s, j)
-        terms = []  # (coef, spec u or -1, spec v or -1, gate (s, j) or None, op kind)
+        terms = []  # (coef, spec u or -1, spec v or -1, gate (s, j) or None, index of its op in feature_ops)
+        self.feature_ops: list[str] = []  # one cost feature per FLOPs op: its FLOPs
+        self.feature_kinds: list[str] = []  # and the op's cost family (op_kind)
         for op in self.net.coupling.flop_ops:
             poly: Poly = FLOP_FORMULAS[op.kind](op, counter.spec)
             g = gate_of.get(op.node.name)
-            kind = op_kind(op)
-            for k, c in poly.terms.items():
-                if c:
-                    terms.append((c, k[0] if len(k) > 0 else -1, k[1] if len(k) > 1 else -1, g, kind))
+            live = [(k, c) for k, c in poly.terms.items() if c]
+            if not live:
+                continue
+            for k, c in live:
+                terms.append((c, k[0] if len(k) > 0 else -1, k[1] if len(k) > 1 else -1, g, len(self.feature_ops)))
+            self.feature_ops.append(op.node.name)
+            self.feature_kinds.append(op_kind(op))
         n_specs = len(counter._runs)
         total_pos = ones + 1
         S = torch.zeros(n_specs + 1, total_pos)  # row n_specs: the constant 1
@@ -169,8 +174,7 @@ class DMSNetwork(nn.Module):
         self._v = torch.tensor([t[2] if t[2] >= 0 else n_specs for t in terms])
         stage_index = {(s, j): s * 1000 + j for s, st in enumerate(self.stages) for j in range(len(st))}
         self._gate = [stage_index[t[3]] if t[3] is not None else -1 for t in terms]
-        self.kinds = sorted({t[4] for t in terms})
-        self._kind = torch.tensor([self.kinds.index(t[4]) for t in terms])
+        self._feature = torch.tensor([t[4] for t in terms])
         self._constant = float(fm.constant)
         self._counter = counter
 
@@ -189,12 +193,12 @@ class DMSNetwork(nn.Module):
         return self._soft_terms().sum() + self._constant
 
     def soft_features(self) -> torch.Tensor:
-        """Expected FLOPs per op kind (``self.kinds``) under the current soft masks."""
-        return torch.zeros(len(self.kinds)).index_add(0, self._kind, self._soft_terms())
+        """Expected FLOPs of each op (``self.feature_ops``) under the current soft masks."""
+        return torch.zeros(len(self.feature_ops)).index_add(0, self._feature, self._soft_terms())
 
     def features_of_widths(self, widths: np.ndarray, removed: list[str] = ()) -> np.ndarray:
-        """FLOPs per op kind for an (n, groups) array of hard group widths, with the blocks whose add node is in
-        ``removed`` dropped (default: all blocks kept)."""
+        """FLOPs of each op (``self.feature_ops``) for an (n, groups) array of hard group widths, with the blocks
+        whose add node is in ``removed`` dropped (default: all blocks kept)."""
         counts = self._counter.counts(np.asarray(widths, dtype=np.int64)).astype(np.float64)
         counts = np.concatenate([counts, np.ones((len(counts), 1))], axis=1)
         val = self._coef.numpy() * counts[:, self._u.numpy()] * counts[:, self._v.numpy()]
@@ -202,8 +206,8 @@ class DMSNetwork(nn.Module):
             gone = {s * 1000 + j for s, stage in enumerate(self.stages) for j, blk in enumerate(stage)
                     if blk.add in set(removed)}
             val = val * np.array([0.0 if g in gone else 1.0 for g in self._gate])
-        out = np.zeros((len(counts), len(self.kinds)))
-        np.add.at(out.T, self._kind.numpy(), val.T)
+        out = np.zeros((len(counts), len(self.feature_ops)))
+        np.add.at(out.T, self._feature.numpy(), val.T)
         return out
 
     # ---- the hard result --------------------------------------------------------------------------------------

@@ -52,7 +52,7 @@ def scaled_config(space, config: dict[str, int], floor: dict[str, int], s: float
 
 
 def fit_scale(space, config: dict[str, int], floor: dict[str, int], cost: Callable[[dict], float], budget: float,
-              min_use: float = 0.85, max_evals: int = 8, exponent: float = 1.5, align: int = 1,
+              min_use: float = 0.95, max_evals: int = 8, exponent: float = 1.5, align: int = 1,
               log: Callable[[str], None] = print, headroom: float = 0.0) -> ScaleFit:
     """Largest scale of ``config`` whose ``cost`` is <= ``budget``, stopping once one uses >= ``min_use`` of it.
 
