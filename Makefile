@@ -45,7 +45,7 @@ bench-autoslim: $(VENV)/.installed  ## measured latency vs budget, 2 families x 
 bench-autoslim-cifar: $(VENV)/.installed  ## AutoSlim vs uniform width on full CIFAR-10 -> docs/autoslim_cifar.md
 	$(PY) benchmarks/bench_autoslim_cifar.py
 
-SEARCH_CIFAR = $(PY) benchmarks/bench_dms_cifar.py --model resnet18 --train-per-class 4500 --epochs 6 \
-	--supernet-epochs 6 --dms-search 3
-bench-search-cifar: $(VENV)/.installed  ## DMS vs AutoSlim vs uniform, torchvision ResNet-18, CIFAR-10 -> docs/dms_cifar_resnet18.md (~1.5 h, resumable)
-	$(SEARCH_CIFAR) --methods uniform autoslim dms --seeds 0 1 --full
+SEARCH_CIFAR = $(PY) benchmarks/bench_dms_cifar.py --model resnet18 --train-per-class 4500 --epochs 6
+bench-search-cifar: $(VENV)/.installed  ## DMS vs AutoSlim vs uniform, torchvision ResNet-18, CIFAR-10 -> docs/dms_cifar_resnet18*.md (~2 h, resumable)
+	$(SEARCH_CIFAR) --supernet-epochs 6 --dms-search 3 --methods uniform autoslim dms --seeds 0 1 --full
+	$(SEARCH_CIFAR) --dms-search 6 --methods dms --budgets 0.5 --seeds 0 1 --work out/dms6_probe --out docs/dms_cifar_resnet18_dms6

@@ -2,7 +2,8 @@
 training of the final network, search cost for each.
 
     python benchmarks/bench_dms_cifar.py        # ~70 min on 2 cores -> docs/dms_cifar.md/.json
-    make bench-search-cifar   # torchvision ResNet-18, full data (~1.5 h) -> docs/dms_cifar_resnet18.md/.json
+    make bench-search-cifar   # torchvision ResNet-18, full data (~2 h) -> docs/dms_cifar_resnet18.md/.json, and
+                              # DMS with a 6-epoch search at 50% -> docs/dms_cifar_resnet18_dms6.md/.json
 
 Protocol (the one NAS papers use, AutoSlim's and DMS's included): each method chooses an *architecture* under the
 budget; then every architecture is built from the same freshly initialised network (``--model``, seed 0; the first k
