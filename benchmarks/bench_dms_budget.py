@@ -25,9 +25,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import compress  # noqa: E402
-from bench_autoslim_budget import BUDGETS, FAMILIES, interleaved_ms, judge, verdict_line  # noqa: E402
+from bench_autoslim_budget import BUDGETS, FAMILIES, budget_timer, interleaved_ms, judge, verdict_line  # noqa: E402
 from compress.checkpoint import atomic_write, save_json  # noqa: E402
-from compress.closed_loop import measure_module  # noqa: E402
 from compress.data import SHIPPED_CIFAR, cifar10_loaders  # noqa: E402
 from compress.dms import DMSSettings  # noqa: E402
 from compress.evaluate import evaluate  # noqa: E402
@@ -74,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         profile_s = time.perf_counter() - t0
         full_onnx = work / "full.onnx"
         full_report = compress.export_onnx(model, net.example_inputs, full_onnx)
-        full_ms = measure_module(dev, model, net.example_inputs).median_ms
+        timer, full_ms = budget_timer(dev, net)
         full_top1 = evaluate(model, val)["top1"]
         for frac in args.budgets:
             budget = frac * full_ms
@@ -82,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.perf_counter()
             res = compress.dms(copy.deepcopy(model), latency_ms=budget, device=dev, train_loader=train,
                                val_loader=val, pipeline="pretrained", predictor=predictor,
-                               settings=DMSSettings(epochs=args.search_epochs, lr=0.01), work_dir=work / tag)
+                               settings=DMSSettings(epochs=args.search_epochs, lr=0.01), work_dir=work / tag,
+                               timer=timer)
             search_s = time.perf_counter() - t0
             onnx_path = work / f"{tag}.onnx"
             report = res.export_onnx(onnx_path)
