@@ -81,7 +81,7 @@ def group_stages(gm: fx.GraphModule, blocks: list[Block]) -> list[list[Block]]:
 class BlockGate(nn.Module):
     """Multiplies a residual branch by a scalar gate during the depth search (identity when ``value`` is None)."""
 
-    removed_at_export = True  # the latency predictor sees through it (the add stays fused into the conv)
+    removed_at_export = True  # dropped by remove_blocks_; the latency predictor sees through it too
 
     def __init__(self) -> None:
         super().__init__()
@@ -115,8 +115,9 @@ def remove_blocks_(gm: fx.GraphModule, removed: set[str]) -> int:
     Returns the number of blocks removed.
     """
     count = 0
+    modules = dict(gm.named_modules())
     for n in list(gm.graph.nodes):
-        if n.op == "call_module" and str(n.target).startswith("_dms_gate_"):
+        if n.op == "call_module" and getattr(modules.get(n.target), "removed_at_export", False):
             n.replace_all_uses_with(n.args[0])
             gm.graph.erase_node(n)
     for n in list(gm.graph.nodes):

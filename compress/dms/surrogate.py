@@ -38,9 +38,9 @@ class LatencySurrogate:
 def _tie(dms, tying: str) -> np.ndarray:
     """(ops, weights) 0/1 matrix: which shared weight each op's FLOPs get."""
     keys = dms.feature_kinds if tying == "kind" else dms.feature_ops
-    names = sorted(set(keys))
+    names, index = np.unique(keys, return_inverse=True)
     T = np.zeros((len(keys), len(names)))
-    T[np.arange(len(keys)), [names.index(k) for k in keys]] = 1.0
+    T[np.arange(len(keys)), index] = 1.0
     return T
 
 
