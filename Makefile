@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PY) -m pip install --quiet -e ".[dev]"
 	touch $@
 
-.PHONY: install demo demo-space test test-slow zoo bench bench-latency bench-autoslim bench-autoslim-cifar bench-search-cifar
+.PHONY: install demo demo-space test test-slow zoo bench bench-latency bench-autoslim bench-autoslim-cifar bench-search-cifar pretrain
 install: $(VENV)/.installed
 
 demo: $(VENV)/.installed  ## the main job: autoslim end to end on the shipped CIFAR-10 subset (~12 min)
@@ -49,3 +49,7 @@ SEARCH_CIFAR = $(PY) benchmarks/bench_dms_cifar.py --model resnet18 --train-per-
 bench-search-cifar: $(VENV)/.installed  ## DMS vs AutoSlim vs uniform, torchvision ResNet-18, CIFAR-10 -> docs/dms_cifar_resnet18*.md (~2 h, resumable)
 	$(SEARCH_CIFAR) --supernet-epochs 6 --dms-search 3 --methods uniform autoslim dms --seeds 0 1 --full
 	$(SEARCH_CIFAR) --dms-search 6 --methods dms --budgets 0.5 --seeds 0 1 --work out/dms6_probe --out docs/dms_cifar_resnet18_dms6
+
+pretrain: $(VENV)/.installed  ## converged CIFAR-10 starting points of the peer benchmark -> data/weights/ (hours, resumable)
+	$(PY) benchmarks/pretrain_cifar.py --model cifar_resnet20 --epochs 40
+	$(PY) benchmarks/pretrain_cifar.py --model cifar_mobilenet_v2 --epochs 40
