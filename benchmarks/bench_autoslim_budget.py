@@ -23,12 +23,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import compress  # noqa: E402
-from compress.checkpoint import save_json  # noqa: E402
-from compress.closed_loop import measure_module  # noqa: E402
-from compress.data import SHIPPED_CIFAR, cifar10_loaders  # noqa: E402
-from compress.models import build_model  # noqa: E402
-from compress.objectives import fit_latency_predictor  # noqa: E402
-from compress.timing import ReferenceTimer  # noqa: E402
+from compress.io import save_json  # noqa: E402
+from compress.deploy.closed_loop import measure_module  # noqa: E402
+from compress.train.data import SHIPPED_CIFAR, cifar10_loaders  # noqa: E402
+from compress.train.models import build_model  # noqa: E402
+from compress.search.objectives import fit_latency_predictor  # noqa: E402
+from compress.deploy.timing import ReferenceTimer  # noqa: E402
 from devices import get_device  # noqa: E402
 
 FAMILIES = {"resnet20x2": ("cifar_resnet20", {"width": 2.0}), "mobilenet_v2": ("cifar_mobilenet_v2", {"width_mult": 1.0})}

@@ -27,14 +27,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import compress  # noqa: E402
-from compress.baselines import uniform_baseline  # noqa: E402
-from compress.checkpoint import save_json  # noqa: E402
-from compress.closed_loop import measure_module  # noqa: E402
-from compress.data import TensorLoader, load_image_folder  # noqa: E402
-from compress.evaluate import evaluate, take_batches  # noqa: E402
-from compress.finetune import finetune  # noqa: E402
-from compress.models import cifar_resnet  # noqa: E402
-from compress.objectives import LatencyCost, fit_latency_predictor  # noqa: E402
+from compress.search.baselines import uniform_baseline  # noqa: E402
+from compress.io import save_json  # noqa: E402
+from compress.deploy.closed_loop import measure_module  # noqa: E402
+from compress.train.data import TensorLoader, load_image_folder  # noqa: E402
+from compress.train.evaluate import evaluate, take_batches  # noqa: E402
+from compress.train.finetune import finetune  # noqa: E402
+from compress.train.models import cifar_resnet  # noqa: E402
+from compress.search.objectives import LatencyCost, fit_latency_predictor  # noqa: E402
 from devices import get_device  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "benchmarks"))

@@ -26,13 +26,13 @@ sys.path.insert(0, str(ROOT))
 
 import compress  # noqa: E402
 from bench_autoslim_budget import BUDGETS, FAMILIES, budget_timer, interleaved_ms, judge, verdict_line  # noqa: E402
-from compress.checkpoint import atomic_write, save_json  # noqa: E402
-from compress.data import SHIPPED_CIFAR, cifar10_loaders  # noqa: E402
+from compress.io import atomic_write, save_json  # noqa: E402
+from compress.train.data import SHIPPED_CIFAR, cifar10_loaders  # noqa: E402
 from compress.dms import DMSSettings  # noqa: E402
-from compress.evaluate import evaluate  # noqa: E402
-from compress.finetune import finetune  # noqa: E402
-from compress.models import build_model  # noqa: E402
-from compress.objectives import fit_latency_predictor  # noqa: E402
+from compress.train.evaluate import evaluate  # noqa: E402
+from compress.train.finetune import finetune  # noqa: E402
+from compress.train.models import build_model  # noqa: E402
+from compress.search.objectives import fit_latency_predictor  # noqa: E402
 from devices import get_device  # noqa: E402
 
 

@@ -45,17 +45,17 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import compress  # noqa: E402
 from bench_autoslim_budget import interleaved_ms  # noqa: E402
-from compress.baselines import uniform_path  # noqa: E402
-from compress.checkpoint import save_json  # noqa: E402
-from compress.closed_loop import closed_loop  # noqa: E402
-from compress.data import TensorLoader, load_image_folder  # noqa: E402
-from compress.dms.masked import extract_with_depth  # noqa: E402
+from compress.search.baselines import uniform_path  # noqa: E402
+from compress.io import save_json  # noqa: E402
+from compress.deploy.closed_loop import closed_loop  # noqa: E402
+from compress.train.data import TensorLoader, load_image_folder  # noqa: E402
+from compress.search.dms.masked import extract_with_depth  # noqa: E402
 from compress.dms import DMSSettings  # noqa: E402
-from compress.evaluate import evaluate  # noqa: E402
-from compress.finetune import finetune  # noqa: E402
-from compress.models import cifar_resnet  # noqa: E402
-from compress.objectives import LatencyCost, fit_latency_predictor  # noqa: E402
-from compress.timing import ReferenceTimer  # noqa: E402
+from compress.train.evaluate import evaluate  # noqa: E402
+from compress.train.finetune import finetune  # noqa: E402
+from compress.train.models import cifar_resnet  # noqa: E402
+from compress.search.objectives import LatencyCost, fit_latency_predictor  # noqa: E402
+from compress.deploy.timing import ReferenceTimer  # noqa: E402
 from devices import get_device  # noqa: E402
 
 PROTOCOL = "retrain"  # every chosen architecture trained from scratch with one recipe

@@ -26,7 +26,7 @@ import torchvision
 from torch import nn
 
 import compress
-from compress.export import export_onnx
+from compress.subnet.export import export_onnx
 from devices import get_device
 from predictors import LatencyPredictor, LatencyTable, profile_configs, profile_family
 from predictors.reference import anchor_scales, corrected_ms

@@ -30,11 +30,11 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from compress.checkpoint import load_checkpoint, save_checkpoint, save_json  # noqa: E402
-from compress.data import TensorLoader, load_image_folder  # noqa: E402
-from compress.evaluate import evaluate  # noqa: E402
-from compress.models import build_model  # noqa: E402
-from compress.schedule import cosine_lambda  # noqa: E402
+from compress.io import load_checkpoint, save_checkpoint, save_json  # noqa: E402
+from compress.train.data import TensorLoader, load_image_folder  # noqa: E402
+from compress.train.evaluate import evaluate  # noqa: E402
+from compress.train.models import build_model  # noqa: E402
+from compress.train.schedule import cosine_lambda  # noqa: E402
 
 DEFAULT_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "cifar10-jpg.tar.gz"
 MODEL_KWARGS = {"cifar_resnet20": {}, "cifar_mobilenet_v2": {"width_mult": 0.5}}

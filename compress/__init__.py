@@ -1,11 +1,20 @@
-"""compress: hardware-aware channel slimming for PyTorch CNNs."""
+"""compress: hardware-aware channel slimming for PyTorch CNNs.
 
-from .errors import (CompressError, ExportError, ExportMismatchError, InputShapeError, InvalidConfigError,
+Layers, each importing only the ones before it (enforced by tests/test_layers.py):
+errors, io, settings -> space -> cost -> slim -> subnet -> (devices, predictors) -> train -> deploy -> result
+-> search -> api. This module is the public facade over all of them.
+"""
+
+from compress import moved
+
+moved.install()
+
+from compress.errors import (CompressError, ExportError, ExportMismatchError, InputShapeError, InvalidConfigError,
                      InvalidParameterError, TraceError, UnsupportedOpError)
-from .extract import extract_subnet
-from .groups import ChannelGroup
-from .slimmable import SlimmableNetwork
-from .space import ChannelSpace, Config
+from compress.subnet.extract import extract_subnet
+from compress.space.groups import ChannelGroup
+from compress.slim.network import SlimmableNetwork
+from compress.space.space import ChannelSpace, Config
 
 __all__ = [
     "ChannelGroup", "ChannelSpace", "CompressError", "Config", "ExportError", "ExportMismatchError",
@@ -13,23 +22,23 @@ __all__ = [
     "UnsupportedOpError", "extract_subnet",
 ]
 
-from .bn import recalibrate_bn
-from .export import ExportReport, export_onnx
-from .flops import FlopReport, count_flops
-from .reorder import reorder_channels_
+from compress.subnet.bn import recalibrate_bn
+from compress.subnet.export import ExportReport, export_onnx
+from compress.cost.flops import FlopReport, count_flops
+from compress.slim.reorder import reorder_channels_
 
 __all__ += ["recalibrate_bn", "ExportReport", "export_onnx", "FlopReport", "count_flops", "reorder_channels_"]
 
-from .autoslim import autoslim
-from .prepare import BudgetUnreachableError, MislabelledDataError, NothingToSlimError
-from .closed_loop import BudgetNotMetError
-from .result import SlimResult
-from .settings import AutoSlimSettings, SearchSettings, TrainSettings
-from .supernet import train_supernet
+from compress.api.autoslim import autoslim
+from compress.search.prepare import BudgetUnreachableError, MislabelledDataError, NothingToSlimError
+from compress.deploy.closed_loop import BudgetNotMetError
+from compress.result import SlimResult
+from compress.settings import AutoSlimSettings, SearchSettings, TrainSettings
+from compress.train.supernet import train_supernet
 
 __all__ += ["BudgetNotMetError", "BudgetUnreachableError", "MislabelledDataError", "NothingToSlimError", "autoslim",
             "SlimResult", "AutoSlimSettings", "SearchSettings", "TrainSettings", "train_supernet"]
 
-from .dms import DMSSettings, dms
+from compress.dms import DMSSettings, dms
 
 __all__ += ["DMSSettings", "dms"]

@@ -8,8 +8,8 @@ from typing import Any
 
 from torch import nn
 
-from .checkpoint import save_json
-from .export import ExportReport, export_onnx
+from compress.io import save_json
+from compress.subnet.export import ExportReport, export_onnx
 
 
 @dataclass

@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from .errors import InvalidParameterError
+from compress.errors import InvalidParameterError
 
 T = TypeVar("T", bound="JsonSettings")
 

@@ -18,12 +18,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import CompressError
-from .export import export_onnx
-from .extract import extract_subnet
-from .flops import count_flops
-from .slimmable import SlimmableNetwork
-from .tracing import as_input_tuple
+from compress.errors import CompressError
+from compress.subnet.export import export_onnx
+from compress.subnet.extract import extract_subnet
+from compress.cost.flops import count_flops
+from compress.slim.network import SlimmableNetwork
+from compress.space.trace import as_input_tuple
 
 MAX_ABS_DIFF = 1e-5
 

@@ -22,13 +22,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import compress  # noqa: E402
-from compress.baselines import uniform_baseline  # noqa: E402
-from compress.checkpoint import save_json  # noqa: E402
-from compress.closed_loop import measure_module  # noqa: E402
-from compress.data import SHIPPED_CIFAR, cifar10_loaders  # noqa: E402
-from compress.evaluate import CalibratedScorer, evaluate, take_batches  # noqa: E402
-from compress.models import build_model  # noqa: E402
-from compress.objectives import LatencyCost, fit_latency_predictor  # noqa: E402
+from compress.search.baselines import uniform_baseline  # noqa: E402
+from compress.io import save_json  # noqa: E402
+from compress.deploy.closed_loop import measure_module  # noqa: E402
+from compress.train.data import SHIPPED_CIFAR, cifar10_loaders  # noqa: E402
+from compress.train.evaluate import CalibratedScorer, evaluate, take_batches  # noqa: E402
+from compress.train.models import build_model  # noqa: E402
+from compress.search.objectives import LatencyCost, fit_latency_predictor  # noqa: E402
 from devices import get_device  # noqa: E402
 
 

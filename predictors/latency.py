@@ -20,8 +20,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from compress.counts import SpecCounter
-from compress.flops import numel_poly
+from compress.cost.counts import SpecCounter
+from compress.cost.flops import numel_poly
 from devices import profile_device as pd
 
 from .errors import CorruptTableError, NotFittedError, ReferenceMismatchError, SchemaVersionError
@@ -356,7 +356,7 @@ class LatencyPredictor:
         return np.column_stack([np.ones(len(widths)), kernel_ms, other / 1e6, unaligned / 1e6,
                                 weight_count(raw, len(widths)) / 1e6])
 
-    def _kernel_us(self, family: str, raw: np.ndarray) -> np.ndarray:
+    def kernel_us(self, family: str, raw: np.ndarray) -> np.ndarray:
         """Per-config sum of predicted kernel times (us) for raw features (n_cfg, n_kernels, n_raw)."""
         if family not in self.forests_:
             raise NotFittedError(f"No {family} kernels were in the tables this predictor was fitted on; profile "
@@ -386,7 +386,7 @@ class LatencyPredictor:
         return vals[inv.reshape(-1)].reshape(n, k).sum(axis=1)
 
     def _layer_sum_us(self, nk: NetKernels, family: str, raw: np.ndarray) -> np.ndarray:
-        """Like ``_kernel_us`` but cached per layer of one network: within a layer only the channel
+        """Like ``kernel_us`` but cached per layer of one network: within a layer only the channel
         counts (and so the groups) vary, so a sorted int64 key per layer turns a batch of configs into a
         few ``searchsorted`` calls; only (cin, cout) pairs never seen go through the regressor."""
         caches = self.__dict__.setdefault("_layer_caches", {})
@@ -403,7 +403,7 @@ class LatencyPredictor:
             if not hit.all():
                 new_keys, first = np.unique(keys[~hit], return_index=True)
                 rows = raw[:, j, :][~hit][first]
-                vals = self._kernel_us(family, rows[:, None, :])
+                vals = self.kernel_us(family, rows[:, None, :])
                 sk = np.concatenate([sk, new_keys])
                 sv = np.concatenate([sv, vals])
                 order = np.argsort(sk)

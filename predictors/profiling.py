@@ -10,8 +10,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from compress.export import export_onnx
-from compress.extract import extract_subnet
+from compress.subnet.export import export_onnx
+from compress.subnet.extract import extract_subnet
 from devices import profile_device as pd
 from devices.board import write_bundle
 
@@ -103,7 +103,7 @@ def unseen_kernel_mass(predictor, net, configs: Sequence[Mapping[str, int]]) -> 
         n, k, d = r.shape
         flat = r.reshape(n * k, d).astype(np.int64)
         hit = np.array([(fam,) + tuple(row) in predictor.exact_ for row in flat.tolist()]).reshape(n, k)
-        per = np.stack([predictor._kernel_us(fam, r[:, j:j + 1]) for j in range(k)], axis=1)
+        per = np.stack([predictor.kernel_us(fam, r[:, j:j + 1]) for j in range(k)], axis=1)
         mass += (per * ~hit).sum(axis=1)
     return mass
 

@@ -64,7 +64,7 @@ def _known(name: str) -> str:
 
 
 def export_reference(path: str | os.PathLike, name: str = "small") -> Path:
-    from compress.export import export_onnx
+    from compress.subnet.export import export_onnx
 
     export_onnx(reference_model(name), torch.zeros(reference_input(name)), path)
     return Path(path)

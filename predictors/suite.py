@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from compress.export import export_onnx
+from compress.subnet.export import export_onnx
 from devices import profile_device as pd
 from devices.board import write_bundle
 

@@ -10,8 +10,8 @@ from torch import nn
 import compress
 from compress import (AutoSlimSettings, BudgetUnreachableError, InvalidParameterError, MislabelledDataError,
                       NothingToSlimError, SearchSettings, TrainSettings, autoslim, count_flops)
-from compress.data import SHIPPED_CIFAR, TensorLoader, load_image_folder
-from compress.models import cifar_resnet
+from compress.train.data import SHIPPED_CIFAR, TensorLoader, load_image_folder
+from compress.train.models import cifar_resnet
 from devices.errors import UnknownDeviceError
 
 
@@ -55,7 +55,7 @@ def test_flops_budget_end_to_end(loaders, tmp_path):
 
 def test_latency_budget_end_to_end_is_measured_under_budget(loaders, tmp_path):
     """The closed loop: the exported subnet's measured latency is under the budget."""
-    from compress.closed_loop import measure_module
+    from compress.deploy.closed_loop import measure_module
     from devices import get_device
 
     train, val = loaders

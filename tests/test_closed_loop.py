@@ -4,8 +4,8 @@ from types import SimpleNamespace
 
 import pytest
 
-import compress.closed_loop as cl
-from compress.closed_loop import BudgetNotMetError, closed_loop
+import compress.deploy.closed_loop as cl
+from compress.deploy.closed_loop import BudgetNotMetError, closed_loop
 
 
 @pytest.fixture

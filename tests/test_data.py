@@ -5,7 +5,7 @@ import tarfile
 import pytest
 import torch
 
-from compress.data import SHIPPED_CIFAR, TensorLoader, cifar10_loaders, load_image_folder
+from compress.train.data import SHIPPED_CIFAR, TensorLoader, cifar10_loaders, load_image_folder
 from compress.errors import InvalidParameterError
 
 

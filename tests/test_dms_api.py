@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from compress import InvalidParameterError, count_flops, dms
-from compress.data import SHIPPED_CIFAR, TensorLoader, load_image_folder
+from compress.train.data import SHIPPED_CIFAR, TensorLoader, load_image_folder
 from compress.dms import DMSSettings
-from compress.models import cifar_resnet
+from compress.train.models import cifar_resnet
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +44,8 @@ def test_dms_bad_inputs(loaders):
 def test_latency_surrogate_recovers_a_known_cost_model():
     """Fitted on a cost that is linear in the FLOPs of each op, the surrogate is exact, also under masks."""
     from compress import SlimmableNetwork
-    from compress.dms.masked import DMSNetwork
-    from compress.dms.surrogate import fit_latency_surrogate
+    from compress.search.dms.masked import DMSNetwork
+    from compress.search.dms.surrogate import fit_latency_surrogate
 
     net = SlimmableNetwork(cifar_resnet(20), torch.zeros(1, 3, 32, 32))
     d = DMSNetwork(net)
@@ -66,8 +66,8 @@ def test_latency_surrogate_recovers_a_known_cost_model():
 def test_latency_surrogate_ties_weights_by_kind_when_that_fits():
     """A cost linear in the FLOPs of each op kind is fitted exactly, with one weight per kind."""
     from compress import SlimmableNetwork
-    from compress.dms.masked import DMSNetwork
-    from compress.dms.surrogate import fit_latency_surrogate
+    from compress.search.dms.masked import DMSNetwork
+    from compress.search.dms.surrogate import fit_latency_surrogate
 
     net = SlimmableNetwork(cifar_resnet(20), torch.zeros(1, 3, 32, 32))
     d = DMSNetwork(net)
@@ -84,7 +84,7 @@ def test_block_gates_are_invisible_to_the_latency_predictor():
     import torchvision
 
     from compress import SlimmableNetwork
-    from compress.dms.masked import DMSNetwork
+    from compress.search.dms.masked import DMSNetwork
     from predictors.latency import NetKernels
 
     net = SlimmableNetwork(torchvision.models.resnet18(num_classes=10), torch.zeros(1, 3, 32, 32))
@@ -112,7 +112,7 @@ def test_no_residual_stage_skips_depth_with_a_note(loaders, tmp_path):
 
 
 def test_target_anneals_linearly_from_full_to_budget_then_stays():
-    from compress.dms.search import annealed_target
+    from compress.search.dms.search import annealed_target
 
     seq = [annealed_target(100.0, 40.0, s, 10) for s in range(20)]
     assert seq[0] == pytest.approx(94.0) and seq[4] == pytest.approx(70.0)
@@ -124,7 +124,7 @@ def test_target_anneals_linearly_from_full_to_budget_then_stays():
 def test_dms_latency_budget_is_met_on_the_device(loaders, tmp_path):
     """Latency budget end to end: surrogate of the profiled predictor, search, closed loop by scaling with
     drift-free timing; the returned subnet's latency is under the budget and uses >= 85% of it."""
-    from compress.timing import ReferenceTimer
+    from compress.deploy.timing import ReferenceTimer
     from devices import get_device
 
     train, val = loaders

@@ -5,8 +5,8 @@ import torch
 import torchvision
 
 from compress import SlimmableNetwork, count_flops
-from compress.dms.masked import DMSNetwork, extract_with_depth
-from compress.models import cifar_mobilenet_v2, cifar_resnet
+from compress.search.dms.masked import DMSNetwork, extract_with_depth
+from compress.train.models import cifar_mobilenet_v2, cifar_resnet
 
 X = torch.zeros(1, 3, 32, 32)
 
@@ -62,7 +62,7 @@ def test_hard_masks_equal_the_extracted_subnet(build):
     fv = count_flops(sub, X).total
     assert float(dms.soft_flops()) == pytest.approx(fv, rel=1e-6)
     feats = dms.features_of_widths([net.space.widths(cfg)], removed)  # the surrogate's input, blocks dropped
-    assert float(feats.sum()) + dms._constant == pytest.approx(fv, rel=1e-6)
+    assert float(feats.sum()) + dms.constant == pytest.approx(fv, rel=1e-6)
     dms.eval()
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from compress import SlimmableNetwork
-from compress.closed_loop import BudgetNotMetError
-from compress.dms.scale import fit_scale, scaled_config
-from compress.models import cifar_resnet
+from compress.deploy.closed_loop import BudgetNotMetError
+from compress.search.dms.scale import fit_scale, scaled_config
+from compress.train.models import cifar_resnet
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from compress.dms.topk import DifferentiableTopK
+from compress.search.dms.topk import DifferentiableTopK
 from compress.errors import InvalidParameterError
 
 

@@ -8,8 +8,8 @@ import torch
 import torchvision
 
 from compress import SlimmableNetwork
-from compress.greedy import SearchResumeError, candidate_cuts, cheapest_useful_cuts, greedy_slim
-from compress.objectives import FlopsCost
+from compress.search.greedy import SearchResumeError, candidate_cuts, cheapest_useful_cuts, greedy_slim
+from compress.search.objectives import FlopsCost
 from compress.settings import SearchSettings
 
 
@@ -126,8 +126,8 @@ def test_damage_per_cost_prefers_cuts_that_buy_more_cost(net):
 def test_a_path_searched_on_other_weights_is_not_resumed(tmp_path):
     """autoslim puts the supernet's weights digest in the path identity: BN recalibration leaves it alone, any
     trained parameter changes it, and a path file written for other weights is a named error, not reused."""
-    from compress.bn import recalibrate_bn
-    from compress.checkpoint import weights_digest
+    from compress.subnet.bn import recalibrate_bn
+    from compress.io import weights_digest
 
     torch.manual_seed(0)
     net = SlimmableNetwork(torchvision.models.resnet18(num_classes=10), torch.zeros(1, 3, 32, 32))

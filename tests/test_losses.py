@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from compress.losses import adaptive_alpha_divergence, alpha_divergence_value, distill_loss, kl_distill
+from compress.train.losses import adaptive_alpha_divergence, alpha_divergence_value, distill_loss, kl_distill
 from compress.errors import InvalidParameterError
 
 

@@ -194,7 +194,7 @@ def test_a_cached_predictor_of_an_older_schema_is_refitted_from_its_table(profil
     table (nothing re-measured) instead of stopping a search."""
     import shutil
 
-    from compress.objectives import fit_latency_predictor
+    from compress.search.objectives import fit_latency_predictor
     from devices import get_device
 
     net, table, path = profiled

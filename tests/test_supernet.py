@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from compress import SlimmableNetwork, TrainSettings, train_supernet
-from compress.data import SHIPPED_CIFAR, TensorLoader, load_image_folder
-from compress.evaluate import evaluate
-from compress.models import cifar_resnet
-from compress.supernet import CheckpointMismatchError, sandwich_configs
+from compress.train.data import SHIPPED_CIFAR, TensorLoader, load_image_folder
+from compress.train.evaluate import evaluate
+from compress.train.models import cifar_resnet
+from compress.train.supernet import CheckpointMismatchError, sandwich_configs
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from compress.timing import ReferenceTimer, can_measure
+from compress.deploy.timing import ReferenceTimer, can_measure
 from devices import get_device
 
 

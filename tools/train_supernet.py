@@ -20,8 +20,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from compress import SlimmableNetwork, TrainSettings, train_supernet  # noqa: E402
-from compress.data import SHIPPED_CIFAR, TensorLoader, load_image_folder  # noqa: E402
-from compress.models import build_model  # noqa: E402
+from compress.train.data import SHIPPED_CIFAR, TensorLoader, load_image_folder  # noqa: E402
+from compress.train.models import build_model  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

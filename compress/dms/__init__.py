@@ -1,6 +1,10 @@
-"""DMS: differentiable top-k over channels and residual blocks, searched by gradient descent against a budget."""
+"""DMS: differentiable top-k over channels and residual blocks, searched by gradient descent against a budget.
 
-from .api import PIPELINES, dms
-from .search import DMSSettings
+The call lives in ``compress.api.dms``, the algorithm in ``compress.search.dms``; this package keeps the
+``compress.dms`` import path.
+"""
+
+from compress.api.dms import PIPELINES, dms
+from compress.search.dms.search import DMSSettings
 
 __all__ = ["dms", "DMSSettings", "PIPELINES"]

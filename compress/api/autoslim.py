@@ -1,0 +1,159 @@
+"""The one call: ``autoslim(model, latency_ms=5, device="cpu", train_loader=..., val_loader=...)``.
+
+model -> channel space -> slimmable supernet training -> cost model (FLOPs, or a latency predictor profiled on the
+device) -> greedy slimming path -> closed loop on the device (measured latency under the budget) -> subnet with BN
+recalibrated (optionally fine-tuned) -> SlimResult (export_onnx gives a verified ONNX file).
+"""
+
+from __future__ import annotations
+
+import time
+
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from torch import nn
+
+from compress.subnet.bn import recalibrate_bn
+from compress.io import weights_digest
+from compress.deploy.closed_loop import closed_loop
+from compress.train.evaluate import CalibratedScorer, evaluate, take_batches
+from compress.subnet.extract import extract_subnet
+from compress.train.finetune import finetune
+from compress.search.greedy import first_within, greedy_slim
+from compress.search.objectives import FlopsCost, LatencyCost, fit_latency_predictor
+from compress.search.prepare import BudgetUnreachableError, full_model_result, prepare
+from compress.slim.reorder import reorder_channels_
+from compress.result import SlimResult
+from compress.settings import AutoSlimSettings
+from compress.train.supernet import train_supernet
+from compress.deploy.timing import ReferenceTimer, timed_ms
+
+
+def autoslim(model: nn.Module, *, latency_ms: float | None = None, flops: float | None = None,
+             device: Any = "cpu", train_loader: Iterable, val_loader: Iterable,
+             settings: AutoSlimSettings | None = None, predictor: Any = None, work_dir: str | Path | None = None,
+             train: bool = True, progress: bool = True, log: Callable[[str], None] = print,
+             timer: ReferenceTimer | None = None) -> SlimResult:
+    """Find the most accurate slimmed network of ``model`` under a latency (or FLOPs) budget.
+
+    Args:
+        model: a CNN (or an already built ``SlimmableNetwork``, e.g. a supernet trained before with ``train=False``).
+        latency_ms: budget in milliseconds, measured on ``device`` (give this or ``flops``).
+        flops: budget in FLOPs (1 multiply-add = 1 FLOP).
+        device: "cpu" (onnxruntime, 1 thread by default), "torch-cpu", or a device object.
+        train_loader, val_loader: (images, labels) batches; val_loader scores candidates and the result.
+        settings: training, search and closed-loop settings (JSON-round-tripping).
+        predictor: a fitted ``predictors.LatencyPredictor`` for the device (otherwise profiled here).
+        work_dir: checkpoints, latency table, search path and result are kept here; rerunning resumes.
+        train: train the slimmable supernet first (False: ``model`` is a trained supernet already).
+        timer: a ``compress.timing.ReferenceTimer`` of the full model to share between searches (optionally with
+            its reference latency pinned); by default one is made and the full model measured here.
+
+    Returns:
+        A SlimResult: subnet, config, FLOPs, predicted and measured latency, top-1, path; ``export_onnx(path)``.
+
+    Raises:
+        InvalidParameterError / MislabelledDataError: bad budget, empty loaders, labels that do not fit the model.
+        UnknownDeviceError: unknown device name (lists the known ones).
+        NothingToSlimError: the model has no slimmable channel group.
+        BudgetUnreachableError: the budget is below the smallest subnet.
+        BudgetNotMetError: no subnet on the path measured under the latency budget.
+    """
+    settings = settings or AutoSlimSettings()
+    prep = prepare("autoslim", model, latency_ms, flops, device, train_loader, val_loader, settings.divisor,
+                   settings.threads, settings.search.min_ratio, work_dir, log, timer)
+    if prep.full_result is not None:
+        return prep.full_result
+    net, x1, device, budget, work = prep.net, prep.x1, prep.device, prep.budget, prep.work
+    measurable, full, floor_ms, floor_cfg = prep.measurable, prep.full, prep.floor_ms, prep.floor_cfg
+    latency_ms = budget if prep.latency else None
+    space = net.space
+    full_cfg = space.max_config()
+
+    # ---- cost model ---------------------------------------------------------------------------------------------
+    if latency_ms is not None:
+        if predictor is None:
+            predictor = fit_latency_predictor(net, device, "model", work / "latency", settings.profile_configs,
+                                              progress)
+        cost = LatencyCost(net, predictor, "model")
+    else:
+        cost = FlopsCost(net)
+    full_cost, floor_cost = (float(c) for c in cost([full_cfg, floor_cfg]))
+    full["cost"] = full_cost
+    if latency_ms is not None and not measurable:
+        if budget < floor_cost:
+            raise BudgetUnreachableError(
+                f"The budget of {budget:.3f} ms is below the smallest subnet's predicted {floor_cost:.3f} ms. Raise "
+                "the budget or lower the min_ratio settings.")
+        if full_cost <= budget:
+            return full_model_result(net, full, budget, "ms", x1, val_loader, work, log)
+
+    # ---- supernet ---------------------------------------------------------------------------------------------
+    seconds: dict[str, float] = {}
+    if train:
+        if settings.pretrained:
+            reorder_channels_(net, "bn")
+        t0 = time.perf_counter()
+        train_supernet(net, train_loader, settings.train, checkpoint=work / "supernet.pt", progress=progress)
+        seconds["supernet"] = time.perf_counter() - t0
+    calib_more = take_batches(train_loader, max(settings.search.calib_batches, 16), "train")  # final BN recal
+    calib = calib_more[:settings.search.calib_batches]  # per-candidate BN recal: the same fixed batches
+    held = take_batches(val_loader, settings.search.eval_batches, "val")
+    scorer = CalibratedScorer(net, calib, held)
+
+    # ---- search and closed loop -------------------------------------------------------------------------------
+    notes: list[str] = []
+    measurements: dict = {}
+    # the weights are part of what was searched: a path scored on another supernet must not be resumed
+    ident = {"objective": cost.name, "groups": {g.name: g.width for g in space.free}, "weights": weights_digest(net)}
+    search_target = budget
+    if latency_ms is not None and measurable:  # the predictor may run low: search deep enough for the device
+        worst = max(full["measured_ms"] / full_cost, floor_ms / floor_cost, 1.0)
+        search_target = budget / worst
+    t0 = time.perf_counter()
+    path = greedy_slim(net, scorer, cost, search_target, settings.search, path_file=work / "path.json",
+                       identity=ident, progress=progress)
+    seconds["search"] = time.perf_counter() - t0
+    if latency_ms is not None and measurable:
+        t0 = time.perf_counter()
+        index, meas = closed_loop(net, path, budget, device, settings.max_measurements, settings.min_budget_use,
+                                  log=log, timer=prep.timer)
+        seconds["closed_loop"] = time.perf_counter() - t0
+        measurements = {int(k): {"median_ms": v.median_ms, "p25_ms": v.p25_ms, "p75_ms": v.p75_ms}
+                        for k, v in meas.items()}
+    else:
+        index = first_within(path, budget)
+        if index is None:
+            index = len(path) - 1
+            notes.append(f"the search path ended above the budget (at {path[-1]['cost']:.4g} {cost.unit})")
+        if latency_ms is not None:
+            notes.append(f"device {getattr(device, 'name', device)!r} cannot be measured from here: "
+                         "the choice rests on the predictor alone")
+    config = path[index]["config"]
+
+    # ---- the subnet ---------------------------------------------------------------------------------------------
+    net.set_config(config)
+    recalibrate_bn(net, calib_more)
+    subnet = extract_subnet(net, config)
+    if settings.finetune_epochs > 0:
+        net.set_config(full_cfg)
+        recalibrate_bn(net, calib_more)
+        t0 = time.perf_counter()
+        finetune(subnet, net, train_loader, settings.finetune_epochs, settings.finetune_lr, progress=progress)
+        seconds["finetune"] = time.perf_counter() - t0
+        recalibrate_bn(subnet, calib_more)
+    top1 = evaluate(subnet, val_loader)["top1"]
+    net.set_config(full_cfg)
+    predicted = float(cost([config])[0]) if latency_ms is not None else None
+    if index in measurements:
+        measured = measurements[index]["median_ms"]
+    else:
+        measured = timed_ms(prep, subnet)
+    result = SlimResult(subnet=subnet, config=config, flops=int(net.flops(config)), predicted_ms=predicted,
+                        measured_ms=measured, top1=top1, budget=float(budget), unit=cost.unit, path=path,
+                        example_inputs=x1, measurements=measurements, full=full, notes=notes, supernet=net,
+                        seconds=seconds)
+    result.save(work / "result.json")
+    log(str(result))
+    return result

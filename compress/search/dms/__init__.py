@@ -1,0 +1,1 @@
+"""DMS (differentiable model scaling): differentiable top-k over channels and residual blocks."""

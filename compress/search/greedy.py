@@ -1,0 +1,187 @@
+"""AutoSlim greedy slimming: from full width, repeatedly remove the channel bin that hurts the score least.
+
+Each step tries cutting every group by one bin (``step_ratio`` of its full width, rounded to its divisor, or more
+bins where one does not lower the cost), scores every candidate (BN recalibrated on fixed calibration batches, then
+evaluated on fixed held-out batches), and keeps the best cut; while the cost is far above the target it keeps the
+best few cuts at once. To save time, every ``full_rescore_every``-th step scores all groups and the steps between
+re-score only the ``rescore_top`` groups that ranked best (set ``full_rescore_every=1`` for the exact algorithm). The path (config, cost, FLOPs, score per step) is the accuracy/cost frontier; it is saved after every step
+and a search resumes from it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+
+from compress.io import save_json
+from compress.errors import CompressError
+from compress.settings import SearchSettings
+
+CostFn = Callable[[Sequence[Mapping[str, int]]], np.ndarray]
+ScoreFn = Callable[[Mapping[str, int]], dict]
+
+
+class SearchResumeError(CompressError, ValueError):
+    """A saved search path belongs to another network, objective or target."""
+
+
+def _least_damage(cur: dict, cur_cost: float):
+    """AutoSlim's rule: the cut after which the held-out score is highest (lower loss breaks ties)."""
+    return lambda r: (-r[0]["top1"], r[0]["loss"])
+
+
+def _damage_per_cost(cur: dict, cur_cost: float):
+    """Held-out loss added per unit of cost saved: prefers cuts that buy the most cost for the least damage."""
+    return lambda r: ((r[0]["loss"] - cur["loss"]) / max(cur_cost - r[3], 1e-12), -r[0]["top1"])
+
+
+CRITERIA = {"score": _least_damage, "score_per_cost": _damage_per_cost}
+
+
+def _bins_and_floors(space, settings: SearchSettings) -> tuple[dict, dict]:
+    bins, floors = {}, {}
+    for g in space.free:
+        allowed = g.allowed_widths()
+        bins[g.name] = max(g.divisor, int(round(settings.step_ratio * g.width / g.divisor)) * g.divisor)
+        floors[g.name] = next((w for w in allowed if w >= settings.min_ratio * g.width), allowed[-1])
+    return bins, floors
+
+
+def candidate_cuts(space, config: Mapping[str, int], settings: SearchSettings) -> list[tuple[str, list[dict]]]:
+    """For every group, the configs narrower by 1, 2, ... bins in that group alone (never below its floor)."""
+    bins, floors = _bins_and_floors(space, settings)
+    out = []
+    for g in space.free:
+        w, steps = config[g.name], []
+        while True:
+            new = w - bins[g.name]
+            new = max(floors[g.name], new - new % g.divisor)
+            if new >= w:
+                break
+            steps.append({**config, g.name: int(new)})
+            w = new
+        if steps:
+            out.append((g.name, steps))
+    return out
+
+
+def cheapest_useful_cuts(space, config: Mapping[str, int], cur_cost: float, cost: CostFn,
+                         settings: SearchSettings) -> list[tuple[str, dict, float]]:
+    """Per group, the smallest cut (in bins) that lowers the cost: a runtime that pads channels to blocks gains
+    nothing from some one-bin cuts, so the cut grows until the cost moves."""
+    per_group = candidate_cuts(space, config, settings)
+    flat = [c for _, steps in per_group for c in steps]
+    if not flat:
+        return []
+    costs = np.asarray(cost(flat), dtype=float)
+    out, i = [], 0
+    for name, steps in per_group:
+        ks = costs[i:i + len(steps)]
+        i += len(steps)
+        j = next((j for j, k in enumerate(ks) if k < cur_cost * (1 - 1e-6)), None)
+        if j is not None:
+            out.append((name, steps[j], float(ks[j])))
+    return out
+
+
+def greedy_slim(net, score: ScoreFn, cost: CostFn, target: float, settings: SearchSettings | None = None,
+                path_file: str | os.PathLike | None = None, identity: dict | None = None,
+                progress: bool = True) -> list[dict]:
+    """Slim ``net``'s channel space greedily until ``cost`` is at most ``settings.overshoot * target``.
+
+    Args:
+        net: the trained slimmable supernet.
+        score: config -> {"top1": ..., "loss": ...} (higher top1 is better; lower loss breaks ties).
+        cost: list of configs -> costs (FLOPs, or predicted ms).
+        target: the budget in the cost's unit.
+        path_file: JSON file the path is written to after every step; an existing one is resumed.
+        identity: anything that must match for a saved path to be resumed (objective, network); the target need
+            not match (see below).
+
+    Returns:
+        The path: dicts with step, config, cost, flops, top1, loss, seconds.
+    """
+    settings = settings or SearchSettings()
+    space = net.space
+    # The target is not part of the identity: greedy decisions do not depend on it (only how many cuts a step
+    # makes while far from it), so a saved path is a valid start for any target: a deeper target goes on from its
+    # end, a shallower one is cut after the first point below it. Reruns with a re-measured budget resume.
+    ident = {"identity": identity or {}, "settings": settings.to_dict()}
+    path: list[dict] = []
+    if path_file is not None and Path(path_file).exists():
+        saved = json.loads(Path(path_file).read_text())
+        if {k: saved.get(k) for k in ident} != ident:
+            raise SearchResumeError(
+                f"The search path {str(path_file)!r} was written for another network, its weights, objective or "
+                "settings. Delete it or use another work directory.")
+        path = saved["path"]
+        stop = next((i for i, p in enumerate(path) if p["cost"] <= settings.overshoot * target), None)
+        if stop is not None:
+            path = path[:stop + 1]
+    ident["target"] = float(target)
+
+    def point(step: int, cfg: dict, res: dict, c: float, t: float) -> dict:
+        return {"step": step, "config": cfg, "cost": float(c), "flops": int(net.flops(cfg)),
+                "top1": float(res["top1"]), "loss": float(res["loss"]), "seconds": float(t)}
+
+    def save() -> None:
+        if path_file is not None:
+            save_json({**ident, "path": path}, path_file)
+
+    t0 = time.perf_counter() - (path[-1]["seconds"] if path else 0.0)
+    if not path:
+        cfg = space.max_config()
+        path.append(point(0, cfg, score(cfg), cost([cfg])[0], time.perf_counter() - t0))
+        save()
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(desc="greedy slimming", unit="step", initial=len(path) - 1)
+    try:
+        while path[-1]["cost"] > settings.overshoot * target:
+            current, cur_cost = path[-1]["config"], path[-1]["cost"]
+            useful = cheapest_useful_cuts(space, current, cur_cost, cost, settings)
+            if not useful:
+                break
+            prev = path[-1].get("ranking")
+            lazy = prev is not None and (len(path) - 1) % settings.full_rescore_every != 0
+            if lazy:  # re-score only the groups that ranked best last time; the rest keep their old order
+                top = set(prev[:settings.rescore_top])
+                useful = [u for u in useful if u[0] in top] or useful
+            results = [(score(c), n, c, k) for n, c, k in useful]
+            results.sort(key=CRITERIA[settings.criterion](path[-1], cur_cost))
+            ranking = [r[1] for r in results]
+            if lazy:
+                ranking += [n for n in prev if n not in ranking]
+            far = cur_cost > settings.fast_factor * target
+            n_cuts = min(settings.cuts_when_far if far else 1, len(results))
+            if n_cuts == 1:
+                res, _, cfg, new_cost = results[0]
+            else:
+                cfg = dict(current)
+                for _, name, c, _ in results[:n_cuts]:
+                    cfg[name] = c[name]
+                new_cost = float(cost([cfg])[0])
+                res = score(cfg)
+            path.append({**point(len(path), cfg, res, new_cost, time.perf_counter() - t0), "ranking": ranking,
+                         "scored": len(results)})
+            save()
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(cost=f"{new_cost:.4g}", target=f"{target:.4g}", top1=f"{res['top1']:.1f}")
+    finally:
+        if bar is not None:
+            bar.close()
+        net.set_config(space.max_config())
+    return path
+
+
+def first_within(path: list[dict], target: float) -> int | None:
+    """Index of the first (largest) path point whose cost is at most ``target``."""
+    return next((i for i, p in enumerate(path) if p["cost"] <= target), None)

@@ -1,0 +1,164 @@
+"""What every search does first: check the budget, device, loaders and model; measure the full and the smallest
+subnet; refuse impossible budgets and return the full model when it already fits."""
+
+from __future__ import annotations
+
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import torch
+from torch import nn
+
+from compress.errors import CompressError, InvalidParameterError
+from devices import get_device
+from compress.train.evaluate import evaluate, take_batches
+from compress.subnet.extract import extract_subnet
+from compress.result import SlimResult
+from compress.slim.network import SlimmableNetwork
+from compress.deploy.timing import ReferenceTimer, can_measure
+
+
+class BudgetUnreachableError(CompressError, ValueError):
+    """The budget is below what the smallest subnet of the space reaches."""
+
+
+class NothingToSlimError(CompressError, ValueError):
+    """The model has no channel group that can be narrowed."""
+
+
+class MislabelledDataError(InvalidParameterError):
+    """Loader labels do not fit the model's outputs (wrong dtype, shape or range)."""
+
+
+@dataclass
+class Prepared:
+    """The checked inputs of a search."""
+
+    net: SlimmableNetwork
+    x1: tuple
+    device: Any
+    budget: float
+    latency: bool
+    work: Path
+    measurable: bool
+    floor_cfg: dict
+    full: dict = field(default_factory=dict)
+    floor_ms: float | None = None
+    full_result: SlimResult | None = None   # set when the budget already fits the full model
+    timer: ReferenceTimer | None = None      # times candidates interleaved with the full model (drift-free)
+
+
+def _check_loader(loader: Iterable, what: str, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    if loader is None:
+        raise InvalidParameterError(f"autoslim needs a {what}_loader yielding (images, labels) batches. Got None.")
+    x, y = take_batches(loader, 1, what)[0]
+    if y.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8) or y.ndim != 1 or len(y) != len(x):
+        raise MislabelledDataError(
+            f"The {what} loader's labels must be a 1-D integer tensor of class indices, one per image. Got "
+            f"dtype {y.dtype} and shape {tuple(y.shape)} for {len(x)} images.")
+    if len(y) and (int(y.min()) < 0 or int(y.max()) >= num_classes):
+        raise MislabelledDataError(
+            f"The {what} loader has labels in [{int(y.min())}, {int(y.max())}] but the model outputs "
+            f"{num_classes} classes. Relabel the data as 0..{num_classes - 1} or give the model {num_classes} "
+            "outputs matching the data.")
+    return x, y
+
+
+def _resolve_device(device: Any, threads: int) -> Any:
+    if isinstance(device, str):
+        return get_device(device, threads=threads) if device != "board" else get_device(device)
+    return device
+
+
+def full_model_result(net, full: dict, budget: float, unit: str, x1: tuple, val_loader: Iterable, work: Path,
+                       log: Callable[[str], None]) -> SlimResult:
+    warnings.warn(f"The budget ({budget:.4g} {unit}) is at or above the full model "
+                  f"({full.get('measured_ms', full['flops']):.4g} {unit}): returning the full model.", stacklevel=4)
+    cfg = net.space.max_config()
+    subnet = extract_subnet(net, cfg)
+    result = SlimResult(subnet=subnet, config=cfg, flops=full["flops"], predicted_ms=None,
+                        measured_ms=full.get("measured_ms"), top1=evaluate(subnet, val_loader)["top1"],
+                        budget=float(budget), unit=unit, path=[{"step": 0, "config": cfg, "flops": full["flops"]}],
+                        example_inputs=x1, full=full, notes=["budget at or above the full model: full model returned"],
+                        supernet=net)
+    result.save(work / "result.json")
+    log(str(result))
+    return result
+
+
+def prepare(name: str, model: nn.Module, latency_ms: float | None, flops: float | None, device: Any,
+            train_loader: Iterable, val_loader: Iterable, divisor: int, threads: int, min_ratio: float,
+            work_dir: str | Path | None, log: Callable[[str], None], timer: ReferenceTimer | None = None) -> Prepared:
+    """Validate a search call (``name`` is used in messages) and measure what budget checks need."""
+    if (latency_ms is None) == (flops is None):
+        raise InvalidParameterError(f"{name} needs exactly one budget: latency_ms=... or flops=... "
+                                    f"Got latency_ms={latency_ms!r}, flops={flops!r}.")
+    budget = latency_ms if latency_ms is not None else flops
+    if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not budget > 0:
+        raise InvalidParameterError(f"The budget must be a positive number. Got {budget!r}.")
+    device = _resolve_device(device, threads)
+    work = Path(work_dir) if work_dir is not None else Path(tempfile.mkdtemp(prefix=f"{name}-"))
+    work.mkdir(parents=True, exist_ok=True)
+
+    # ---- model and data -------------------------------------------------------------------------------------
+    if isinstance(model, SlimmableNetwork):
+        net = model
+        x1 = net.example_inputs
+    else:
+        x0, _ = take_batches(train_loader, 1, "train")[0]
+        x1 = (x0[:1].clone(),)
+        net = SlimmableNetwork(model, x1, divisor=divisor)
+    with torch.no_grad():
+        num_classes = int(net.eval()(*x1).shape[-1])
+    _check_loader(train_loader, "train", num_classes)
+    _check_loader(val_loader, "val", num_classes)
+    if len(net.space) == 0:
+        raise NothingToSlimError(
+            f"{type(model).__name__} has no channel group that can be narrowed: {net.space.summary()} "
+            "Check the frozen reasons above (unsupported ops, ignore=...).")
+
+    # ---- budget checks (measured first: no predictor needed to refuse an impossible budget) ---------------------
+    space = net.space
+    floor_cfg = space.uniform_config(min_ratio)
+    full_cfg = space.max_config()
+    full = {"flops": net.flops(full_cfg)}
+    measurable = can_measure(device)
+    full_reaches = False
+    floor_ms = None
+    if latency_ms is not None and measurable:
+        if timer is None:
+            timer = ReferenceTimer(device, extract_subnet(net, full_cfg), x1)
+        elif list(timer.example_inputs[0].shape) != list(x1[0].shape):
+            raise InvalidParameterError(
+                f"The timer was made for inputs of shape {list(timer.example_inputs[0].shape)}, the model runs on "
+                f"{list(x1[0].shape)}. Make the ReferenceTimer with the model's example inputs.")
+        floor_ms = timer(extract_subnet(net, floor_cfg)).median_ms
+        full["measured_ms"] = timer.reference_ms
+        log(f"measured: full model {full['measured_ms']:.3f} ms, smallest subnet (every group at "
+            f"{min_ratio:.0%}) {floor_ms:.3f} ms; budget {budget:.3f} ms")
+        if budget < floor_ms:
+            raise BudgetUnreachableError(
+                f"The budget of {budget:.3f} ms is below the smallest subnet's measured latency of {floor_ms:.3f} ms "
+                f"(every group at {min_ratio:.0%} width). Raise the budget to at least "
+                f"{floor_ms:.3f} ms, lower SearchSettings.min_ratio and TrainSettings.min_ratio, or use a "
+                "smaller model.")
+        full_reaches = full["measured_ms"] <= budget
+    elif latency_ms is None:
+        floor_flops = net.flops(floor_cfg)
+        if budget < floor_flops:
+            raise BudgetUnreachableError(
+                f"The budget of {budget:.4g} FLOPs is below the smallest subnet's {floor_flops:.4g} FLOPs (every "
+                f"group at {min_ratio:.0%} width). Raise the budget to at least {floor_flops:.4g}, "
+                "or lower SearchSettings.min_ratio and TrainSettings.min_ratio.")
+        full_reaches = full["flops"] <= budget
+
+    prep = Prepared(net, x1, device, float(budget), latency_ms is not None, work, measurable, floor_cfg, full,
+                    floor_ms, timer=timer)
+    if full_reaches:
+        prep.full_result = full_model_result(net, full, budget, "ms" if latency_ms is not None else "FLOPs", x1,
+                                              val_loader, work, log)
+    return prep
+

@@ -1,0 +1,231 @@
+"""The data of channel coupling: atoms, tensor metas, the union-find context the op handlers write into.
+
+Every channel a layer produces is an *atom*. We run the traced graph once on the
+example inputs and, node by node, let an op handler (``handlers.py``) say how
+atoms flow through that op: a residual add or a gating multiply unifies the atoms
+of its operands position by position, a concat lays them side by side, a
+depthwise conv passes them through, an op we do not understand freezes them.
+Atoms that end up in one union-find class must be kept or cut together. The
+grouping of classes into slimmable channel groups happens in ``groups.py``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import fx, nn
+
+
+@dataclass
+class TMeta:
+    """What we know of a tensor: its shape and the atoms along its channel dim.
+
+    ``cdim`` is None for a tensor with no tracked channel dim (then every dim is
+    at full width). ``attr`` is set for a tensor read straight from a parameter
+    or buffer (a ``get_attr`` node), which may become a follower of a channel dim.
+    """
+
+    shape: tuple[int, ...]
+    cdim: int | None = None
+    atoms: np.ndarray | None = None
+    attr: fx.Node | None = None
+    why: str | None = None  # for an untracked tensor: why its channels are not tracked
+
+
+@dataclass
+class IdMeta:
+    """A tensor whose channel dim was split by a reshape (e.g. channel shuffle).
+
+    ``ids`` has the tensor's shape and holds, for every element, the position of
+    its channel in ``origin``'s channel dim; shape ops are replayed on it until
+    the channels come back together as one dim (see ``handlers.shape_op``).
+    """
+
+    shape: tuple[int, ...]
+    origin: fx.Node
+    origin_atoms: np.ndarray
+    ids: torch.Tensor
+
+
+@dataclass
+class Source:
+    label: str
+    atoms: np.ndarray
+
+
+@dataclass
+class FlopOp:
+    """An op whose FLOPs depend on channel widths (see ``flops.py``)."""
+
+    kind: str
+    node: fx.Node
+    inputs: list[TMeta]
+    output: TMeta
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class CouplingResult:
+    """Everything the propagation pass learned about a traced graph."""
+
+    parent: np.ndarray
+    frozen_reason: dict[int, str]
+    divisor_of: dict[int, int]
+    sources: list[Source]
+    module_dims: dict[str, dict[str, np.ndarray]]
+    attr_dims: dict[str, tuple[int, np.ndarray]]
+    splits: dict[str, tuple[int, list[np.ndarray]]]
+    permutes: list[tuple[fx.Node, fx.Node, int, np.ndarray, np.ndarray]]
+    grouped_convs: list[tuple[str, int, np.ndarray]]
+    flop_ops: list[FlopOp]
+    unknown_ops: dict[str, str]
+
+
+class CouplingContext:
+    """Union-find over atoms plus the records the handlers write."""
+
+    def __init__(self) -> None:
+        self._parent: list[int] = []
+        self.frozen_reason: dict[int, str] = {}
+        self.divisor_of: dict[int, int] = {}
+        self.sources: list[Source] = []
+        self.module_dims: dict[str, dict[str, np.ndarray]] = {}
+        self.attr_dims: dict[str, tuple[int, np.ndarray]] = {}
+        self.splits: dict[str, tuple[int, list[np.ndarray]]] = {}
+        self.permutes: list[tuple[fx.Node, fx.Node, int, np.ndarray, np.ndarray]] = []
+        self.grouped_convs: list[tuple[str, int, np.ndarray]] = []
+        self.flop_ops: list[FlopOp] = []
+        self.unknown_ops: dict[str, str] = {}
+
+    # ---- atoms and union-find -------------------------------------------------
+    def new_atoms(self, n: int, label: str, frozen_reason: str | None = None) -> np.ndarray:
+        start = len(self._parent)
+        self._parent.extend(range(start, start + n))
+        atoms = np.arange(start, start + n, dtype=np.int64)
+        self.sources.append(Source(label, atoms))
+        if frozen_reason is not None:
+            for a in atoms:
+                self.frozen_reason[int(a)] = frozen_reason
+        return atoms
+
+    def find(self, a: int) -> int:
+        parent = self._parent
+        root = a
+        while parent[root] != root:
+            root = parent[root]
+        while parent[a] != root:
+            parent[a], a = root, parent[a]
+        return root
+
+    def _union(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra == rb:
+            return
+        if rb < ra:
+            ra, rb = rb, ra
+        self._parent[rb] = ra
+        if rb in self.frozen_reason and ra not in self.frozen_reason:
+            self.frozen_reason[ra] = self.frozen_reason[rb]
+        if rb in self.divisor_of:
+            self.divisor_of[ra] = math.lcm(self.divisor_of.get(ra, 1), self.divisor_of.pop(rb))
+
+    def unify(self, a: np.ndarray, b: np.ndarray) -> None:
+        """Couple two atom arrays position by position (they must keep the same channels)."""
+        if len(a) != len(b):
+            raise AssertionError(f"unify of {len(a)} and {len(b)} atoms")
+        for x, y in zip(a.tolist(), b.tolist()):
+            self._union(x, y)
+
+    def freeze(self, atoms: np.ndarray | None, reason: str) -> None:
+        if atoms is None:
+            return
+        for a in atoms.tolist():
+            r = self.find(a)
+            self.frozen_reason.setdefault(r, reason)
+
+    def require_divisor(self, atoms: np.ndarray, divisor: int) -> None:
+        for a in atoms.tolist():
+            r = self.find(a)
+            self.divisor_of[r] = math.lcm(self.divisor_of.get(r, 1), divisor)
+
+    # ---- metas ------------------------------------------------------------------
+    def freeze_meta(self, meta: Any, reason: str) -> None:
+        """Freeze every tracked atom inside ``meta`` (a TMeta, IdMeta or a nest of them)."""
+        if isinstance(meta, TMeta):
+            self.freeze(meta.atoms, reason)
+        elif isinstance(meta, IdMeta):
+            self.freeze(meta.origin_atoms, reason)
+        elif isinstance(meta, (list, tuple)):
+            for m in meta:
+                self.freeze_meta(m, reason)
+        elif isinstance(meta, dict):
+            for m in meta.values():
+                self.freeze_meta(m, reason)
+
+    def atoms_along(self, meta: Any, dim: int, label: str) -> np.ndarray:
+        """Atoms of ``meta`` along ``dim``; fresh frozen atoms if that dim is not tracked."""
+        if isinstance(meta, TMeta) and meta.cdim == dim and meta.atoms is not None:
+            return meta.atoms
+        if isinstance(meta, IdMeta):
+            self.freeze_meta(meta, f"{label}: reads a channel-split tensor")
+            return self.new_atoms(meta.shape[dim], label, f"{label}: reads a channel-split tensor")
+        shape = meta.shape if isinstance(meta, (TMeta, IdMeta)) else ()
+        n = shape[dim] if shape else 0
+        why = getattr(meta, "why", None) or f"{label}: input dim {dim} is not a tracked channel dim"
+        return self.new_atoms(n, f"{label}:input", why)
+
+    def module_atoms(self, name: str, role: str, atoms: np.ndarray) -> np.ndarray:
+        """Record the atoms of a module's dim; a module called twice couples both calls."""
+        dims = self.module_dims.setdefault(name, {})
+        if role in dims:
+            if len(dims[role]) == len(atoms):
+                self.unify(dims[role], atoms)
+            else:
+                self.freeze(dims[role], f"{name}: called with different widths")
+                self.freeze(atoms, f"{name}: called with different widths")
+            return dims[role]
+        dims[role] = atoms
+        return atoms
+
+    def result(self) -> CouplingResult:
+        parent = np.array([self.find(a) for a in range(len(self._parent))], dtype=np.int64)
+        frozen = {}
+        for a, reason in self.frozen_reason.items():
+            frozen.setdefault(int(parent[a]), reason)
+        divisors = {}
+        for a, d in self.divisor_of.items():
+            r = int(parent[a])
+            divisors[r] = math.lcm(divisors.get(r, 1), d)
+        return CouplingResult(
+            parent=parent,
+            frozen_reason=frozen,
+            divisor_of=divisors,
+            sources=self.sources,
+            module_dims=self.module_dims,
+            attr_dims=self.attr_dims,
+            splits=self.splits,
+            permutes=self.permutes,
+            grouped_convs=self.grouped_convs,
+            flop_ops=self.flop_ops,
+            unknown_ops=self.unknown_ops,
+        )
+
+
+
+class PassState(Protocol):
+    """What an op handler sees of the propagation pass (``propagate.Propagator`` implements it)."""
+
+    ctx: CouplingContext
+    metas: dict[fx.Node, Any]
+    modules: dict[str, nn.Module]
+    frozen_modules: set[str]
+
+    def meta_of(self, arg: Any) -> Any:
+        """Meta of a node argument (recursing into lists); None for constants."""
+
+
+__all__ = ["PassState", "TMeta", "IdMeta", "Source", "FlopOp", "CouplingResult", "CouplingContext"]

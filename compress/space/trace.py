@@ -1,0 +1,95 @@
+"""Trace a model into a torch.fx graph.
+
+Why torch.fx and not torch.export: slimming needs the graph at the level of the
+user's modules (``layer1.0.conv1``), so that the weights we slice keep their
+names and the state dict of the slimmed network matches the original. fx keeps
+``call_module`` nodes for leaf layers and runs in milliseconds, while
+torch.export lowers everything to aten ops with functionalised parameters and
+takes seconds per model. torchvision keeps its models fx-traceable (its feature
+extractor is built on fx), which is the zoo we must cover. The price is that
+data-dependent Python control flow cannot be traced; we report the node or line
+where tracing stopped.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Sequence
+
+import torch
+from torch import fx, nn
+
+from compress.errors import InputShapeError, TraceError
+
+# Modules outside torch.nn that we treat as single layers because the channel
+# handlers know their semantics (keyed by "module.qualname" so that importing
+# torchvision stays optional).
+EXTRA_LEAF_MODULES: set[str] = {
+    "torchvision.models.convnext.LayerNorm2d",
+    "torchvision.ops.stochastic_depth.StochasticDepth",
+}
+
+
+def class_key(module: nn.Module) -> str:
+    """Return the "module.qualname" key of a module's class."""
+    cls = type(module)
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+class _ChannelTracer(fx.Tracer):
+    def __init__(self, leaf_names: frozenset[str] = frozenset()) -> None:
+        super().__init__()
+        self.leaf_names = leaf_names
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        if qualname in self.leaf_names or class_key(m) in EXTRA_LEAF_MODULES:
+            return True
+        return super().is_leaf_module(m, qualname)
+
+
+def as_input_tuple(example_inputs: Any) -> tuple[torch.Tensor, ...]:
+    """Normalise example inputs (a tensor or a sequence of tensors) to a tuple."""
+    if isinstance(example_inputs, torch.Tensor):
+        return (example_inputs,)
+    if isinstance(example_inputs, Sequence) and all(isinstance(t, torch.Tensor) for t in example_inputs):
+        return tuple(example_inputs)
+    raise InputShapeError(
+        "example_inputs must be a tensor or a tuple of tensors, e.g. torch.randn(1, 3, 224, 224). "
+        f"Got {type(example_inputs).__name__} instead."
+    )
+
+
+def trace_model(
+    model: nn.Module, example_inputs: tuple[torch.Tensor, ...], leaf_names: Sequence[str] = ()
+) -> fx.GraphModule:
+    """Deep-copy ``model`` (left untouched), put the copy in eval mode and trace it.
+
+    Modules named in ``leaf_names`` are kept whole (not traced into); the
+    channel analysis then treats them as opaque and freezes their channels.
+
+    Raises:
+        InputShapeError: the model does not run on ``example_inputs``.
+        TraceError: torch.fx cannot trace the model (the message names the node or line).
+    """
+    model = copy.deepcopy(model).eval()
+    shapes = [tuple(t.shape) for t in example_inputs]
+    try:
+        with torch.no_grad():
+            model(*example_inputs)
+    except Exception as exc:  # the user's forward failed on the inputs given
+        raise InputShapeError(
+            f"{type(model).__name__} does not run on example inputs of shape {shapes}: "
+            f"{type(exc).__name__}: {exc}. Pass inputs the model accepts, e.g. torch.randn(1, 3, 224, 224)."
+        ) from exc
+    try:
+        tracer = _ChannelTracer(frozenset(leaf_names))
+        graph = tracer.trace(model)
+    except Exception as exc:
+        raise TraceError(
+            f"torch.fx could not trace {type(model).__name__}: {type(exc).__name__}: {exc}. "
+            "Data-dependent control flow (if/for on tensor values) cannot be traced; move it into a "
+            "leaf module or pass that module's name in `ignore`."
+        ) from exc
+    gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
+    gm.eval()
+    return gm

@@ -1,0 +1,85 @@
+"""BatchNorm recalibration for a slimmed network."""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import torch
+from torch import nn
+
+from compress.errors import check_parameter, InvalidParameterError
+
+
+def _batch_inputs(batch: Any) -> tuple:
+    if isinstance(batch, torch.Tensor):
+        return (batch,)
+    if isinstance(batch, (list, tuple)) and batch and isinstance(batch[0], torch.Tensor):
+        return (batch[0],)
+    if isinstance(batch, dict) and "input" in batch:
+        return (batch["input"],)
+    raise InvalidParameterError(
+        "recalibrate_bn expects batches that are a tensor, an (inputs, targets) pair or a dict with 'input'. "
+        f"Got {type(batch).__name__} instead.")
+
+
+def recalibrate_bn(model: nn.Module, loader: Iterable, num_batches: int | None = None,
+                   progress: bool = False) -> int:
+    """Re-estimate every BatchNorm's running statistics on data from ``loader``.
+
+    Running stats are reset and re-accumulated as a cumulative average
+    (momentum=None) with BN layers in train mode and every other layer in eval
+    mode (dropout off), without gradients. Each layer's momentum and every
+    module's train/eval mode are restored afterwards, also when an error occurs.
+    No hooks are installed.
+
+    Args:
+        model: the network (a slimmable network at its current config, or any module).
+        loader: yields tensors or (inputs, targets) pairs.
+        num_batches: how many batches to use (None: the whole loader).
+        progress: show a progress bar.
+
+    Returns:
+        The number of samples seen.
+
+    Raises:
+        InvalidParameterError: bad ``num_batches``, or the loader yields no batch.
+
+    Example:
+        >>> net.set_config(cfg)
+        >>> recalibrate_bn(net, train_loader, num_batches=20)
+    """
+    check_parameter(num_batches is None or (isinstance(num_batches, int) and num_batches > 0), "num_batches",
+                    "recalibrate_bn", "a positive int or None", num_batches)
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return 0
+    modes = {m: m.training for m in model.modules()}
+    momenta = {bn: bn.momentum for bn in bns}
+    seen = 0
+    try:
+        model.eval()
+        for bn in bns:
+            bn.reset_running_stats()
+            bn.momentum = None
+            bn.train()
+        it = iter(loader)
+        if progress:
+            from tqdm.auto import tqdm
+
+            it = iter(tqdm(it, total=num_batches, desc="BN recalibration", leave=False))
+        with torch.no_grad():
+            for b, batch in enumerate(it):
+                if num_batches is not None and b >= num_batches:
+                    break
+                inputs = _batch_inputs(batch)
+                model(*inputs)
+                seen += int(inputs[0].shape[0])
+        if seen == 0:
+            raise InvalidParameterError(
+                "The loader given to recalibrate_bn yielded no batch; pass a loader with training data.")
+    finally:
+        for bn, mom in momenta.items():
+            bn.momentum = mom
+        for m, mode in modes.items():
+            m.training = mode
+    return seen
