@@ -9,7 +9,7 @@ from compress import moved
 
 moved.install()
 
-from compress.errors import (CompressError, ExportError, ExportMismatchError, InputShapeError, InvalidConfigError,
+from compress.errors import (CompressError, ExportError, ExportMismatchError, FlopsMismatchError, InputShapeError, InvalidConfigError,
                      InvalidParameterError, TraceError, UnsupportedOpError)
 from compress.subnet.extract import extract_subnet
 from compress.space.groups import ChannelGroup
@@ -17,7 +17,7 @@ from compress.slim.network import SlimmableNetwork
 from compress.space.space import ChannelSpace, Config
 
 __all__ = [
-    "ChannelGroup", "ChannelSpace", "CompressError", "Config", "ExportError", "ExportMismatchError",
+    "ChannelGroup", "ChannelSpace", "CompressError", "Config", "ExportError", "ExportMismatchError", "FlopsMismatchError",
     "InputShapeError", "InvalidConfigError", "InvalidParameterError", "SlimmableNetwork", "TraceError",
     "UnsupportedOpError", "extract_subnet",
 ]

@@ -43,6 +43,10 @@ class ExportMismatchError(CompressError, AssertionError):
     """onnxruntime's output differs from torch's by more than the tolerance."""
 
 
+class FlopsMismatchError(CompressError, AssertionError):
+    """The analytic FLOPs of a config differ from fvcore's count of the same network (names the op)."""
+
+
 def check_parameter(ok: bool, name: str, where: str, expected: str, got: object) -> None:
     """Raise :class:`InvalidParameterError` in the one message shape used everywhere.
 

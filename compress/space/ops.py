@@ -118,12 +118,34 @@ def channel1_op(kind: str | None) -> FunctionHandler:
     return handler
 
 
+# F.interpolate / nn.Upsample: (mode, input rank) -> (which tensor's elements are counted, FLOPs per element), as
+# fvcore counts them: it knows upsample_nearest2d (1 per output element), upsample_bilinear2d (4 per output element)
+# and adaptive_avg_pool2d ("area": 1 per input element); every other resize (bicubic, nearest-exact, 1-d, 3-d,
+# antialiased) is an op it does not count (listed in FlopReport.unsupported), so it costs 0 here too.
+RESIZE_FLOPS: dict[tuple[str, int], tuple[str, int]] = {
+    ("nearest", 4): ("out", 1),
+    ("bilinear", 4): ("out", 4),
+    ("area", 4): ("in", 1),
+}
+
+
+def _resize_flops(p: PassState, n: fx.Node, args: tuple, kwargs: dict) -> dict:
+    if n.op == "call_module":
+        mod = p.modules.get(n.target)
+        mode, antialias = getattr(mod, "mode", "nearest"), False
+    else:
+        mode = _arg(n, args, kwargs, 3, "mode", "nearest")
+        antialias = bool(_arg(n, args, kwargs, 6, "antialias", False))
+    x = args[0] if args else kwargs.get("input")
+    rank = x.ndim if isinstance(x, torch.Tensor) else 0
+    on, scale = RESIZE_FLOPS.get((str(mode), rank), ("out", 0)) if not antialias else ("out", 0)
+    return {"scale": scale, "on": on}
+
+
 def _pool_params(p: PassState, n: fx.Node, args: tuple, kwargs: dict, kind: str) -> dict:
     if kind != "pool":
         if kind == "upsample":
-            mode = getattr(p.modules.get(n.target), "mode", None) if n.op == "call_module" else None
-            mode = mode or _arg(n, args, kwargs, 3, "mode", "nearest")
-            return {"scale": 4 if "linear" in str(mode) else 1}
+            return _resize_flops(p, n, args, kwargs)
         return {}
     if n.op == "call_module":
         k = p.modules[n.target].kernel_size
@@ -475,7 +497,9 @@ def per_channel_layer(channel_dim: int | None, kind: str) -> ModuleHandler:
         atoms = p.ctx.module_atoms(name, "feat", p.ctx.atoms_along(x, d, name))
         out = TMeta(tuple(value.shape), d, atoms)
         affine = getattr(mod, "weight", None) is not None
-        _flop(p, kind, n, [TMeta(x.shape, d, atoms)], out, affine=affine)
+        # counted in eval mode: a BatchNorm without running statistics normalises with batch statistics
+        batch_stats = kind == "batch_norm" and getattr(mod, "running_mean", None) is None
+        _flop(p, kind, n, [TMeta(x.shape, d, atoms)], out, affine=affine, batch_stats=batch_stats)
         return out
 
     return handler
