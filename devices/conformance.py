@@ -91,6 +91,15 @@ def _raises(device: Any, call: Callable[[], Any], error: type, promise: str) -> 
     _require(False, device, f"{promise}; it raised nothing")
 
 
+def _call(device: Any, call: Callable[[], Any], what: str) -> Any:
+    """``call()``'s result; an exception from it is reported as the broken promise that ``what`` works."""
+    try:
+        return call()
+    except Exception as exc:  # the check reports any failure of a promised call as a contract violation
+        raise AssertionError(f"Device {_who(device)} breaks the device contract: {what} must work; it raised "
+                             f"{type(exc).__name__}: {exc}") from exc
+
+
 def check_capabilities(device: Any, folder: str | os.PathLike | None = None, min_runs: int = MIN_RUNS) -> None:
     """``capabilities`` is a Capabilities accepting a model kind, and the methods it promises exist."""
     caps = getattr(device, "capabilities", None)
@@ -110,7 +119,7 @@ def check_capabilities(device: Any, folder: str | os.PathLike | None = None, min
 
 def check_fingerprint(device: Any, folder: str | os.PathLike | None = None, min_runs: int = MIN_RUNS) -> None:
     """``fingerprint()`` is a JSON-able dict with str keys, the same on two calls."""
-    fp = device.fingerprint()
+    fp = _call(device, device.fingerprint, "fingerprint()")
     _require(isinstance(fp, dict) and all(isinstance(k, str) for k in fp), device,
              f"fingerprint() must return a dict with str keys; got {fp!r}")
     try:
@@ -118,7 +127,7 @@ def check_fingerprint(device: Any, folder: str | os.PathLike | None = None, min_
     except (TypeError, ValueError) as exc:
         back = exc
     _require(back == fp, device, f"fingerprint() must survive a JSON round trip; {fp!r} came back as {back!r}")
-    again = device.fingerprint()
+    again = _call(device, device.fingerprint, "fingerprint()")
     _require(again == fp, device, f"fingerprint() must be stable between calls; got {fp!r}, then {again!r}")
 
 
@@ -148,9 +157,10 @@ def check_measure(device: Any, folder: str | os.PathLike, min_runs: int = MIN_RU
                     DeviceUnavailableError,
                     "measurable_here=False promises that measure_interleaved() raises DeviceUnavailableError")
             continue
-        check_measurement(device, device.measure(model, inputs, min_runs=min_runs), f"measure({kind} model)",
-                          min_runs)
-        both = device.measure_interleaved([model, model], inputs, min_runs=min_runs)
+        m = _call(device, lambda: device.measure(model, inputs, min_runs=min_runs), f"measure({kind} model)")
+        check_measurement(device, m, f"measure({kind} model)", min_runs)
+        both = _call(device, lambda: device.measure_interleaved([model, model], inputs, min_runs=min_runs),
+                     f"measure_interleaved([{kind} model, {kind} model])")
         _require(isinstance(both, list) and len(both) == 2, device,
                  f"measure_interleaved of 2 models must return a list of 2 Measurements; got {both!r}")
         for m in both:
@@ -188,7 +198,7 @@ def check_profile(device: Any, folder: str | os.PathLike, min_runs: int = MIN_RU
                     "profilable_here=False promises that profile() raises DeviceUnavailableError")
         return
     model, inputs, _ = tiny_model("onnx", folder)
-    prof = device.profile(model, inputs, min_runs=min_runs)
+    prof = _call(device, lambda: device.profile(model, inputs, min_runs=min_runs), "profile(onnx model)")
     kernels = prof.get("kernels") if isinstance(prof, dict) else None
     _require(isinstance(prof, dict) and prof.get("median_ms", 0) > 0 and isinstance(kernels, list) and kernels
              and all(k.get("us", -1) >= 0 and "op" in k for k in kernels), device,
