@@ -17,6 +17,7 @@ from typing import Mapping
 from compress.errors import check_parameter
 
 from . import profile_device as pd
+from .capabilities import Capabilities
 from .errors import DeviceUnavailableError
 
 
@@ -85,9 +86,15 @@ def _add_file(z: zipfile.ZipFile, path: str | os.PathLike, arc: str) -> None:
 
 
 class BoardDevice:
-    """A remote board: timing happens there, from a bundle, with ``tools/profile_device.py``."""
+    """A remote board: timing happens there, from a bundle, with ``tools/profile_device.py``.
+
+    Args:
+        threads: the onnxruntime threads the board will be profiled with (``--threads``).
+        table: the latency table the board wrote, once it is back (its fingerprint is the board's).
+    """
 
     name = "board"
+    capabilities = Capabilities(accepts=("onnx",), measurable_here=False, profilable_here=False)
 
     def __init__(self, threads: int = 1, table: str | os.PathLike | None = None) -> None:
         check_parameter(isinstance(threads, int) and not isinstance(threads, bool) and threads > 0, "threads",
@@ -95,10 +102,38 @@ class BoardDevice:
         self.threads = threads
         self.table = table
 
-    def measure(self, *args, **kwargs):
-        raise DeviceUnavailableError(
+    def fingerprint(self) -> dict:
+        """The fingerprint recorded in the board's table when one was given, else what the host knows
+        (JSON-able): ``{"device": "board", "runtime": "onnxruntime", "threads": threads}``.
+
+        Raises:
+            DeviceUnavailableError: the table given cannot be read.
+        """
+        if self.table is None:
+            return {"device": "board", "runtime": "onnxruntime", "threads": self.threads}
+        try:
+            fp = json.loads(Path(self.table).read_text())["fingerprint"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise DeviceUnavailableError(f"The board's latency table {str(self.table)!r} cannot be read ({exc!r}). "
+                                         "Pass the table profile_device.py wrote on the board.") from exc
+        return dict(fp)
+
+    def _unavailable(self) -> DeviceUnavailableError:
+        return DeviceUnavailableError(
             "A board cannot be timed from the host. Write a bundle with devices.write_bundle(...), run "
             f"`python3 profile_device.py bundle.zip --out board.json --threads {self.threads}` on the board, "
             "and load the table it writes.")
+
+    def measure(self, *args, **kwargs):
+        """Always raises DeviceUnavailableError (``capabilities.measurable_here`` is False)."""
+        raise self._unavailable()
+
+    def measure_interleaved(self, *args, **kwargs):
+        """Always raises DeviceUnavailableError (``capabilities.measurable_here`` is False)."""
+        raise self._unavailable()
+
+    def profile(self, *args, **kwargs):
+        """Always raises DeviceUnavailableError (``capabilities.profilable_here`` is False)."""
+        raise self._unavailable()
 
     write_bundle = staticmethod(write_bundle)

@@ -3,13 +3,73 @@
 from __future__ import annotations
 
 import os
-from typing import Any
+from pathlib import Path
+from typing import Any, Mapping
 
 from compress.errors import check_parameter
 
 from . import profile_device as pd
+from .capabilities import Capabilities
 from .cpu import channel_block
+from .errors import InputShapeError, ModelFileError, ModelNotFoundError
 from .measurement import Measurement
+
+
+def model_source(model: Any, where: str) -> str | bytes:
+    """What onnxruntime opens: the ONNX bytes, or the path of an ONNX file that exists.
+
+    Raises:
+        ModelNotFoundError: no file at that path.
+        InvalidParameterError: neither bytes nor a path (e.g. a torch module: export it with compress.export_onnx).
+    """
+    if isinstance(model, bytes):
+        return model
+    check_parameter(isinstance(model, (str, os.PathLike)), "model", where,
+                    "an ONNX file (path or bytes); export a torch module with compress.export_onnx first", model)
+    if not Path(model).is_file():
+        raise ModelNotFoundError(f"{where}: there is no ONNX file at {str(model)!r}. Export the model there "
+                                 "(compress.export_onnx) or pass the path of an existing file.")
+    return str(model)
+
+
+def open_session(model: Any, input_shapes: Mapping[str, list[int]] | None, threads: int, opt_level: str,
+                 where: str) -> tuple[Any, dict]:
+    """An onnxruntime CPU session of ``model`` and random feeds of ``input_shapes`` (input name -> shape;
+    dynamic dimensions not given default to 1), run once to check that the model takes them.
+
+    Raises:
+        ModelNotFoundError / ModelFileError: the model file is missing or not an ONNX model.
+        InputShapeError: input names the model lacks, shapes of the wrong rank or size, or shapes it rejects.
+    """
+    import onnxruntime as ort
+
+    src = model_source(model, where)
+    try:
+        sess = ort.InferenceSession(src, pd.session_options(threads, opt_level), providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime's own exception types (InvalidProtobuf, Fail, ...)
+        what = "the ONNX bytes given" if isinstance(src, bytes) else repr(src)
+        raise ModelFileError(f"{where}: onnxruntime cannot load {what} as an ONNX model ({exc}). Export it "
+                             "again with compress.export_onnx.") from exc
+    shapes = dict(input_shapes or {})
+    inputs = {i.name: i.shape for i in sess.get_inputs()}
+    expected = {n: [d if isinstance(d, int) else None for d in s] for n, s in inputs.items()}
+    for name, shape in shapes.items():
+        if name not in inputs:
+            raise InputShapeError(f"{where}: the model has no input {name!r}; its inputs are {expected} (None: any "
+                                  f"size). Got input shapes {shapes}.")
+        ok = isinstance(shape, (list, tuple)) and len(shape) == len(inputs[name]) and all(
+            isinstance(d, int) and d > 0 and (e is None or d == e) for d, e in zip(shape, expected[name]))
+        if not ok:
+            raise InputShapeError(f"{where}: input {name!r} of the model has shape {expected[name]} (None: any "
+                                  f"size). Got {shape!r}. Pass {{{name!r}: [...]}} with that rank and the fixed sizes.")
+    feeds = pd.random_feeds(sess, shapes)
+    try:
+        sess.run(None, feeds)
+    except Exception as exc:  # onnxruntime's InvalidArgument / RuntimeException on shapes it cannot run
+        raise InputShapeError(f"{where}: the model does not run on inputs of shapes "
+                              f"{ {n: list(f.shape) for n, f in feeds.items()} } ({exc}). Pass input shapes the "
+                              f"model was exported for: {expected} (None: any size).") from exc
+    return sess, feeds
 
 
 class OrtCpuDevice:
@@ -25,6 +85,7 @@ class OrtCpuDevice:
     """
 
     name = "cpu"
+    capabilities = Capabilities(accepts=("onnx",), measurable_here=True, profilable_here=True)
 
     def __init__(self, threads: int = 1, opt_level: str = "all") -> None:
         check_parameter(isinstance(threads, int) and not isinstance(threads, bool) and threads > 0, "threads",
@@ -36,36 +97,41 @@ class OrtCpuDevice:
         self.opt_level = opt_level
 
     def fingerprint(self) -> dict:
+        """What identifies the timing conditions (JSON-able): CPU, cores, onnxruntime version, opt level, threads."""
         return pd.fingerprint(self.threads, self.opt_level)
 
     def measure(self, model: str | os.PathLike | bytes, input_shapes: dict[str, list[int]] | None = None,
                 **protocol: Any) -> Measurement:
-        """Whole-model latency: warm-up, then >= 50 runs until the median is stable."""
-        import onnxruntime as ort
+        """Whole-model latency: warm-up, then >= 50 runs until the median is stable.
 
-        src = model if isinstance(model, bytes) else str(model)
-        sess = ort.InferenceSession(src, pd.session_options(self.threads, self.opt_level),
-                                    providers=["CPUExecutionProvider"])
-        feeds = pd.random_feeds(sess, input_shapes or {})
+        Args:
+            model: an ONNX file (path or bytes).
+            input_shapes: input name -> shape, e.g. ``{"input": [1, 3, 224, 224]}``; dynamic sizes not given are 1.
+            protocol: ``pd.measure`` options (warmup, min_runs, max_runs, rel_tol).
+
+        Raises:
+            ModelNotFoundError / ModelFileError: missing or unreadable model file.
+            InputShapeError: input shapes the model does not take.
+        """
+        sess, feeds = open_session(model, input_shapes, self.threads, self.opt_level, "OrtCpuDevice.measure")
         return Measurement.from_stats(pd.measure(lambda: sess.run(None, feeds), **protocol), self.fingerprint())
 
     def measure_interleaved(self, models: list, input_shapes: dict[str, list[int]] | None = None,
                             **protocol: Any) -> list[Measurement]:
-        """Latency of several models timed in bursts in rotating order, so a slow phase of the host hits all alike."""
-        import onnxruntime as ort
-
+        """Latency of several models timed in bursts in rotating order, so a slow phase of the host hits all alike.
+        Arguments and errors as for ``measure``; one Measurement per model, in order."""
         runs = []
         for model in models:
-            src = model if isinstance(model, bytes) else str(model)
-            sess = ort.InferenceSession(src, pd.session_options(self.threads, self.opt_level),
-                                        providers=["CPUExecutionProvider"])
-            feeds = pd.random_feeds(sess, input_shapes or {})
+            sess, feeds = open_session(model, input_shapes, self.threads, self.opt_level,
+                                       "OrtCpuDevice.measure_interleaved")
             runs.append(lambda s=sess, f=feeds: s.run(None, f))
         fp = self.fingerprint()
         return [Measurement.from_stats(st, fp) for st in pd.measure_interleaved(runs, **protocol)]
 
     def profile(self, model: str | os.PathLike | bytes, input_shapes: dict[str, list[int]] | None = None,
                 **protocol: Any) -> dict:
-        """Whole-model latency plus per-kernel times of the optimised graph (see profile_device.py)."""
-        src = model if isinstance(model, bytes) else str(model)
+        """Whole-model latency plus per-kernel times of the optimised graph (see profile_device.py).
+        Arguments and errors as for ``measure``."""
+        open_session(model, input_shapes, self.threads, self.opt_level, "OrtCpuDevice.profile")  # checks only
+        src = model_source(model, "OrtCpuDevice.profile")
         return pd.profile_model(src, input_shapes or {}, self.threads, self.opt_level, **protocol)

@@ -250,6 +250,8 @@ class LatencyPredictor:
         >>> pred.predict_ms(net, [net.space.uniform_config(0.5)], family="resnet18")
     """
 
+    OPTIONAL_FIELDS = ("reference_ms", "anchors")  # fields of a saved file that older files lack
+
     def __init__(self, n_trees: int = 40, max_depth: int | None = 18, seed: int = 0, residual: bool = False,
                  suite_weight: float = 0.1) -> None:
         self.n_trees = n_trees
@@ -457,7 +459,14 @@ class LatencyPredictor:
 
     @classmethod
     def load(cls, path: str | os.PathLike, fingerprint: dict | None = None) -> "LatencyPredictor":
-        """Read a saved predictor; with ``fingerprint``, refuse one fitted on another device."""
+        """Read a saved predictor; with ``fingerprint``, refuse one fitted on another device.
+
+        Raises:
+            CorruptTableError: not a complete predictor file (truncated, another kind, fields missing or of the
+                wrong type).
+            SchemaVersionError: written with another schema version.
+            FingerprintMismatchError: ``fingerprint`` differs from the one the predictor was fitted for.
+        """
         try:
             d = json.loads(Path(path).read_text())
         except ValueError as exc:
@@ -468,6 +477,13 @@ class LatencyPredictor:
         if d.get("schema_version") != PREDICTOR_SCHEMA_VERSION:
             raise SchemaVersionError(f"{str(path)!r} has predictor schema version {d.get('schema_version')!r}; "
                                      f"this version reads {PREDICTOR_SCHEMA_VERSION}. Fit it again.")
+        for key, (types, what) in PREDICTOR_FIELDS.items():
+            if key not in d and key in cls.OPTIONAL_FIELDS:
+                continue
+            if key not in d or not isinstance(d[key], types) or isinstance(d[key], bool):
+                got = f"{type(d[key]).__name__} {d[key]!r:.60}" if key in d else "nothing"
+                raise CorruptTableError(f"{str(path)!r}: field {key!r} must be {what}; got {got}. Fit and save "
+                                        "it again.")
         if fingerprint is not None:
             check_fingerprint(d["fingerprint"], fingerprint, "This predictor")
         try:
@@ -478,13 +494,32 @@ class LatencyPredictor:
             p.anchors_ = dict(d.get("anchors", {}))
             p.forests_ = {k: ForestModel.from_dict(v) for k, v in d["forests"].items()}
             p.roofline_ = RooflineModel.from_dict(d["roofline"]) if d["roofline"] is not None else None
-            p.exact_ = {tuple(k): v for k, v in d["exact"]}
-            p.overhead_ = d["overhead"]
-            p.global_overhead_ = d["global_overhead"]
-        except (KeyError, TypeError) as exc:
-            raise CorruptTableError(f"{str(path)!r} misses field {exc}; fit and save it again.") from exc
+            p.exact_ = {tuple(k): float(v) for k, v in d["exact"]}
+            p.overhead_ = {k: [float(c) for c in v] for k, v in d["overhead"].items()}
+            p.global_overhead_ = [float(c) for c in d["global_overhead"]]
+            n_coef = 5  # _overhead_features' columns
+            if any(len(c) != n_coef for c in [p.global_overhead_, *p.overhead_.values()]):
+                raise ValueError(f"overhead coefficients must be {n_coef} numbers each")
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+            raise CorruptTableError(f"{str(path)!r} has a missing or damaged field ({exc!r}); fit and save it "
+                                    "again.") from exc
         p._cache = {}
         return p
+
+
+# Fields of a saved predictor: JSON types and what they are (for the messages of a damaged file).
+PREDICTOR_FIELDS: dict[str, tuple[tuple[type, ...], str]] = {
+    "fingerprint": ((dict,), "an object (the device fingerprint)"),
+    "params": ((dict,), "an object (the constructor's settings)"),
+    "roofline": ((dict, type(None)), "an object or null"),
+    "block": ((int,), "an int (the channel block)"),
+    "reference_ms": ((int, float, type(None)), "a number or null"),
+    "anchors": ((dict,), "an object (anchor -> scale)"),
+    "forests": ((dict,), "an object (kernel family -> tree ensemble)"),
+    "exact": ((list,), "a list of [kernel, us] pairs"),
+    "overhead": ((dict,), "an object (family -> coefficients)"),
+    "global_overhead": ((list,), "a list of coefficients"),
+}
 
 
 # onnxruntime kernels that stream over their tensor once (their time is about proportional to its elements)

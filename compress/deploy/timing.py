@@ -17,25 +17,31 @@ from typing import Any
 
 from torch import nn
 
+from devices.capabilities import capabilities_of
 from devices.measurement import Measurement
 from devices.profile_device import round_ratio
 
 from compress.errors import check_parameter
 from compress.subnet.export import export_onnx
 
-ONNX_DEVICES = ("cpu", "ort-cpu")
-TORCH_DEVICES = ("torch-cpu",)
-
 
 def can_measure(device: Any) -> bool:
-    """Whether ``device`` can time a module from this process (a board cannot: it works through bundles)."""
-    return getattr(device, "name", "") in ONNX_DEVICES + TORCH_DEVICES
+    """Whether ``device`` can time a module from this process (its ``capabilities.measurable_here`` and it takes
+    ONNX files or modules; a board cannot: it works through bundles)."""
+    caps = capabilities_of(device)
+    return caps.measurable_here and bool(caps.accepts)
+
+
+def takes_onnx(device: Any) -> bool:
+    """Whether a module is handed to ``device`` as its ONNX export: its first accepted model kind is "onnx"."""
+    accepts = capabilities_of(device).accepts
+    return bool(accepts) and accepts[0] == "onnx"
 
 
 def measure_module(device: Any, module: nn.Module, example_inputs: tuple, folder: str | Path | None = None):
-    """Latency of ``module`` on ``device``: onnxruntime devices time its verified ONNX export, torch devices the
-    module itself. Returns a Measurement."""
-    if getattr(device, "name", "") in ONNX_DEVICES:
+    """Latency of ``module`` on ``device``: devices that take ONNX time its verified ONNX export, devices that
+    take modules the module itself. Returns a Measurement."""
+    if takes_onnx(device):
         with tempfile.TemporaryDirectory(dir=folder) as tmp:
             path = Path(tmp) / "subnet.onnx"
             export_onnx(module, example_inputs, path)
@@ -62,7 +68,7 @@ class ReferenceTimer:
         self.device = device
         self.example_inputs = example_inputs
         self._tmp = tempfile.TemporaryDirectory(prefix="reference-timer-")
-        self._onnx = getattr(device, "name", "") in ONNX_DEVICES
+        self._onnx = takes_onnx(device)
         self.history: list[dict] = []
         if self._onnx:
             self.reference = Path(self._tmp.name) / "reference.onnx"

@@ -9,6 +9,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from compress.errors import CompressError
+from devices.capabilities import capabilities_of
 from predictors import LatencyPredictor
 from predictors.errors import SchemaVersionError
 from predictors.profiling import profile_family
@@ -46,7 +47,8 @@ class LatencyCost:
 
 def fit_latency_predictor(net, device, family: str, work_dir: str | os.PathLike, n_configs: int = 24,
                           progress: bool = True):
-    """Profile ``n_configs`` subnets of ``net`` in context on ``device`` (onnxruntime CPU) and fit a predictor.
+    """Profile ``n_configs`` subnets of ``net`` in context on ``device`` (one whose ``capabilities.profilable_here``:
+    onnxruntime on this CPU with ``device.threads`` threads) and fit a predictor.
 
     The table (``<work_dir>/<family>.lut.json``) and predictor (``<family>.predictor.json``) are kept: a second
     call reuses them, and an interrupted profiling run resumes where it stopped.
@@ -55,7 +57,7 @@ def fit_latency_predictor(net, device, family: str, work_dir: str | os.PathLike,
         PredictorUnavailableError: the device cannot be profiled from here (a board: profile it with
             tools/profile_device.py and pass ``predictor=``).
     """
-    if not hasattr(device, "profile") or getattr(device, "name", "") not in ("cpu", "ort-cpu"):
+    if not capabilities_of(device).profilable_here:
         raise PredictorUnavailableError(
             f"Latency search on device {getattr(device, 'name', device)!r} needs a latency predictor fitted on "
             "that device's measurements, and this device cannot be profiled from here. Write a bundle with "

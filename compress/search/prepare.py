@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from compress.errors import CompressError, InvalidParameterError
-from devices import get_device
+from devices import device_options, get_device
 from compress.train.evaluate import evaluate, take_batches
 from compress.subnet.extract import extract_subnet
 from compress.result import SlimResult
@@ -68,8 +68,10 @@ def _check_loader(loader: Iterable, what: str, num_classes: int) -> tuple[torch.
 
 
 def _resolve_device(device: Any, threads: int) -> Any:
+    """A device object: a registered name is created with ``threads`` when its factory takes that option."""
     if isinstance(device, str):
-        return get_device(device, threads=threads) if device != "board" else get_device(device)
+        takes = device_options(device)  # None: any option
+        return get_device(device, **({"threads": threads} if takes is None or "threads" in takes else {}))
     return device
 
 
