@@ -33,5 +33,5 @@ def resnet18_net():
 
 def group_of(net: compress.SlimmableNetwork, key: tuple) -> set[str]:
     """Names of the groups holding the channels of one sliced dim, e.g. ("module", "conv1", "out")."""
-    g, _ = net.positions(net._dims[key])
+    g, _ = net.positions(net.site(*key).atoms)
     return {net.space.groups[i].name for i in set(g.tolist())}

@@ -48,7 +48,7 @@ def test_concat_is_offset_aware():
     net = compress.SlimmableNetwork(CatAdd(), torch.randn(1, 3, 8, 8))
     widths = {g.name: g.width for g in net.space.free}
     assert widths == {"a": 16, "b": 24}
-    g, i = net.positions(net._dims[("module", "c", "out")])
+    g, i = net.positions(net.site("module", "c", "out").atoms)
     names = [net.space.groups[x].name for x in g]
     assert names == ["a"] * 16 + ["b"] * 24
     assert i.tolist() == list(range(16)) + list(range(24))
@@ -62,7 +62,7 @@ def test_concat_is_offset_aware():
 
 def test_densenet_concat_offsets():
     net = compress.SlimmableNetwork(torchvision.models.densenet121(), torch.randn(1, 3, 64, 64))
-    g, i = net.positions(net._dims[("module", "features.denseblock1.denselayer2.norm1", "feat")])
+    g, i = net.positions(net.site("module", "features.denseblock1.denselayer2.norm1", "feat").atoms)
     names = [net.space.groups[x].name for x in g]
     assert names == ["features.conv0"] * 64 + ["features.denseblock1.denselayer1.conv2"] * 32
     assert i.tolist() == list(range(64)) + list(range(32))
@@ -128,7 +128,7 @@ def test_squeeze_excitation_gate_is_coupled_to_its_block():
 
 def test_flatten_to_linear_repeats_each_channel_per_position():
     net = compress.SlimmableNetwork(torchvision.models.vgg11_bn(), torch.randn(1, 3, 64, 64))
-    g, i = net.positions(net._dims[("module", "classifier.0", "in")])
+    g, i = net.positions(net.site("module", "classifier.0", "in").atoms)
     assert {net.space.groups[x].name for x in g} == {"features.25"}
     assert np.array_equal(i, np.repeat(np.arange(512), 49))
     sub = compress.extract_subnet(net, {"features.25": 256})
@@ -153,7 +153,7 @@ class Shuffle(nn.Module):
 def test_channel_shuffle_becomes_a_permutation_and_stays_slimmable():
     net = compress.SlimmableNetwork(Shuffle(), torch.randn(1, 3, 8, 8))
     assert {g.name for g in net.space.free} == {"a", "b"}
-    g, i = net.positions(net._dims[("module", "head", "in")])
+    g, i = net.positions(net.site("module", "head", "in").atoms)
     assert [net.space.groups[x].name for x in g] == ["a", "b"] * 8
     assert i.tolist() == [v for k in range(8) for v in (k, k)]
     x = torch.randn(2, 3, 8, 8)

@@ -7,6 +7,7 @@ import torch
 import torchvision
 
 import compress
+from compress.slim.layers import slim_selection
 from conftest import group_of
 
 
@@ -84,7 +85,7 @@ def test_bn_running_stats_written_back_for_non_prefix_selection():
     cfg = {"features.conv0": 32, "features.denseblock1.denselayer1.conv2": 16}
     net.set_config(cfg)
     bn = net.graph_module.get_submodule(name)
-    assert isinstance(bn._slim["feat"], torch.Tensor)  # not a prefix: channels 0-31 and 64-79
+    assert isinstance(slim_selection(bn)["feat"], torch.Tensor)  # not a prefix: channels 0-31 and 64-79
     before = bn.running_mean.clone()
     net.train()
     with torch.no_grad():

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from compress.errors import check_parameter
-from compress.slim.network import SlimmableNetwork
+from compress.slim.network import SITE_KINDS, SlimmableNetwork
 
 
 def _l1_rows(mod: nn.Module) -> torch.Tensor:
@@ -37,8 +37,8 @@ def _complete_groups(net: SlimmableNetwork) -> set[int]:
     """Groups that every dim holds whole (each index equally often): safe to permute."""
     ga = net.assignment
     ok = {i for i, g in enumerate(ga.groups) if not g.frozen}
-    for atoms in net._dims.values():
-        g, i = ga.atom_group[atoms], ga.atom_index[atoms]
+    for site in net.sites:
+        g, i = ga.atom_group[site.atoms], ga.atom_index[site.atoms]
         for gid in np.unique(g).tolist():
             if gid not in ok:
                 continue
@@ -71,13 +71,13 @@ def reorder_channels_(net: SlimmableNetwork, importance: str = "bn") -> dict[str
     scores = {gid: np.zeros(ga.groups[gid].width) for gid in _complete_groups(net)}
     for name in dict.fromkeys([importance, "l1"]):
         role, fn = IMPORTANCES[name]
-        for key, atoms in net._dims.items():
-            if key[0] != "module" or key[2] != role:
+        for site in net.sites:
+            if site.kind != "module" or site.role != role:
                 continue
-            s = fn(modules[key[1]])
+            s = fn(modules[site.module])
             if s is None:
                 continue
-            g, i = ga.atom_group[atoms], ga.atom_index[atoms]
+            g, i = net.positions(site.atoms)
             for gid in scores:
                 if name == "l1" and importance != "l1" and np.ptp(scores[gid]) > 0:
                     continue  # the chosen importance already ranks this group
@@ -103,19 +103,11 @@ def permute_groups_(net: SlimmableNetwork, perms: dict[int, np.ndarray]) -> dict
                     sorted(ga.groups[g].name for g in bad))
     modules = dict(net.graph_module.named_modules())
     with torch.no_grad():
-        for key, atoms in net._dims.items():
-            src = _source_positions(ga.atom_group[atoms], ga.atom_index[atoms], perms)
+        for site in net.sites:  # each site kind moves its own tensors (SITE_KINDS; a layer: its LayerKind)
+            src = _source_positions(*net.positions(site.atoms), perms)
             if src is None:
                 continue
-            idx = torch.from_numpy(src)
-            if key[0] == "module":
-                mod = modules[key[1]]
-                _permute_module(mod, key[2], idx)
-            elif key[0] == "attr":
-                owner_name, _, leaf = key[2].rpartition(".")
-                owner = net.graph_module.get_submodule(owner_name) if owner_name else net.graph_module
-                t = getattr(owner, leaf)
-                t.data = t.data.index_select(modules[key[1]].dim, idx)
+            SITE_KINDS[site.kind].permute(net.graph_module, modules[site.module], site, torch.from_numpy(src))
     return {ga.groups[gid].name: np.asarray(p).tolist() for gid, p in perms.items()}
 
 
@@ -137,13 +129,3 @@ def _source_positions(g: np.ndarray, i: np.ndarray, perms: dict[int, np.ndarray]
     return np.array([lookup[(a, b, c)] for a, b, c in zip(g.tolist(), new_i.tolist(), occ.tolist())],
                     dtype=np.int64)
 
-
-def _permute_module(mod: nn.Module, role: str, idx: torch.Tensor) -> None:
-    if role == "in":
-        if getattr(mod, "groups", 1) == 1:
-            mod.weight.data = mod.weight.data.index_select(1, idx)
-        return  # grouped / depthwise convs: the in dim is the out dim, permuted with "out"
-    for name in ("weight", "bias", "running_mean", "running_var"):
-        t = getattr(mod, name, None)
-        if t is not None:
-            t.data = t.data.index_select(0, idx)

@@ -56,17 +56,14 @@ class DMSNetwork(nn.Module):
         ones = int(offsets[-1])  # index of a constant 1 appended to the masks (frozen channels)
         modules = dict(net.graph_module.named_modules())
         norm_atoms, producers = [], []
-        for key, atoms in net._dims.items():
-            if key[0] != "module":
-                continue
-            mod = modules[key[1]]
-            if isinstance(mod, NORM_TYPES):
-                norm_atoms.append(atoms)
-                producers.append((key[1], atoms))
+        for site in net.sites:
+            if site.kind == "module" and isinstance(modules[site.module], NORM_TYPES):
+                norm_atoms.append(site.atoms)
+                producers.append((site.module, site.atoms))
         covered = set(np.concatenate(norm_atoms).tolist()) if norm_atoms else set()
-        for key, atoms in net._dims.items():
-            if key[0] == "module" and key[2] == "out" and not set(atoms.tolist()) <= covered:
-                producers.append((key[1], atoms))
+        for site in net.sites:
+            if site.kind == "module" and site.role == "out" and not set(site.atoms.tolist()) <= covered:
+                producers.append((site.module, site.atoms))
         self._apply: dict[str, torch.Tensor] = {}
         for name, atoms in producers:
             g, i = ga.atom_group[atoms], ga.atom_index[atoms]
