@@ -9,17 +9,22 @@ from compress import moved
 
 moved.install()
 
-from compress.errors import (CompressError, ExportError, ExportMismatchError, FlopsMismatchError, InputShapeError, InvalidConfigError,
-                     InvalidParameterError, TraceError, UnsupportedOpError)
+from compress.errors import (BudgetNotMetError, BudgetUnreachableError, CheckpointMismatchError, CompressError,
+                             ExportError, ExportMismatchError, FlopsMismatchError, InputShapeError,
+                             InvalidConfigError, InvalidParameterError, MislabelledDataError, NothingToSlimError,
+                             PredictorUnavailableError, SearchResumeError, TraceError, UnsupportedOpError,
+                             WriteError)
 from compress.subnet.extract import extract_subnet
 from compress.space.groups import ChannelGroup
 from compress.slim.network import SlimmableNetwork
 from compress.space.space import ChannelSpace, Config
 
 __all__ = [
-    "ChannelGroup", "ChannelSpace", "CompressError", "Config", "ExportError", "ExportMismatchError", "FlopsMismatchError",
-    "InputShapeError", "InvalidConfigError", "InvalidParameterError", "SlimmableNetwork", "TraceError",
+    "ChannelGroup", "ChannelSpace", "CompressError", "Config", "ExportError", "ExportMismatchError",
+    "FlopsMismatchError", "InputShapeError", "InvalidConfigError", "InvalidParameterError", "SlimmableNetwork", "TraceError",
     "UnsupportedOpError", "extract_subnet",
+    "BudgetNotMetError", "BudgetUnreachableError", "CheckpointMismatchError", "MislabelledDataError",
+    "NothingToSlimError", "PredictorUnavailableError", "SearchResumeError", "WriteError",
 ]
 
 from compress.subnet.bn import recalibrate_bn
@@ -30,13 +35,11 @@ from compress.slim.reorder import reorder_channels_
 __all__ += ["recalibrate_bn", "ExportReport", "export_onnx", "FlopReport", "count_flops", "reorder_channels_"]
 
 from compress.api.autoslim import autoslim
-from compress.search.prepare import BudgetUnreachableError, MislabelledDataError, NothingToSlimError
-from compress.deploy.closed_loop import BudgetNotMetError
 from compress.result import SlimResult
 from compress.settings import AutoSlimSettings, SearchSettings, TrainSettings
 from compress.train.supernet import train_supernet
 
-__all__ += ["BudgetNotMetError", "BudgetUnreachableError", "MislabelledDataError", "NothingToSlimError", "autoslim",
+__all__ += ["autoslim",
             "SlimResult", "AutoSlimSettings", "SearchSettings", "TrainSettings", "train_supernet"]
 
 from compress.dms import DMSSettings, dms

@@ -47,6 +47,52 @@ class FlopsMismatchError(CompressError, AssertionError):
     """The analytic FLOPs of a config differ from fvcore's count of the same network (names the op)."""
 
 
+class WriteError(CompressError, OSError):
+    """A file could not be written (read-only folder, missing parent, disk full...).
+
+    Raised by :func:`compress.io.atomic_write` and everything built on it; the message names the path and the
+    operating system's reason, and ``errno``, ``strerror`` and ``filename`` are those of the ``OSError`` it wraps.
+    The target file, if it existed, is left as it was.
+    """
+
+    def __init__(self, message: str, *, errno: int | None = None, strerror: str | None = None,
+                 filename: str | None = None) -> None:
+        super().__init__(message)
+        self.errno, self.strerror, self.filename = errno, strerror, filename
+
+    def __str__(self) -> str:  # OSError would otherwise print "[Errno n] strerror: filename" once errno is set
+        return str(self.args[0]) if self.args else ""
+
+
+# ---- search, training and deployment (compress.search, compress.train, compress.deploy) ----------------------
+class SearchResumeError(CompressError, ValueError):
+    """A saved search path belongs to another network, objective or target."""
+
+
+class PredictorUnavailableError(CompressError, ValueError):
+    """A latency objective was asked for a device that cannot be profiled here, and no predictor was given."""
+
+
+class BudgetNotMetError(CompressError, RuntimeError):
+    """No subnet on the search path measured under the latency budget."""
+
+
+class CheckpointMismatchError(CompressError, ValueError):
+    """A checkpoint on disk was written with other settings or for another network."""
+
+
+class BudgetUnreachableError(CompressError, ValueError):
+    """The budget is below what the smallest subnet of the space reaches."""
+
+
+class NothingToSlimError(CompressError, ValueError):
+    """The model has no channel group that can be narrowed."""
+
+
+class MislabelledDataError(InvalidParameterError):
+    """Loader labels do not fit the model's outputs (wrong dtype, shape or range)."""
+
+
 def check_parameter(ok: bool, name: str, where: str, expected: str, got: object) -> None:
     """Raise :class:`InvalidParameterError` in the one message shape used everywhere.
 

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Mapping
 
 from compress.errors import check_parameter
+from compress.io import atomic_write
 
 from . import profile_device as pd
 from .capabilities import Capabilities
@@ -48,9 +48,8 @@ def write_bundle(models: Mapping[str, str | os.PathLike], input_shapes: Mapping[
     check_parameter(len(models) > 0, "models", "write_bundle", "a non-empty mapping", models)
     path = Path(path)
     manifest = {"schema_version": pd.BUNDLE_SCHEMA_VERSION, "kind": pd.BUNDLE_KIND, "models": []}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+
+    def write(tmp: str) -> None:
         with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as z:
             for i, (name, onnx_path) in enumerate(models.items()):
                 arc = f"models/{i:05d}.onnx"
@@ -66,10 +65,8 @@ def write_bundle(models: Mapping[str, str | os.PathLike], input_shapes: Mapping[
                 _add_file(z, anchor, "anchor.onnx")
                 manifest["anchor"] = {"file": "anchor.onnx", "inputs": dict(input_shapes), "name": anchor_name}
             z.writestr(_entry("manifest.json"), json.dumps(manifest, indent=1))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+
+    atomic_write(path, write)
     return path
 
 

@@ -21,13 +21,15 @@ batch is flushed to ``--out`` atomically (temporary file, then rename), so a cra
 Ctrl-C loses nothing finished, and running the same command again resumes with the
 models not yet measured.
 
-Exit codes: 0 done, 2 bad input (unknown bundle schema, unreadable bundle,
-output from another device or bundle), 130 interrupted.
+Exit codes: 0 done, 1 a file could not be written or read (the message names it and the
+OS's reason), 2 bad input (unknown bundle schema, unreadable bundle, output from another
+device or bundle), 130 interrupted.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import hashlib
 import json
 import os
@@ -264,19 +266,64 @@ def sha256_file(path: str) -> str:
     return h.hexdigest()
 
 
-def write_json_atomic(path: str, data: dict) -> None:
-    """Write JSON to a temporary file in the same folder, fsync, then rename over ``path``."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+def current_umask() -> int:
+    """The process's umask, read from /proc/self/status where the OS tells it, else set and restored."""
     try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o077)  # this script runs one thread: no race
+    os.umask(mask)
+    return mask
+
+
+def write_json_atomic(path: str, data: dict) -> None:
+    """Write JSON to ``path`` atomically, as the host's ``compress.io.atomic_write`` does (this script cannot import
+    it): a temporary file in the same folder (created with the folder if missing), mode ``0o666 & ~umask`` (as
+    ``open(path, "w")`` would give, not mkstemp's 0600), fsync, rename over ``path`` with ``os.replace``, fsync of
+    the folder where the OS allows. On any error the temporary file is removed and ``path`` is left as it was; an
+    ``OSError`` is raised again with a message naming ``path`` and the OS's reason."""
+    folder = os.path.dirname(os.path.abspath(path))
+    doing, tmp = "creating its folder", None
+    try:
+        os.makedirs(folder, exist_ok=True)
+        doing = "creating a temporary file beside it"
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+        doing = "writing it"
         with os.fdopen(fd, "w") as f:
             json.dump(data, f)
+            doing = "flushing it to disk"
             f.flush()
+            os.chmod(tmp, 0o666 & ~current_umask())
             os.fsync(f.fileno())
+        doing = "renaming the temporary file onto it"
         os.replace(tmp, path)
+        tmp = None
+        doing = "syncing its folder (the new file is in place)"
+        if os.name != "nt":
+            dir_fd = os.open(folder, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            except OSError as exc:
+                if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EBADF, errno.EACCES,
+                                     errno.EPERM):
+                    raise
+            finally:
+                os.close(dir_fd)
+    except OSError as exc:
+        reason = exc.strerror or str(exc) or type(exc).__name__
+        code = f" ({errno.errorcode.get(exc.errno, exc.errno)})" if exc.errno is not None else ""
+        raise OSError(exc.errno, f"Cannot write {path!r}: {reason}{code} while {doing}. Check that the folder "
+                      "exists and is writable and that the disk has space.") from exc
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
 
 
 def load_resumable(out: str, bundle_hash: str, fp: dict) -> dict | None:
@@ -384,6 +431,9 @@ def main(argv: list[str] | None = None) -> int:
     except ProfileInputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # e.g. --out cannot be written (the message names the path and the reason)
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"\ninterrupted; finished models are saved in {args.out}. Run the same command to resume.",
               file=sys.stderr)

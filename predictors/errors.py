@@ -19,9 +19,5 @@ class NotFittedError(CompressError, ValueError, AttributeError):
     """A predictor used before ``fit``."""
 
 
-class UnsupportedKernelError(CompressError, ValueError):
-    """Kernels with no predictor: never counted as 0 ms."""
-
-
 class ReferenceMismatchError(CompressError, ValueError):
     """Tables timed beside different reference models, so their latencies are on different scales."""

@@ -22,7 +22,7 @@ import numpy as np
 
 from compress.cost.counts import SpecCounter
 from compress.cost.flops import numel_poly
-from devices import profile_device as pd
+from compress.io import save_json
 
 from .errors import CorruptTableError, NotFittedError, ReferenceMismatchError, SchemaVersionError
 from .features import FAMILIES, raw_from_kernel
@@ -445,9 +445,14 @@ class LatencyPredictor:
 
     # ---- files ------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:
-        """Write the fitted predictor as JSON (atomically)."""
+        """Write the fitted predictor as JSON atomically (:func:`compress.io.atomic_write`).
+
+        Raises:
+            NotFittedError: ``fit`` was not called.
+            WriteError: the file could not be written (the message names the path and the OS's reason).
+        """
         self._check_fitted()
-        pd.write_json_atomic(str(path), {
+        save_json({
             "schema_version": PREDICTOR_SCHEMA_VERSION, "kind": PREDICTOR_KIND, "fingerprint": self.fingerprint_,
             "params": {"n_trees": self.n_trees, "max_depth": self.max_depth, "seed": self.seed,
                        "residual": self.residual, "suite_weight": self.suite_weight},
@@ -455,7 +460,7 @@ class LatencyPredictor:
             "block": self.block_, "reference_ms": self.reference_ms_, "anchors": self.anchors_,
             "forests": {k: f.to_dict() for k, f in self.forests_.items()},
             "exact": [[list(k), v] for k, v in self.exact_.items()],
-            "overhead": self.overhead_, "global_overhead": self.global_overhead_})
+            "overhead": self.overhead_, "global_overhead": self.global_overhead_}, path, indent=None)
 
     @classmethod
     def load(cls, path: str | os.PathLike, fingerprint: dict | None = None) -> "LatencyPredictor":

@@ -13,6 +13,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from compress.io import save_json
 from devices import profile_device as pd
 
 from .errors import CorruptTableError, FingerprintMismatchError, SchemaVersionError
@@ -65,10 +66,14 @@ class LatencyTable:
         return table
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write atomically (temporary file, then rename)."""
-        pd.write_json_atomic(str(path), {"schema_version": pd.TABLE_SCHEMA_VERSION, "kind": pd.TABLE_KIND,
-                                         "fingerprint": self.fingerprint, "bundle_meta": self.meta,
-                                         "records": self.records})
+        """Write atomically (:func:`compress.io.atomic_write`: mode ``0o666 & ~umask``, never half-written).
+
+        Raises:
+            WriteError: the file could not be written (the message names the path and the OS's reason).
+        """
+        save_json({"schema_version": pd.TABLE_SCHEMA_VERSION, "kind": pd.TABLE_KIND,
+                   "fingerprint": self.fingerprint, "bundle_meta": self.meta, "records": self.records},
+                  path, indent=None)
 
     def merge(self, other: "LatencyTable") -> "LatencyTable":
         """Records of both tables (the same device only); later records win on name clashes."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 import warnings
 from typing import Any, Callable
 
-from compress.errors import CompressError
+from compress.errors import BudgetNotMetError
 from compress.subnet.extract import extract_subnet
 from compress.deploy.timing import ReferenceTimer, measure_module
 
@@ -21,10 +21,6 @@ from compress.deploy.timing import ReferenceTimer, measure_module
 # ratio to the full model by 1-2% (docs/measurement_noise.md); two AutoSlim subnets chosen at 99-100% of the budget
 # re-measured 0.2% and 2.3% over it (docs/dms_cifar_resnet18.md).
 HEADROOM = 0.02
-
-
-class BudgetNotMetError(CompressError, RuntimeError):
-    """No subnet on the search path measured under the latency budget."""
 
 
 def closed_loop(net, path: list[dict], budget_ms: float, device: Any, max_measurements: int = 6,

@@ -19,15 +19,11 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 from compress.io import save_json
-from compress.errors import CompressError
+from compress.errors import SearchResumeError
 from compress.settings import SearchSettings
 
 CostFn = Callable[[Sequence[Mapping[str, int]]], np.ndarray]
 ScoreFn = Callable[[Mapping[str, int]], dict]
-
-
-class SearchResumeError(CompressError, ValueError):
-    """A saved search path belongs to another network, objective or target."""
 
 
 def _least_damage(cur: dict, cur_cost: float):

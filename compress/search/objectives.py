@@ -8,15 +8,11 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from compress.errors import CompressError
+from compress.errors import PredictorUnavailableError
 from devices.capabilities import capabilities_of
 from predictors import LatencyPredictor
 from predictors.errors import SchemaVersionError
 from predictors.profiling import profile_family
-
-
-class PredictorUnavailableError(CompressError, ValueError):
-    """A latency objective was asked for a device that cannot be profiled here, and no predictor was given."""
 
 
 class FlopsCost:

@@ -12,25 +12,14 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import nn
 
-from compress.errors import CompressError, InvalidParameterError
+from compress.errors import (BudgetUnreachableError, InvalidParameterError, MislabelledDataError,
+                             NothingToSlimError)
 from devices import device_options, get_device
 from compress.train.evaluate import evaluate, take_batches
 from compress.subnet.extract import extract_subnet
 from compress.result import SlimResult
 from compress.slim.network import SlimmableNetwork
 from compress.deploy.timing import ReferenceTimer, can_measure
-
-
-class BudgetUnreachableError(CompressError, ValueError):
-    """The budget is below what the smallest subnet of the space reaches."""
-
-
-class NothingToSlimError(CompressError, ValueError):
-    """The model has no channel group that can be narrowed."""
-
-
-class MislabelledDataError(InvalidParameterError):
-    """Loader labels do not fit the model's outputs (wrong dtype, shape or range)."""
 
 
 @dataclass

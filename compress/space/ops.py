@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from compress.space.atoms import FlopOp, IdMeta, PassState, TMeta
-from compress.errors import check_parameter
+from compress.errors import CompressError, UnsupportedOpError, check_parameter
 from compress.space.trace import EXTRA_LEAF_MODULES, class_key
 
 ModuleHandler = Callable[[PassState, fx.Node, nn.Module, tuple, dict, Any], Any]
@@ -663,7 +663,24 @@ def module_handler(mod: nn.Module) -> ModuleHandler | None:
 
 
 def handle_node(p: PassState, n: fx.Node, args: tuple, kwargs: dict, value: Any) -> Any:
-    """Propagate channels through one node; the entry point the propagator calls."""
+    """Propagate channels through one node; the entry point the propagator calls.
+
+    Raises:
+        UnsupportedOpError: the node's handler failed on it. Its channels cannot be frozen safely then, since the
+            handler may have coupled some of them already; the message names the node, the op and the handler.
+    """
+    try:
+        return _handle_node(p, n, args, kwargs, value)
+    except CompressError:
+        raise
+    except Exception as exc:
+        raise UnsupportedOpError(
+            f"The channel handler of {_op_name(n)} at node {n.name!r} failed: {type(exc).__name__}: {exc}. Fix "
+            "the handler registered for it (compress.space.register_module/register_function/register_method), "
+            "or pass the layer in `ignore=` to freeze it at full width.") from exc
+
+
+def _handle_node(p: PassState, n: fx.Node, args: tuple, kwargs: dict, value: Any) -> Any:
     if n.op == "placeholder":
         if isinstance(value, torch.Tensor) and value.ndim >= 2:
             atoms = p.ctx.new_atoms(value.shape[1], f"input {n.name}", "network input")

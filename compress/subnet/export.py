@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from compress.io import atomic_write
-from compress.errors import ExportError, ExportMismatchError
+from compress.errors import ExportError, ExportMismatchError, WriteError
 from compress.space.trace import as_input_tuple
 
 ATOL = 1e-4
@@ -100,7 +100,8 @@ def export_onnx(model: nn.Module, example_inputs: Any, path: str | os.PathLike, 
 
     The file is written to a temporary name in the target folder, checked with
     ``onnx.checker``, run with onnxruntime at the example batch size and (with a
-    dynamic batch axis) at batch size + 1, and only then renamed into place.
+    dynamic batch axis) at batch size + 1, and only then renamed into place
+    (:func:`compress.io.atomic_write`: fsynced, mode ``0o666 & ~umask``).
     Outputs must satisfy ``max |ort - torch| <= atol + rtol * max |torch|`` per
     output (defaults 1e-4 and 1e-3: float32 kernels differ in summation order, and
     deep randomly initialised nets have outputs in the tens or hundreds, so the
@@ -160,6 +161,8 @@ def export_onnx(model: nn.Module, example_inputs: Any, path: str | os.PathLike, 
 
     try:
         atomic_write(path, write)
+    except WriteError as exc:  # the documented error of this function for a path it cannot write
+        raise ExportError(f"ONNX export: {exc}") from exc
     finally:
         for m, mode in modes.items():
             m.training = mode

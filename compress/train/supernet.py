@@ -24,14 +24,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from compress.io import load_checkpoint, save_checkpoint
-from compress.errors import CompressError, InvalidParameterError
+from compress.errors import CheckpointMismatchError, InvalidParameterError
 from compress.train.losses import adaptive_alpha_divergence, kl_distill
 from compress.train.schedule import cosine_lambda, set_loader_epoch
 from compress.settings import TrainSettings
-
-
-class CheckpointMismatchError(CompressError, ValueError):
-    """A checkpoint on disk was written with other settings or for another network."""
 
 
 def sandwich_configs(space, settings: TrainSettings, step: int) -> list[dict]:
