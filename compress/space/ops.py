@@ -498,7 +498,7 @@ def per_channel_layer(channel_dim: int | None, kind: str) -> ModuleHandler:
         out = TMeta(tuple(value.shape), d, atoms)
         affine = getattr(mod, "weight", None) is not None
         # counted in eval mode: a BatchNorm without running statistics normalises with batch statistics
-        batch_stats = kind == "batch_norm" and getattr(mod, "running_mean", None) is None
+        batch_stats = isinstance(mod, nn.modules.batchnorm._BatchNorm) and mod.running_mean is None
         _flop(p, kind, n, [TMeta(x.shape, d, atoms)], out, affine=affine, batch_stats=batch_stats)
         return out
 
