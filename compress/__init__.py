@@ -12,7 +12,7 @@ moved.install()
 from compress.errors import (BudgetNotMetError, BudgetUnreachableError, CheckpointMismatchError, CompressError,
                              ExportError, ExportMismatchError, FlopsMismatchError, InputShapeError,
                              InvalidConfigError, InvalidParameterError, MislabelledDataError, NothingToSlimError,
-                             PredictorUnavailableError, SearchResumeError, TraceError, UnsupportedOpError,
+                             PredictorUnavailableError, ReorderError, SearchResumeError, TraceError, UnsupportedOpError,
                              WriteError)
 from compress.subnet.extract import extract_subnet
 from compress.space.groups import ChannelGroup
@@ -24,7 +24,7 @@ __all__ = [
     "FlopsMismatchError", "InputShapeError", "InvalidConfigError", "InvalidParameterError", "SlimmableNetwork", "TraceError",
     "UnsupportedOpError", "extract_subnet",
     "BudgetNotMetError", "BudgetUnreachableError", "CheckpointMismatchError", "MislabelledDataError",
-    "NothingToSlimError", "PredictorUnavailableError", "SearchResumeError", "WriteError",
+    "NothingToSlimError", "PredictorUnavailableError", "ReorderError", "SearchResumeError", "WriteError",
 ]
 
 from compress.subnet.bn import recalibrate_bn

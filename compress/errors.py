@@ -47,6 +47,10 @@ class FlopsMismatchError(CompressError, AssertionError):
     """The analytic FLOPs of a config differ from fvcore's count of the same network (names the op)."""
 
 
+class ReorderError(CompressError, AssertionError):
+    """A channel permutation would change what the full-width network computes (the weights are restored)."""
+
+
 class WriteError(CompressError, OSError):
     """A file could not be written (read-only folder, missing parent, disk full...).
 

@@ -3,7 +3,8 @@
 For a model and example inputs: the channel space builds; at max, min and random
 configs the extracted subnet equals the in-place slimmed network, at max config
 it equals the original model, its analytic FLOPs equal fvcore's count of the
-extracted subnet, and its ONNX export matches onnxruntime. Used by the zoo test
+extracted subnet, its ONNX export matches onnxruntime, and reordering channels by importance
+leaves the full-width output unchanged (outputs of any structure: tuple, list, dict, nested). Used by the zoo test
 and ``tools/zoo_coverage.py``; useful to users before they slim a new model.
 """
 
@@ -23,7 +24,8 @@ from compress.subnet.export import export_onnx
 from compress.subnet.extract import extract_subnet
 from compress.cost.flops import count_flops
 from compress.slim.network import SlimmableNetwork
-from compress.space.trace import as_input_tuple
+from compress.slim.reorder import reorder_channels_
+from compress.space.trace import as_input_tuple, flatten_tensors
 
 MAX_ABS_DIFF = 1e-5
 
@@ -41,6 +43,7 @@ class VerifyReport:
     flops_full: int = 0
     flops_min: int = 0
     onnx_max_abs_diff: float = 0.0
+    reorder_max_diff: float = 0.0
     seconds: float = 0.0
     error: str | None = None
     unknown_ops: list[str] = field(default_factory=list)
@@ -50,15 +53,15 @@ class VerifyReport:
 
 
 def _max_diff(a: Any, b: Any) -> float:
-    if isinstance(a, torch.Tensor):
-        return float((a - b).abs().max()) if a.numel() else 0.0
-    return max(_max_diff(x, y) for x, y in zip(a, b))
+    """Largest absolute difference over every tensor of two outputs of the same structure (any nesting)."""
+    ta, tb = flatten_tensors(a), flatten_tensors(b)
+    if len(ta) != len(tb):
+        raise AssertionError(f"outputs differ in structure: {len(ta)} vs {len(tb)} tensors")
+    return max((float((x - y).abs().max()) for x, y in zip(ta, tb) if x.numel()), default=0.0)
 
 
 def _scale(a: Any) -> float:
-    if isinstance(a, torch.Tensor):
-        return float(a.abs().max()) if a.numel() else 0.0
-    return max(_scale(x) for x in a)
+    return max((float(t.abs().max()) for t in flatten_tensors(a) if t.numel()), default=0.0)
 
 
 def verify_model(model: nn.Module, example_inputs: Any, n_random: int = 3, onnx: bool = True,
@@ -106,6 +109,11 @@ def verify_model(model: nn.Module, example_inputs: Any, n_random: int = 3, onnx:
                     rep.onnx_max_abs_diff = max(rep.onnx_max_abs_diff, r.max_abs_diff)
                 rep.configs_checked += 1
             net.set_config(None)
+            before = net(*inputs)
+            reorder_channels_(net, "l1")  # raises ReorderError itself if the function changes; checked again here
+            rep.reorder_max_diff = _max_diff(net(*inputs), before)
+            if rep.reorder_max_diff > tol:
+                raise AssertionError(f"reordering channels changed the full-width output by {rep.reorder_max_diff:.3g}")
         rep.ok = True
     except (CompressError, AssertionError, RuntimeError) as exc:
         rep.error = f"{type(exc).__name__}: {exc}"[:500]

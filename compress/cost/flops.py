@@ -179,6 +179,7 @@ FLOP_FORMULAS = {
                                                                  else (2 if op.params["affine"] else 1)),
     "layer_norm": lambda op, s: numel_poly(op.inputs[0], s) * (5 if op.params["affine"] else 4),
     "elementwise": lambda op, s: numel_poly(op.output, s),
+    "prelu": lambda op, s: Poly(),  # aten::prelu: fvcore does not count it (listed in FlopReport.unsupported)
     "adaptive_avg_pool": lambda op, s: numel_poly(op.inputs[0], s),
     "mean": lambda op, s: numel_poly(op.inputs[0], s),
     "pool": lambda op, s: numel_poly(op.output, s) * op.params["area"],

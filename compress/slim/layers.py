@@ -160,6 +160,12 @@ def _conv_permute(mod: nn.Module, role: str, idx: torch.Tensor) -> None:
             permute_tensors_(mod, ("weight",), 1, idx)
         return  # grouped / depthwise convs: the in dim is the out dim, permuted with "out"
     permute_tensors_(mod, ("weight", "bias"), 0, idx)
+    gs = mod.in_channels // mod.groups
+    if mod.groups > 1 and gs > 1:  # grouped conv (in and out are the same channels): a block-preserving
+        # permutation also reorders each block's input channels, dim 1 of the weight, by its order within the block
+        within = (idx.view(-1, gs) % gs).repeat_interleave(gs, dim=0)  # (out channels, gs): one order per block
+        w = mod.weight.data
+        mod.weight.data = torch.gather(w, 1, within.view(w.shape[0], gs, *([1] * (w.ndim - 2))).expand_as(w))
 
 
 def _linear_forward(mod: nn.Module, sel: Mapping[str, Selection], x: torch.Tensor) -> torch.Tensor:
@@ -218,6 +224,23 @@ def _batch_norm_slice(mod: nn.Module, sel: Mapping[str, Selection]) -> None:
 
 def _per_channel_permute(mod: nn.Module, role: str, idx: torch.Tensor) -> None:
     permute_tensors_(mod, _PER_CHANNEL, 0, idx)
+
+
+def _is_channel_prelu(mod: nn.Module) -> bool:
+    return isinstance(mod, nn.PReLU) and mod.num_parameters > 1
+
+
+def _prelu_forward(mod: nn.Module, sel: Mapping[str, Selection], x: torch.Tensor) -> torch.Tensor:
+    return F.prelu(x, take(mod.weight, 0, sel.get("feat")))
+
+
+def _prelu_slice(mod: nn.Module, sel: Mapping[str, Selection]) -> None:
+    slice_tensor_(mod, "weight", 0, sel.get("feat"))
+    mod.num_parameters = mod.weight.shape[0]
+
+
+def _prelu_permute(mod: nn.Module, role: str, idx: torch.Tensor) -> None:
+    permute_tensors_(mod, ("weight",), 0, idx)
 
 
 def _layer_norm_forward(mod: nn.Module, sel: Mapping[str, Selection], x: torch.Tensor) -> torch.Tensor:
@@ -310,6 +333,7 @@ for _kind in (
               _layer_norm_forward, _layer_norm_slice, _per_channel_permute),
     LayerKind("layer_norm2d", _is_layer_norm2d, ("feat",), _layer_norm2d_forward, _layer_norm_slice,
               _per_channel_permute),
+    LayerKind("prelu", _is_channel_prelu, ("feat",), _prelu_forward, _prelu_slice, _prelu_permute),
 ):
     register_layer_kind(_kind)
 

@@ -7,14 +7,19 @@ config keeps does. Needed when slimming starts from a trained model.
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import numpy as np
 import torch
 from torch import nn
 
-from compress.errors import check_parameter
+from compress.errors import ReorderError, check_parameter
 from compress.slim.network import SITE_KINDS, SlimmableNetwork
+from compress.space.trace import flatten_tensors
+
+# |full-width output after - before| <= ATOL * max(1, max |before|): permutations only reorder float sums
+ATOL = 1e-4
 
 
 def _l1_rows(mod: nn.Module) -> torch.Tensor:
@@ -83,8 +88,32 @@ def reorder_channels_(net: SlimmableNetwork, importance: str = "bn") -> dict[str
                     continue  # the chosen importance already ranks this group
                 sel = g == gid
                 np.add.at(scores[gid], i[sel], s.numpy()[sel])
-    perms = {gid: np.argsort(-sc, kind="stable") for gid, sc in scores.items()}
+    blocks = channel_blocks(net)
+    perms = {gid: block_order(sc, blocks.get(gid, 1)) for gid, sc in scores.items()}
     return permute_groups_(net, perms)
+
+
+def channel_blocks(net: SlimmableNetwork) -> dict[int, int]:
+    """Group id -> block size its permutations must keep together: the channels per conv group of every grouped
+    conv the group feeds (a grouped conv's output channel reads only its own block of input channels)."""
+    blocks: dict[int, int] = {}
+    for _, gs, atoms in net.coupling.grouped_convs:
+        for gid in np.unique(net.positions(atoms)[0]).tolist():
+            blocks[gid] = math.lcm(blocks.get(gid, 1), gs)
+    return blocks
+
+
+def block_order(scores: np.ndarray, block: int) -> np.ndarray:
+    """Most important first, moving whole blocks of ``block`` channels: blocks by their summed score, channels
+    inside a block by their own (a block-preserving permutation keeps a grouped conv's function)."""
+    if block <= 1:
+        return np.argsort(-scores, kind="stable")
+    nb = len(scores) // block
+    by_block = scores[:nb * block].reshape(nb, block)
+    order = np.argsort(-by_block.sum(1), kind="stable")
+    inner = np.argsort(-by_block, axis=1, kind="stable")
+    perm = (order[:, None] * block + inner[order]).reshape(-1)
+    return np.concatenate([perm, np.arange(nb * block, len(scores))])
 
 
 def permutable_groups(net: SlimmableNetwork) -> set[int]:
@@ -101,14 +130,45 @@ def permute_groups_(net: SlimmableNetwork, perms: dict[int, np.ndarray]) -> dict
     bad = set(perms) - _complete_groups(net)
     check_parameter(not bad, "perms", "permute_groups_", "permutations of permutable groups only",
                     sorted(ga.groups[g].name for g in bad))
+    blocks = channel_blocks(net)
+    for gid, p in perms.items():
+        b = blocks.get(gid, 1)
+        p = np.asarray(p)
+        ok = sorted(p.tolist()) == list(range(ga.groups[gid].width)) and \
+            (b == 1 or bool(np.all(p.reshape(-1, b) // b == (p.reshape(-1, b)[:, :1] // b))))
+        check_parameter(ok, "perms", "permute_groups_",
+                        f"a permutation of {ga.groups[gid].name!r} that moves whole blocks of {b} channels "
+                        f"(its grouped convs)" if b > 1 else "a permutation of the group's channels", p.tolist())
     modules = dict(net.graph_module.named_modules())
-    with torch.no_grad():
-        for site in net.sites:  # each site kind moves its own tensors (SITE_KINDS; a layer: its LayerKind)
-            src = _source_positions(*net.positions(site.atoms), perms)
-            if src is None:
-                continue
-            SITE_KINDS[site.kind].permute(net.graph_module, modules[site.module], site, torch.from_numpy(src))
+    saved = {k: v.clone() for k, v in net.graph_module.state_dict(keep_vars=False).items()}
+    was_training = net.training
+    net.eval()
+    try:
+        with torch.no_grad():
+            config = dict(net.config)
+            net.set_config(None)
+            before = flatten_tensors(net(*net.example_inputs))
+            _apply(net, modules, perms)
+            after = flatten_tensors(net(*net.example_inputs))
+            net.set_config(config)
+        diff = max((float((a - b).abs().max()) for a, b in zip(after, before) if a.numel()), default=0.0)
+        scale = max((float(b.abs().max()) for b in before if b.numel()), default=0.0)
+        if diff > ATOL * max(1.0, scale):
+            net.graph_module.load_state_dict(saved)
+            raise ReorderError(
+                f"Permuting the channels of {sorted(ga.groups[g].name for g in perms)} changed the full-width "
+                f"output by {diff:.3g} (outputs up to {scale:.3g}); the weights are restored. A layer constrains "
+                f"its channels in a way the op table does not know: name it in `ignore=` and report the model.")
+    finally:
+        net.train(was_training)
     return {ga.groups[gid].name: np.asarray(p).tolist() for gid, p in perms.items()}
+
+
+def _apply(net: SlimmableNetwork, modules: dict, perms: dict[int, np.ndarray]) -> None:
+    for site in net.sites:  # each site kind moves its own tensors (SITE_KINDS; a layer: its LayerKind)
+        src = _source_positions(*net.positions(site.atoms), perms)
+        if src is not None:
+            SITE_KINDS[site.kind].permute(net.graph_module, modules[site.module], site, torch.from_numpy(src))
 
 
 def _source_positions(g: np.ndarray, i: np.ndarray, perms: dict[int, np.ndarray]) -> np.ndarray | None:

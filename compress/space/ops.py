@@ -505,8 +505,34 @@ def per_channel_layer(channel_dim: int | None, kind: str) -> ModuleHandler:
     return handler
 
 
+def per_channel_tensors(mod: nn.Module, channels: int) -> list[str]:
+    """Names of the module's own parameters and buffers with more than one element whose size matches
+    ``channels`` along some dim: tensors a channel cut would have to slice."""
+    if channels <= 1:
+        return []
+    own = [*mod.named_parameters(recurse=False), *mod.named_buffers(recurse=False)]
+    return [name for name, t in own if t is not None and t.numel() > 1 and channels in tuple(t.shape)]
+
+
 def module_passthrough(p: PassState, n: fx.Node, mod: nn.Module, args: tuple, kwargs: dict, value: Any) -> Any:
+    """An element-wise layer without per-channel tensors: channels in = channels out. A layer that holds
+    per-channel parameters or buffers is refused (frozen, with the names): passing it through would leave them
+    unsliced at every narrow config."""
+    x = p.meta_of(n.args[0]) if n.args else None
+    channels = x.shape[x.cdim] if isinstance(x, TMeta) and x.cdim is not None else 0
+    tensors = per_channel_tensors(mod, channels)
+    if tensors:
+        return unknown(p, n, args, kwargs, value,
+                       f" ({type(mod).__name__} holds per-channel {tensors}: give it a layer kind, "
+                       f"compress.slim.layers.register_layer_kind, and a handler that slices them)")
     return passthrough(p, n, args, kwargs, value)
+
+
+def prelu(p: PassState, n: fx.Node, mod: nn.Module, args: tuple, kwargs: dict, value: Any) -> Any:
+    """PReLU: one shared slope passes channels through; one slope per channel is a per-channel layer."""
+    if mod.num_parameters == 1:
+        return passthrough(p, n, args, kwargs, value)
+    return per_channel_layer(1, "prelu")(p, n, mod, args, kwargs, value)
 
 
 def _module_fn(fn: FunctionHandler) -> ModuleHandler:
@@ -516,7 +542,7 @@ def _module_fn(fn: FunctionHandler) -> ModuleHandler:
 # ---- the tables -----------------------------------------------------------------------
 _ACTIVATIONS = (
     nn.ReLU, nn.ReLU6, nn.SiLU, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.Tanh, nn.GELU, nn.LeakyReLU,
-    nn.ELU, nn.Mish, nn.Softplus, nn.PReLU, nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d,
+    nn.ELU, nn.Mish, nn.Softplus, nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d,
     nn.AlphaDropout, nn.Hardtanh,
 )
 MODULE_HANDLERS: dict[Any, ModuleHandler] = {
@@ -536,8 +562,8 @@ MODULE_HANDLERS: dict[Any, ModuleHandler] = {
     nn.Flatten: _module_fn(flatten),
     nn.Softmax: _module_fn(softmax), nn.LogSoftmax: _module_fn(softmax),
     **{cls: module_passthrough for cls in _ACTIVATIONS},
+    nn.PReLU: prelu,
 }
-# PReLU with one slope per channel would need slicing: only its 1-parameter form passes through.
 
 _UNARY_FUNCTIONS = (
     torch.relu, torch.relu_, F.relu, F.relu6, F.silu, F.hardswish, F.hardsigmoid, F.gelu, F.leaky_relu,
@@ -688,8 +714,8 @@ def _handle_node(p: PassState, n: fx.Node, args: tuple, kwargs: dict, value: Any
         return untracked(value)
     if n.op == "get_attr":
         return TMeta(tuple(value.shape), attr=n) if isinstance(value, torch.Tensor) else None
-    if n.op == "output":
-        p.ctx.freeze_meta(p.meta_of(n.args[0]), "network output")
+    if n.op == "output":  # every tensor of any output structure (tuple, list, dict, nested)
+        fx.node.map_arg(n.args[0], lambda node: p.ctx.freeze_meta(p.metas.get(node), "network output"))
         return None
     if n.op == "call_module":
         mod = p.modules[n.target]

@@ -50,7 +50,32 @@ def propagate(gm: fx.GraphModule, inputs: tuple[torch.Tensor, ...], frozen_modul
     prop = Propagator(gm, frozen_modules)
     with torch.no_grad():
         prop.run(*inputs)
+    freeze_shared_parameters(gm, prop.ctx)
     return prop.ctx.result(), prop
+
+
+def freeze_shared_parameters(gm: fx.GraphModule, ctx: CouplingContext) -> None:
+    """Freeze every channel of a layer whose parameters are also used outside its own call: read straight from
+    the graph (``F.conv2d(y, self.conv.weight)``, ``F.normalize(fc.weight)``) or tied to another layer's
+    (``fc.weight = embed.weight``). Slicing the layer would leave the other use reading a tensor of the wrong
+    width (the extracted subnet would crash) and a permutation would change what it computes."""
+    owner_of: dict[int, list[str]] = {}  # id(parameter) -> layers (modules with channel dims) holding it
+    modules = dict(gm.named_modules())
+    for name in ctx.module_dims:
+        for t in [*modules[name].parameters(recurse=False), *modules[name].buffers(recurse=False)]:
+            owner_of.setdefault(id(t), []).append(name)
+    for layers in owner_of.values():
+        if len(layers) > 1:
+            for name in layers:
+                for atoms in ctx.module_dims[name].values():
+                    ctx.freeze(atoms, f"{name}: a parameter is tied to {sorted(set(layers) - {name})}")
+    for n in gm.graph.nodes:
+        if n.op != "get_attr":
+            continue
+        owner, _, leaf = str(n.target).rpartition(".")
+        if owner in ctx.module_dims:
+            for atoms in ctx.module_dims[owner].values():
+                ctx.freeze(atoms, f"{owner}: its {leaf} is also read outside the layer at node {n.name!r}")
 
 
 __all__ = ["Propagator", "propagate"]

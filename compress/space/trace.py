@@ -47,6 +47,20 @@ class _ChannelTracer(fx.Tracer):
         return super().is_leaf_module(m, qualname)
 
 
+def flatten_tensors(value: Any) -> list[torch.Tensor]:
+    """Every tensor in a model output, in a fixed order: tensors, lists, tuples (named ones too), dicts (by key
+    order) and dataclass-like objects (by ``vars``), nested to any depth."""
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, dict):
+        return [t for v in value.values() for t in flatten_tensors(v)]
+    if isinstance(value, (list, tuple)):
+        return [t for v in value for t in flatten_tensors(v)]
+    if hasattr(value, "__dict__") and not isinstance(value, (type, nn.Module)):
+        return [t for v in vars(value).values() for t in flatten_tensors(v)]
+    return []
+
+
 def as_input_tuple(example_inputs: Any) -> tuple[torch.Tensor, ...]:
     """Normalise example inputs (a tensor or a sequence of tensors) to a tuple."""
     if isinstance(example_inputs, torch.Tensor):

@@ -22,7 +22,7 @@ from torch import nn
 
 from compress.io import atomic_write
 from compress.errors import ExportError, ExportMismatchError, WriteError
-from compress.space.trace import as_input_tuple
+from compress.space.trace import as_input_tuple, flatten_tensors
 
 ATOL = 1e-4
 RTOL = 1e-3
@@ -45,16 +45,6 @@ class ExportReport:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def _flatten(out: Any) -> list[torch.Tensor]:
-    if isinstance(out, torch.Tensor):
-        return [out]
-    if isinstance(out, (list, tuple)):
-        return [t for o in out for t in _flatten(o)]
-    if isinstance(out, dict):
-        return [t for o in out.values() for t in _flatten(o)]
-    raise ExportError(f"Model output of type {type(out).__name__} cannot be exported; return tensors.")
 
 
 def _check_path(path: Path) -> None:
@@ -129,7 +119,11 @@ def export_onnx(model: nn.Module, example_inputs: Any, path: str | os.PathLike, 
     def write(tmp: str) -> None:  # export, check and compare on the temporary file; rename only if all pass
         model.eval()
         with torch.no_grad():
-            outputs = _flatten(model(*inputs))
+            raw = model(*inputs)
+            outputs = flatten_tensors(raw)
+        if not outputs:
+            raise ExportError(f"Model output of type {type(raw).__name__} holds no tensor and cannot be exported; "
+                              f"return tensors (alone or in tuples, lists or dicts).")
         output_names = [f"output{i}" if len(outputs) > 1 else "output" for i in range(len(outputs))]
         axes = {n: {0: "batch"} for n in input_names + output_names} if dynamic_batch else None
         exporter = _export(model, inputs, tmp, opset, input_names, output_names, axes)
@@ -144,7 +138,7 @@ def export_onnx(model: nn.Module, example_inputs: Any, path: str | os.PathLike, 
         worst = 0.0
         for batch in batches:
             with torch.no_grad():
-                expected = [t.numpy() for t in _flatten(model(*batch))]
+                expected = [t.numpy() for t in flatten_tensors(model(*batch))]
             got = session.run(None, {n: t.numpy() for n, t in zip(input_names, batch)})
             for e, g in zip(expected, got):
                 if e.shape != g.shape:

@@ -237,13 +237,13 @@ class DMSNetwork(nn.Module):
         for gid, t in zip(self.group_ids, self.channel_topk):
             if gid in self.permutable:
                 perms[gid] = torch.argsort(t.importance + t._tiebreak, descending=True, stable=True).numpy()
-        if perms:
-            permute_groups_(self.net, perms)
         cfg, removed = self.hard_widths(), self.removed_blocks()
         for h in self._hooks:
             h.remove()
         self._hooks = []
         self.clear_masks()
+        if perms:  # on the plain network: permute_groups_ checks that the full-width function is unchanged
+            permute_groups_(self.net, perms)
         return cfg, removed
 
 
