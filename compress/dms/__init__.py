@@ -5,6 +5,6 @@ The call lives in ``compress.api.dms``, the algorithm in ``compress.search.dms``
 """
 
 from compress.api.dms import PIPELINES, dms
-from compress.search.dms.search import DMSSettings
+from compress.settings import DMSSettings
 
 __all__ = ["dms", "DMSSettings", "PIPELINES"]
