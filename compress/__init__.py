@@ -10,7 +10,7 @@ from compress import moved
 moved.install()
 
 from compress.errors import (CompressError, ExportError, ExportMismatchError, InputShapeError, InvalidConfigError,
-                     InvalidParameterError, TraceError, UnsupportedOpError)
+                     InvalidParameterError, ResultFileError, SettingsSchemaError, TraceError, UnsupportedOpError)
 from compress.subnet.extract import extract_subnet
 from compress.space.groups import ChannelGroup
 from compress.slim.network import SlimmableNetwork
@@ -18,7 +18,8 @@ from compress.space.space import ChannelSpace, Config
 
 __all__ = [
     "ChannelGroup", "ChannelSpace", "CompressError", "Config", "ExportError", "ExportMismatchError",
-    "InputShapeError", "InvalidConfigError", "InvalidParameterError", "SlimmableNetwork", "TraceError",
+    "InputShapeError", "InvalidConfigError", "InvalidParameterError", "ResultFileError", "SettingsSchemaError",
+    "SlimmableNetwork", "TraceError",
     "UnsupportedOpError", "extract_subnet",
 ]
 
