@@ -80,9 +80,9 @@ def main(argv: list[str] | None = None) -> int:
             tag = f"budget{int(round(frac * 100))}"
             t0 = time.perf_counter()
             res = compress.dms(copy.deepcopy(model), latency_ms=budget, device=dev, train_loader=train,
-                               val_loader=val, pipeline="pretrained", predictor=predictor,
-                               settings=DMSSettings(epochs=args.search_epochs, lr=0.01), work_dir=work / tag,
-                               timer=timer)
+                               val_loader=val, predictor=predictor,
+                               settings=DMSSettings(epochs=args.search_epochs, lr=0.01, pipeline="pretrained"),
+                               work_dir=work / tag, timer=timer)
             search_s = time.perf_counter() - t0
             onnx_path = work / f"{tag}.onnx"
             report = res.export_onnx(onnx_path)

@@ -147,9 +147,10 @@ def main(argv: list[str] | None = None) -> int:
 
     def dms(budget: float, key: str) -> dict:
         torch.manual_seed(0)
-        res = compress.dms(build(), latency_ms=budget, device=dev, train_loader=train,
-                           val_loader=held, pipeline="scratch", predictor=predictor, divisor=block,
-                           settings=DMSSettings(epochs=args.dms_search, lr=0.1), work_dir=work / key, timer=timer)
+        res = compress.dms(build(), latency_ms=budget, device=dev, train_loader=train, val_loader=held,
+                           predictor=predictor,
+                           settings=DMSSettings(epochs=args.dms_search, lr=0.1, pipeline="scratch", divisor=block),
+                           work_dir=work / key, timer=timer)
         return {"config": res.config, "removed_blocks": res.removed_blocks, "notes": res.notes,
                 "seconds": res.seconds, "divisor": block}
 

@@ -2,46 +2,59 @@
 
 Layers, each importing only the ones before it (enforced by tests/test_layers.py):
 errors, io, settings -> space -> cost -> slim -> subnet -> (devices, predictors) -> train -> deploy -> result
--> search -> api. This module is the public facade over all of them.
+-> search -> api. This module is the public facade over all of them. It imports the layers below ``devices``
+at once and the entry points above it (``autoslim``, ``dms``) on first use, so that ``import devices`` or
+``import predictors`` before ``import compress`` works (both import ``compress.errors``, which runs this file).
 """
+
+import importlib
 
 from compress import moved
 
 moved.install()
 
-from compress.errors import (BudgetNotMetError, BudgetUnreachableError, CheckpointMismatchError, CompressError,
-                             ExportError, ExportMismatchError, FlopsMismatchError, InputShapeError,
+from compress.errors import (BudgetNotMetError, BudgetUnreachableError, CheckpointMismatchError,  # noqa: E402
+                             CompressError, ExportError, ExportMismatchError, FlopsMismatchError, InputShapeError,
                              InvalidConfigError, InvalidParameterError, MislabelledDataError, NothingToSlimError,
-                             PredictorUnavailableError, ReorderError, SearchResumeError, TraceError, UnsupportedOpError,
-                             WriteError)
-from compress.subnet.extract import extract_subnet
-from compress.space.groups import ChannelGroup
-from compress.slim.network import SlimmableNetwork
-from compress.space.space import ChannelSpace, Config
+                             PredictorUnavailableError, ReorderError, ResultFileError, SearchResumeError,
+                             SettingsSchemaError, TraceError, UnsupportedOpError, WriteError)
+from compress.cost.flops import FlopReport, count_flops  # noqa: E402
+from compress.result import SlimResult  # noqa: E402
+from compress.settings import AutoSlimSettings, DMSSettings, SearchSettings, TrainSettings  # noqa: E402
+from compress.slim.network import SlimmableNetwork  # noqa: E402
+from compress.slim.reorder import reorder_channels_  # noqa: E402
+from compress.space.groups import ChannelGroup  # noqa: E402
+from compress.space.space import ChannelSpace, Config  # noqa: E402
+from compress.subnet.bn import recalibrate_bn  # noqa: E402
+from compress.subnet.export import ExportReport, export_onnx  # noqa: E402
+from compress.subnet.extract import extract_subnet  # noqa: E402
+from compress.train.supernet import train_supernet  # noqa: E402
+
+# name -> module that defines it, imported on first access (these modules import devices and predictors)
+LAZY: dict[str, str] = {
+    "autoslim": "compress.api.autoslim",
+    "dms": "compress.api.dms",
+}
+
+
+def __getattr__(name: str):
+    if name in LAZY:
+        value = getattr(importlib.import_module(LAZY[name]), name)
+        globals()[name] = value  # once: later lookups are plain attribute reads
+        return value
+    raise AttributeError(f"module 'compress' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(LAZY))
+
 
 __all__ = [
-    "ChannelGroup", "ChannelSpace", "CompressError", "Config", "ExportError", "ExportMismatchError",
-    "FlopsMismatchError", "InputShapeError", "InvalidConfigError", "InvalidParameterError", "SlimmableNetwork", "TraceError",
-    "UnsupportedOpError", "extract_subnet",
-    "BudgetNotMetError", "BudgetUnreachableError", "CheckpointMismatchError", "MislabelledDataError",
-    "NothingToSlimError", "PredictorUnavailableError", "ReorderError", "SearchResumeError", "WriteError",
+    "AutoSlimSettings", "BudgetNotMetError", "BudgetUnreachableError", "ChannelGroup", "ChannelSpace",
+    "CheckpointMismatchError", "CompressError", "Config", "DMSSettings", "ExportError", "ExportMismatchError",
+    "ExportReport", "FlopReport", "FlopsMismatchError", "InputShapeError", "InvalidConfigError",
+    "InvalidParameterError", "MislabelledDataError", "NothingToSlimError", "PredictorUnavailableError",
+    "ReorderError", "ResultFileError", "SearchResumeError", "SearchSettings", "SettingsSchemaError", "SlimResult",
+    "SlimmableNetwork", "TraceError", "TrainSettings", "UnsupportedOpError", "WriteError", "autoslim",
+    "count_flops", "dms", "export_onnx", "extract_subnet", "recalibrate_bn", "reorder_channels_", "train_supernet",
 ]
-
-from compress.subnet.bn import recalibrate_bn
-from compress.subnet.export import ExportReport, export_onnx
-from compress.cost.flops import FlopReport, count_flops
-from compress.slim.reorder import reorder_channels_
-
-__all__ += ["recalibrate_bn", "ExportReport", "export_onnx", "FlopReport", "count_flops", "reorder_channels_"]
-
-from compress.api.autoslim import autoslim
-from compress.result import SlimResult
-from compress.settings import AutoSlimSettings, SearchSettings, TrainSettings
-from compress.train.supernet import train_supernet
-
-__all__ += ["autoslim",
-            "SlimResult", "AutoSlimSettings", "SearchSettings", "TrainSettings", "train_supernet"]
-
-from compress.dms import DMSSettings, dms
-
-__all__ += ["DMSSettings", "dms"]

@@ -107,3 +107,11 @@ def check_parameter(ok: bool, name: str, where: str, expected: str, got: object)
         raise InvalidParameterError(
             f"The {name!r} parameter of {where} must be {expected}. Got {got!r} instead."
         )
+
+
+class SettingsSchemaError(InvalidParameterError):
+    """Settings JSON written for another (newer or foreign) settings schema version than this package reads."""
+
+
+class ResultFileError(CompressError, OSError):
+    """A saved search result (result.json, subnet.pt in a work directory) is missing, corrupt or does not fit."""

@@ -1,47 +1,92 @@
-"""Settings of supernet training, greedy search and the one-call ``autoslim``, as JSON-round-tripping dataclasses."""
+"""Settings of supernet training, greedy search, the one-call ``autoslim`` and ``dms``, as JSON-round-tripping
+dataclasses.
+
+JSON written by ``to_json`` carries ``"schema": SETTINGS_SCHEMA``; ``from_json`` reads that version (and JSON with
+no version, taken as the current one) and refuses any other with :class:`SettingsSchemaError`. Nested settings
+(``AutoSlimSettings.train``) are rebuilt from the dataclass field types.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import typing
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from compress.errors import InvalidParameterError
+from compress.errors import InvalidParameterError, SettingsSchemaError
 
 T = TypeVar("T", bound="JsonSettings")
 
+SETTINGS_SCHEMA = 1   # bump when a setting is renamed or changes meaning; from_json refuses any other version
+SCHEMA_KEY = "schema"
+
+
+def nested_settings_type(hint: object) -> type | None:
+    """The JsonSettings subclass a field annotation names (``TrainSettings``, ``TrainSettings | None``), or None."""
+    candidates = (hint,) + typing.get_args(hint)
+    for c in candidates:
+        if isinstance(c, type) and issubclass(c, JsonSettings):
+            return c
+    return None
+
 
 class JsonSettings:
-    """``to_dict``/``from_dict``/``to_json``/``from_json`` with named errors for unknown or mistyped keys."""
+    """``to_dict``/``from_dict``/``to_json``/``from_json`` with named errors for unknown or mistyped keys.
+
+    ``to_json`` writes ``{"schema": SETTINGS_SCHEMA, ...fields}``; ``to_dict`` is the fields alone (it is part of
+    search identities saved in work directories, so it does not change with the schema version).
+    """
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=1)
+        return json.dumps({SCHEMA_KEY: SETTINGS_SCHEMA, **self.to_dict()}, indent=1)
 
     @classmethod
     def from_dict(cls: type[T], data: dict) -> T:
+        """Build from field values; a dict value of a field typed as a JsonSettings subclass is built into one.
+
+        Raises:
+            InvalidParameterError: ``data`` is not a dict, names an unknown setting, or a value is refused.
+        """
         if not isinstance(data, dict):
             raise InvalidParameterError(f"{cls.__name__} needs a dict. Got {type(data).__name__} instead.")
         fields = {f.name: f for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - set(fields))
         if unknown:
             raise InvalidParameterError(f"{cls.__name__} has no setting(s) {unknown}. Known: {sorted(fields)}.")
+        hints = typing.get_type_hints(cls)
         kwargs = {}
         for name, value in data.items():
-            sub = _nested.get((cls.__name__, name))
+            sub = nested_settings_type(hints.get(name))
             kwargs[name] = sub.from_dict(value) if sub is not None and isinstance(value, dict) else value
-        obj = cls(**kwargs)
-        return obj
+        return cls(**kwargs)
 
     @classmethod
     def from_json(cls: type[T], text: str) -> T:
+        """Read ``to_json``'s text.
+
+        Raises:
+            InvalidParameterError: the text is not JSON, or not settings of this class.
+            SettingsSchemaError: the JSON was written for another schema version than SETTINGS_SCHEMA.
+        """
         try:
             data = json.loads(text)
         except json.JSONDecodeError as e:
             raise InvalidParameterError(f"{cls.__name__}.from_json got text that is not JSON: {e}.") from None
+        if isinstance(data, dict) and SCHEMA_KEY in data:
+            data = dict(data)
+            version = data.pop(SCHEMA_KEY)
+            if isinstance(version, bool) or version != SETTINGS_SCHEMA:
+                newer = isinstance(version, int) and not isinstance(version, bool) and version > SETTINGS_SCHEMA
+                raise SettingsSchemaError(
+                    f"{cls.__name__}.from_json reads settings schema version {SETTINGS_SCHEMA}. Got "
+                    f"\"{SCHEMA_KEY}\": {version!r} instead"
+                    + (" (written by a newer version of compress): upgrade compress to read it, or write the "
+                       f"settings again with this version." if newer else
+                       f": this is not a settings file of this package; write it with {cls.__name__}.to_json()."))
         return cls.from_dict(data)
 
     def _check(self, name: str, ok: bool, expected: str) -> None:
@@ -136,4 +181,51 @@ class AutoSlimSettings(JsonSettings):
         self._check("min_budget_use", 0 < self.min_budget_use < 1, "in (0, 1)")
 
 
-_nested = {("AutoSlimSettings", "train"): TrainSettings, ("AutoSlimSettings", "search"): SearchSettings}
+# DMS pipelines -> what happens to the weights: searched with the structure and then fine-tuned ("pretrained"),
+# searched from random and then trained ("scratch"), frozen while the structure is searched ("search_only").
+# The value is the learning rate of the subnet's training after the search (None: no training).
+PIPELINES: dict[str, float | None] = {"pretrained": 0.01, "scratch": 0.05, "search_only": None}
+
+
+@dataclass
+class DMSSettings(JsonSettings):
+    """Everything ``dms`` does besides the model, data, budget and device (search, closed loop, training after).
+
+    Named as in AutoSlimSettings where the two calls share a setting (divisor, threads, max_measurements,
+    min_budget_use).
+    """
+
+    epochs: float = 1.0                # search epochs (weights and structure together)
+    lr: float = 0.05                   # weight learning rate (SGD, cosine)
+    structure_lr: float = 0.01         # pruning-ratio learning rate (Adam: every step moves a ratio by about this)
+    lambda_resource: float = 2.0
+    anneal: float = 0.5                # fraction of the search over which the target moves from full to budget
+    min_ratio: float = 0.25            # no group (and no stage of blocks) below this fraction of its width
+    depth: bool = True
+    two_sided: bool = True             # also penalise a cost below the target: the budget is to be used, not undercut
+    seed: int = 0
+    pipeline: str = "pretrained"       # a key of PIPELINES
+    train_epochs: float = 0.0          # after the search: fine-tune ("pretrained") or train ("scratch") the subnet
+    divisor: int = 8
+    threads: int = 1                   # intra-op threads of the device measurements
+    max_measurements: int = 8          # closed loop: scalings of the searched shape measured at most
+    min_budget_use: float = 0.95       # closed loop: scale up while measured < this x budget
+
+    @property
+    def search_only(self) -> bool:
+        """Structure parameters only, weights frozen (the "search_only" pipeline)."""
+        return self.pipeline == "search_only"
+
+    def __post_init__(self) -> None:
+        self._check("epochs", self.epochs > 0, "> 0")
+        self._check("lambda_resource", self.lambda_resource > 0, "> 0")
+        self._check("anneal", 0 < self.anneal <= 1, "in (0, 1]")
+        self._check("min_ratio", 0 < self.min_ratio <= 1, "in (0, 1]")
+        self._check("pipeline", self.pipeline in PIPELINES,
+                    f"a known DMS pipeline (Known: {', '.join(PIPELINES)})")
+        self._check("train_epochs", self.train_epochs >= 0, ">= 0")
+        self._check("divisor", isinstance(self.divisor, int) and self.divisor >= 1, "an int >= 1")
+        self._check("threads", isinstance(self.threads, int) and self.threads >= 1, "an int >= 1")
+        self._check("max_measurements", isinstance(self.max_measurements, int) and self.max_measurements >= 1,
+                    "an int >= 1")
+        self._check("min_budget_use", 0 < self.min_budget_use < 1, "in (0, 1)")

@@ -40,7 +40,7 @@ def plot_frontier(result, uniform: dict, uniform_scores: list[tuple[float, float
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    pts = [(p["cost"], p["top1"]) for p in result.path if "top1" in p]
+    pts = [(p["cost"], p["top1"]) for p in result.path if p["top1"] is not None]
     ax.plot(*zip(*pts), "o-", ms=3, label="AutoSlim greedy path (predicted ms, held-out top-1)")
     if uniform_scores:
         ax.plot(*zip(*uniform_scores), "s--", ms=3, color="gray", label="uniform width multiplier")

@@ -44,7 +44,7 @@ def test_flops_budget_end_to_end(loaders, tmp_path):
     torch.testing.assert_close(res.subnet(x), net(x), rtol=1e-4, atol=1e-5)
     # the path is the frontier: cost falls step by step, each point scored
     costs = [p["cost"] for p in res.path]
-    assert all(b < a for a, b in zip(costs, costs[1:])) and all("top1" in p for p in res.path)
+    assert all(b < a for a, b in zip(costs, costs[1:])) and all(p["top1"] is not None for p in res.path)
     assert 0 <= res.top1 <= 100 and res.measured_ms > 0
     saved = json.loads((tmp_path / "result.json").read_text())
     assert saved["flops"] == res.flops and len(saved["path"]) == len(res.path)
@@ -69,7 +69,10 @@ def test_latency_budget_end_to_end_is_measured_under_budget(loaders, tmp_path):
     res = autoslim(model, latency_ms=0.6 * full_ms, device=dev, train_loader=train, val_loader=val,
                    settings=settings, work_dir=tmp_path, progress=False, log=lambda s: None)
     assert res.measured_ms <= 0.6 * full_ms
-    assert res.measurements and min(m["median_ms"] for m in res.measurements.values()) <= 0.6 * full_ms
+    assert res.measurements and min(m["value"] for m in res.measurements) <= 0.6 * full_ms
+    assert all(m["unit"] == "ms" and m["p25_ms"] <= m["value"] <= m["p75_ms"] for m in res.measurements)
+    chosen = [m for m in res.measurements if res.path[m["path_index"]]["config"] == res.config]
+    assert chosen and chosen[0]["value"] == res.measured_ms
     assert res.predicted_ms is not None and res.flops < res.full["flops"]
     assert (tmp_path / "latency" / "model.predictor.json").exists()
 

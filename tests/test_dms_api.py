@@ -22,9 +22,9 @@ def test_dms_flops_budget_end_to_end(loaders, tmp_path):
     model = cifar_resnet(20)
     x = torch.zeros(1, 3, 32, 32)
     full = count_flops(model, x).total
-    res = dms(model, flops=0.45 * full, train_loader=train, val_loader=val, pipeline="scratch", train_epochs=0.5,
-              settings=DMSSettings(epochs=3, lambda_resource=5.0), work_dir=tmp_path, progress=False,
-              log=lambda s: None)
+    res = dms(model, flops=0.45 * full, train_loader=train, val_loader=val,
+              settings=DMSSettings(epochs=3, lambda_resource=5.0, pipeline="scratch", train_epochs=0.5),
+              work_dir=tmp_path, progress=False, log=lambda s: None)
     assert res.flops <= 0.45 * full
     assert count_flops(res.subnet, x).total == res.flops
     assert res.measured_ms > 0 and 0 <= res.top1 <= 100
@@ -36,7 +36,10 @@ def test_dms_flops_budget_end_to_end(loaders, tmp_path):
 def test_dms_bad_inputs(loaders):
     train, val = loaders
     with pytest.raises(InvalidParameterError, match="Known: pretrained, scratch, search_only"):
-        dms(cifar_resnet(8), flops=1e6, train_loader=train, val_loader=val, pipeline="nas")
+        dms(cifar_resnet(8), flops=1e6, train_loader=train, val_loader=val, settings=DMSSettings(pipeline="nas"))
+    with pytest.warns(DeprecationWarning, match="pass settings=DMSSettings"), \
+            pytest.raises(InvalidParameterError, match="Known: pretrained, scratch, search_only"):
+        dms(cifar_resnet(8), flops=1e6, train_loader=train, val_loader=val, pipeline="nas")  # the old loose form
     with pytest.raises(InvalidParameterError, match="exactly one budget"):
         dms(cifar_resnet(8), train_loader=train, val_loader=val)
 
@@ -104,9 +107,9 @@ def test_no_residual_stage_skips_depth_with_a_note(loaders, tmp_path):
         torch.nn.Conv2d(32, 64, 3, stride=2, padding=1), torch.nn.BatchNorm2d(64), torch.nn.ReLU(),
         torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(64, 10))
     full = count_flops(plain, torch.zeros(1, 3, 32, 32)).total
-    res = dms(plain, flops=0.6 * full, train_loader=train, val_loader=val, pipeline="search_only",
-              settings=DMSSettings(epochs=2, lambda_resource=5.0), work_dir=tmp_path, progress=False,
-              log=lambda s: None)
+    res = dms(plain, flops=0.6 * full, train_loader=train, val_loader=val,
+              settings=DMSSettings(epochs=2, lambda_resource=5.0, pipeline="search_only"), work_dir=tmp_path,
+              progress=False, log=lambda s: None)
     assert any("depth search skipped" in n for n in res.notes)
     assert res.flops <= 0.6 * full and not res.removed_blocks
 
@@ -133,10 +136,11 @@ def test_dms_latency_budget_is_met_on_the_device(loaders, tmp_path):
     dev = get_device("cpu", threads=1)
     x = (torch.zeros(1, 3, 32, 32),)
     budget = 0.5 * ReferenceTimer(dev, model.eval(), x).reference_ms
-    res = dms(model, latency_ms=budget, device=dev, train_loader=train, val_loader=val, pipeline="search_only",
-              settings=DMSSettings(epochs=2, lambda_resource=5.0), work_dir=tmp_path, progress=False,
-              log=lambda s: None)
+    res = dms(model, latency_ms=budget, device=dev, train_loader=train, val_loader=val,
+              settings=DMSSettings(epochs=2, lambda_resource=5.0, pipeline="search_only"), work_dir=tmp_path,
+              progress=False, log=lambda s: None)
     assert 0.85 * budget <= res.measured_ms <= budget
-    assert res.measurements and all(m["unit"] == "ms" for m in res.measurements.values())
+    assert res.measurements and all(m["unit"] == "ms" and m["scale"] > 0 for m in res.measurements)
+    assert res.measured_ms in [m["value"] for m in res.measurements]
     assert res.predicted_ms > 0 and set(res.seconds) >= {"search", "closed_loop"}
     assert any("surrogate" in n for n in res.notes)

@@ -8,7 +8,6 @@ recalibrated (optionally fine-tuned) -> SlimResult (export_onnx gives a verified
 from __future__ import annotations
 
 import time
-
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -17,17 +16,16 @@ from torch import nn
 from compress.subnet.bn import recalibrate_bn
 from compress.io import weights_digest
 from compress.deploy.closed_loop import closed_loop
-from compress.train.evaluate import CalibratedScorer, evaluate, take_batches
+from compress.train.evaluate import CalibratedScorer, take_batches
 from compress.subnet.extract import extract_subnet
-from compress.train.finetune import finetune
 from compress.search.greedy import first_within, greedy_slim
 from compress.search.objectives import FlopsCost, LatencyCost, fit_latency_predictor
 from compress.search.prepare import BudgetUnreachableError, full_model_result, prepare
 from compress.slim.reorder import reorder_channels_
-from compress.result import SlimResult
+from compress.result import MeasurementRecord, SlimResult, finish, measurement_record, path_point
 from compress.settings import AutoSlimSettings
 from compress.train.supernet import train_supernet
-from compress.deploy.timing import ReferenceTimer, timed_ms
+from compress.deploy.timing import ReferenceTimer
 
 
 def autoslim(model: nn.Module, *, latency_ms: float | None = None, flops: float | None = None,
@@ -87,7 +85,7 @@ def autoslim(model: nn.Module, *, latency_ms: float | None = None, flops: float 
                 f"The budget of {budget:.3f} ms is below the smallest subnet's predicted {floor_cost:.3f} ms. Raise "
                 "the budget or lower the min_ratio settings.")
         if full_cost <= budget:
-            return full_model_result(net, full, budget, "ms", x1, val_loader, work, log)
+            return full_model_result(net, full, budget, "ms", x1, val_loader, work, log, method="autoslim")
 
     # ---- supernet ---------------------------------------------------------------------------------------------
     seconds: dict[str, float] = {}
@@ -104,7 +102,7 @@ def autoslim(model: nn.Module, *, latency_ms: float | None = None, flops: float 
 
     # ---- search and closed loop -------------------------------------------------------------------------------
     notes: list[str] = []
-    measurements: dict = {}
+    measurements: list[MeasurementRecord] = []
     # the weights are part of what was searched: a path scored on another supernet must not be resumed
     ident = {"objective": cost.name, "groups": {g.name: g.width for g in space.free}, "weights": weights_digest(net)}
     search_target = budget
@@ -120,8 +118,8 @@ def autoslim(model: nn.Module, *, latency_ms: float | None = None, flops: float 
         index, meas = closed_loop(net, path, budget, device, settings.max_measurements, settings.min_budget_use,
                                   log=log, timer=prep.timer)
         seconds["closed_loop"] = time.perf_counter() - t0
-        measurements = {int(k): {"median_ms": v.median_ms, "p25_ms": v.p25_ms, "p75_ms": v.p75_ms}
-                        for k, v in meas.items()}
+        measurements = [measurement_record(v.median_ms, "ms", v.p25_ms, v.p75_ms, path_index=k)
+                        for k, v in meas.items()]
     else:
         index = first_within(path, budget)
         if index is None:
@@ -136,24 +134,18 @@ def autoslim(model: nn.Module, *, latency_ms: float | None = None, flops: float 
     net.set_config(config)
     recalibrate_bn(net, calib_more)
     subnet = extract_subnet(net, config)
-    if settings.finetune_epochs > 0:
-        net.set_config(full_cfg)
-        recalibrate_bn(net, calib_more)
-        t0 = time.perf_counter()
-        finetune(subnet, net, train_loader, settings.finetune_epochs, settings.finetune_lr, progress=progress)
-        seconds["finetune"] = time.perf_counter() - t0
-        recalibrate_bn(subnet, calib_more)
-    top1 = evaluate(subnet, val_loader)["top1"]
     net.set_config(full_cfg)
-    predicted = float(cost([config])[0]) if latency_ms is not None else None
-    if index in measurements:
-        measured = measurements[index]["median_ms"]
-    else:
-        measured = timed_ms(prep, subnet)
-    result = SlimResult(subnet=subnet, config=config, flops=int(net.flops(config)), predicted_ms=predicted,
-                        measured_ms=measured, top1=top1, budget=float(budget), unit=cost.unit, path=path,
-                        example_inputs=x1, measurements=measurements, full=full, notes=notes, supernet=net,
-                        seconds=seconds)
-    result.save(work / "result.json")
-    log(str(result))
+    if settings.finetune_epochs > 0:  # the teacher is the supernet at full width, BN recalibrated there
+        recalibrate_bn(net, calib_more)
+    measured = next((m["value"] for m in measurements if m["path_index"] == index), None)
+    result = finish("autoslim", subnet, config=config, budget=budget, unit=cost.unit,
+                    path=[path_point(p["step"], p["cost"], p["config"], p["flops"], p["top1"], p["loss"],
+                                     seconds=p["seconds"]) for p in path],
+                    example_inputs=x1, val_loader=val_loader, work_dir=work, log=log, supernet=net,
+                    flops=int(net.flops(config)),
+                    predicted_ms=float(cost([config])[0]) if latency_ms is not None else None,
+                    measured_ms=measured, timing=prep, measurements=measurements, full=full, notes=notes,
+                    seconds=seconds, train_loader=train_loader, calib=calib_more,
+                    train_epochs=settings.finetune_epochs, train_lr=settings.finetune_lr, teacher=net,
+                    train_phase="finetune", progress=progress)
     return result

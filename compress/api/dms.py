@@ -8,8 +8,10 @@ blocks removed -> subnet, BN recalibrated, trained or fine-tuned -> the same Sli
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -19,19 +21,17 @@ from torch import nn
 from compress.subnet.bn import recalibrate_bn
 from compress.deploy.closed_loop import HEADROOM
 from compress.deploy.timing import ReferenceTimer, timed_ms
-from compress.errors import InvalidParameterError
-from compress.train.evaluate import evaluate, take_batches
-from compress.train.finetune import finetune
+from compress.errors import InvalidParameterError, check_parameter
+from compress.train.evaluate import take_batches
 from compress.cost.flops import count_flops
 from compress.search.objectives import LatencyCost, fit_latency_predictor
 from compress.search.prepare import prepare
-from compress.result import SlimResult
+from compress.result import MeasurementRecord, SlimResult, finish, measurement_record, path_point
 from compress.search.dms.masked import DMSNetwork, extract_with_depth
 from compress.search.dms.scale import fit_scale
-from compress.search.dms.search import DMSSettings, dms_search
+from compress.search.dms.search import dms_search
+from compress.settings import PIPELINES, DMSSettings
 from compress.search.dms.surrogate import fit_latency_surrogate
-
-PIPELINES = ("pretrained", "scratch", "search_only")
 
 
 def measured_per_predicted(dmsnet: DMSNetwork, surrogate, full_ms: float, floor_ms: float, floor_cfg: dict,
@@ -48,38 +48,73 @@ def measured_per_predicted(dmsnet: DMSNetwork, surrogate, full_ms: float, floor_
     return r_floor * (r_full / r_floor) ** t
 
 
+# the loose keyword arguments dms took before DMSSettings held them -> the setting each one now is
+DEPRECATED_ARGUMENTS: dict[str, str] = {"pipeline": "pipeline", "train_epochs": "train_epochs", "threads": "threads",
+                                        "divisor": "divisor", "max_measurements": "max_measurements",
+                                        "min_use": "min_budget_use"}
+
+
+def settings_with_deprecated(settings: DMSSettings | None, loose: dict[str, Any]) -> DMSSettings:
+    """``settings`` (default DMSSettings()) with the deprecated loose keyword arguments of dms mapped into it,
+    each warned about (DeprecationWarning).
+
+    Raises:
+        InvalidParameterError: a keyword dms never took, or ``settings`` that is not a DMSSettings.
+    """
+    check_parameter(settings is None or isinstance(settings, DMSSettings), "settings", "dms",
+                    "a compress.DMSSettings or None", settings)
+    settings = settings or DMSSettings()
+    unknown = sorted(set(loose) - set(DEPRECATED_ARGUMENTS))
+    if unknown:
+        raise InvalidParameterError(
+            f"dms() got unexpected keyword argument(s) {unknown}. It takes model, latency_ms / flops, device, "
+            "train_loader, val_loader, settings, predictor, work_dir, progress, log and timer; everything else is "
+            f"a field of DMSSettings ({', '.join(f.name for f in dataclasses.fields(DMSSettings))}).")
+    if not loose:
+        return settings
+    moved = {DEPRECATED_ARGUMENTS[k]: v for k, v in loose.items()}
+    warnings.warn("dms(" + ", ".join(f"{k}=..." for k in loose) + ") is deprecated: pass settings=DMSSettings("
+                  + ", ".join(f"{v}=..." for v in moved) + ") instead (the loose arguments override the settings "
+                  "for now).", DeprecationWarning, stacklevel=3)
+    return DMSSettings.from_dict({**settings.to_dict(), **moved})
+
+
 def dms(model: nn.Module, *, latency_ms: float | None = None, flops: float | None = None, device: Any = "cpu",
-        train_loader: Iterable, val_loader: Iterable, settings: DMSSettings | None = None,
-        pipeline: str = "pretrained", train_epochs: float = 0.0, predictor: Any = None, threads: int = 1,
-        divisor: int = 8, max_measurements: int = 8, min_use: float = 0.95, work_dir: str | Path | None = None,
-        progress: bool = True, log: Callable[[str], None] = print, timer: ReferenceTimer | None = None) -> SlimResult:
+        train_loader: Iterable, val_loader: Iterable, settings: DMSSettings | None = None, predictor: Any = None,
+        work_dir: str | Path | None = None, progress: bool = True, log: Callable[[str], None] = print,
+        timer: ReferenceTimer | None = None, **deprecated: Any) -> SlimResult:
     """Search widths and depths by gradient descent under a latency (or FLOPs) budget.
 
     Args:
-        model: a CNN; trained for ``pipeline="pretrained"`` / ``"search_only"``, random for ``"scratch"``.
-        latency_ms / flops: the budget (exactly one).
-        pipeline: "pretrained" (search, then fine-tune the subnet ``train_epochs``), "scratch" (search from random
-            weights, then train the subnet ``train_epochs``), "search_only" (structure parameters only).
-        settings: search settings (epochs, learning rates, lambda_resource, annealing, depth on/off).
-        max_measurements: closed loop: the searched shape is scaled (one factor on every width, removed blocks
-            kept) until its measured latency (exact FLOPs) is within [min_use x budget, budget]; at most this many
-            measurements.
-        timer: a ``compress.timing.ReferenceTimer`` of the full model to share between searches (see autoslim).
+        model: a CNN; trained for the "pretrained" / "search_only" pipelines, random for "scratch".
+        latency_ms / flops: the budget (exactly one), in ms measured on ``device`` or in FLOPs.
+        device: "cpu" (onnxruntime), "torch-cpu", or a device object.
+        train_loader, val_loader: (images, labels) batches; val_loader gives the result's top-1.
+        settings: DMSSettings: the pipeline ("pretrained": search, then fine-tune the subnet ``train_epochs``;
+            "scratch": search from random weights, then train the subnet ``train_epochs``; "search_only":
+            structure parameters only), search epochs, learning rates, lambda_resource, annealing, depth on/off,
+            min_ratio, divisor, threads, and the closed loop: the searched shape is scaled (one factor on every
+            width, removed blocks kept) until its measured latency (exact FLOPs) is within
+            [min_budget_use x budget, budget], in at most max_measurements measurements.
+        predictor: a fitted ``predictors.LatencyPredictor`` for the device (otherwise profiled here).
+        work_dir: latency table and result (result.json, subnet.pt; ``SlimResult.load`` reads them) are kept here.
+        timer: a ``compress.deploy.timing.ReferenceTimer`` of the full model to share between searches (see
+            autoslim).
+        **deprecated: the loose arguments dms took before (pipeline, train_epochs, threads, divisor,
+            max_measurements, min_use): mapped into ``settings`` with a DeprecationWarning (min_use is
+            min_budget_use).
 
     Returns:
         A SlimResult; ``notes`` lists removed blocks and the surrogate's error, ``config`` holds the group widths and
         ``removed_blocks`` the residual blocks dropped.
 
     Raises:
-        the same errors as :func:`compress.autoslim`, and InvalidParameterError for an unknown pipeline.
+        the same errors as :func:`compress.autoslim`, and InvalidParameterError for an unknown pipeline or keyword.
     """
-    if pipeline not in PIPELINES:
-        raise InvalidParameterError(f"Unknown DMS pipeline {pipeline!r}. Known: {', '.join(PIPELINES)}.")
-    settings = settings or DMSSettings()
-    if pipeline == "search_only" and not settings.search_only:
-        settings = DMSSettings.from_dict({**settings.to_dict(), "search_only": True})
-    prep = prepare("dms", model, latency_ms, flops, device, train_loader, val_loader, divisor, threads,
-                   settings.min_ratio, work_dir, log, timer)
+    settings = settings_with_deprecated(settings, deprecated)
+    pipeline = settings.pipeline
+    prep = prepare("dms", model, latency_ms, flops, device, train_loader, val_loader, settings.divisor,
+                   settings.threads, settings.min_ratio, work_dir, log, timer)
     if prep.full_result is not None:
         return prep.full_result
     net, x1, device, budget = prep.net, prep.x1, prep.device, prep.budget
@@ -113,17 +148,17 @@ def dms(model: nn.Module, *, latency_ms: float | None = None, flops: float | Non
     removed = dmsnet.removed_blocks()
     cfg, _ = dmsnet.finalize_()  # channels ordered by importance: any width keeps the most important ones
     unit = "ms" if prep.latency else "FLOPs"
-    measurements: dict[int, dict] = {}
+    measurements: list[MeasurementRecord] = []
     fit = None
     if not (prep.latency and not prep.measurable):
         def cost(c: dict) -> float:
             candidate = extract_with_depth(net, c, removed)
             return timed_ms(prep, candidate) if prep.latency else float(count_flops(candidate, x1).total)
 
-        fit = fit_scale(net.space, cfg, prep.floor_cfg, cost, budget, min_use, max_measurements,
-                        align=getattr(device, "channel_block", 1) if prep.latency else 1, log=log,
-                        headroom=HEADROOM if prep.latency else 0.0)
-        measurements = {i: {"value": t["value"], "unit": unit, "scale": t["scale"]} for i, t in enumerate(fit.tried)}
+        fit = fit_scale(net.space, cfg, prep.floor_cfg, cost, budget, settings.min_budget_use,
+                        settings.max_measurements, align=getattr(device, "channel_block", 1) if prep.latency else 1,
+                        log=log, headroom=HEADROOM if prep.latency else 0.0)
+        measurements = [measurement_record(t["value"], unit, scale=t["scale"]) for t in fit.tried]
         if fit.scale != 1.0:
             notes.append(f"searched widths scaled by {fit.scale:.3f} to meet the budget on the device")
         cfg = fit.config
@@ -134,15 +169,6 @@ def dms(model: nn.Module, *, latency_ms: float | None = None, flops: float | Non
     subnet = extract_with_depth(net, cfg, removed)
     calib = take_batches(train_loader, 16, "train")
     recalibrate_bn(subnet, calib)
-    if train_epochs > 0 and pipeline != "search_only":
-        t0 = time.perf_counter()
-        finetune(subnet, None, train_loader, train_epochs, lr=0.05 if pipeline == "scratch" else 0.01,
-                 progress=progress)
-        recalibrate_bn(subnet, calib)
-        seconds["train" if pipeline == "scratch" else "finetune"] = time.perf_counter() - t0
-    top1 = evaluate(subnet, val_loader)["top1"]
-    measured = fit.value if fit is not None and prep.latency else timed_ms(prep, subnet)
-    flops_now = int(count_flops(subnet, x1).total)
     predicted = None
     if prep.latency:  # the predictor knows widths only; the surrogate (fitted on it) also knows removed blocks
         feats = dmsnet.features_of_widths([net.space.widths(cfg)], removed)
@@ -151,15 +177,16 @@ def dms(model: nn.Module, *, latency_ms: float | None = None, flops: float | Non
                      f"kept: {float(LatencyCost(net, predictor, 'model')([cfg])[0]):.3f} ms)")
     if removed:
         notes.append(f"removed blocks: {', '.join(removed)}")
-    result = SlimResult(subnet=subnet, config=cfg, flops=flops_now, predicted_ms=predicted, measured_ms=measured,
-                        top1=top1, budget=budget, unit="ms" if prep.latency else "FLOPs",
-                        path=[{"step": h["step"], "cost": h["cost"], "target": h["target"], "task": h["task"]}
-                              for h in history], example_inputs=x1,
-                        measurements={int(k): v for k, v in measurements.items()}, full=prep.full, notes=notes,
-                        supernet=net, removed_blocks=removed, seconds=seconds)
-    result.save(prep.work / "result.json")
-    log(str(result))
-    return result
+    train_lr = PIPELINES[pipeline]
+    return finish("dms", subnet, config=cfg, budget=budget, unit=unit,
+                  path=[path_point(h["step"], h["cost"], loss=h["task"], target=h["target"]) for h in history],
+                  example_inputs=x1, val_loader=val_loader, work_dir=prep.work, log=log, supernet=net,
+                  divisor=settings.divisor, predicted_ms=predicted,
+                  measured_ms=fit.value if fit is not None and prep.latency else None, timing=prep,
+                  measurements=measurements, full=prep.full, notes=notes, removed_blocks=removed, seconds=seconds,
+                  train_loader=train_loader, calib=calib,
+                  train_epochs=settings.train_epochs if train_lr is not None else 0.0, train_lr=train_lr or 0.0,
+                  train_phase="train" if pipeline == "scratch" else "finetune", progress=progress)
 
 
-__all__ = ["dms", "DMSSettings", "PIPELINES"]
+__all__ = ["dms", "DMSSettings", "PIPELINES", "DEPRECATED_ARGUMENTS"]

@@ -15,9 +15,9 @@ from torch import nn
 from compress.errors import (BudgetUnreachableError, InvalidParameterError, MislabelledDataError,
                              NothingToSlimError)
 from devices import device_options, get_device
-from compress.train.evaluate import evaluate, take_batches
+from compress.train.evaluate import take_batches
 from compress.subnet.extract import extract_subnet
-from compress.result import SlimResult
+from compress.result import SlimResult, finish, path_point
 from compress.slim.network import SlimmableNetwork
 from compress.deploy.timing import ReferenceTimer, can_measure
 
@@ -65,19 +65,18 @@ def _resolve_device(device: Any, threads: int) -> Any:
 
 
 def full_model_result(net, full: dict, budget: float, unit: str, x1: tuple, val_loader: Iterable, work: Path,
-                       log: Callable[[str], None]) -> SlimResult:
+                      log: Callable[[str], None], method: str = "autoslim") -> SlimResult:
+    """The full model as the result of ``method`` (the budget already fits it), warned about; written to ``work``."""
     warnings.warn(f"The budget ({budget:.4g} {unit}) is at or above the full model "
                   f"({full.get('measured_ms', full['flops']):.4g} {unit}): returning the full model.", stacklevel=4)
     cfg = net.space.max_config()
     subnet = extract_subnet(net, cfg)
-    result = SlimResult(subnet=subnet, config=cfg, flops=full["flops"], predicted_ms=None,
-                        measured_ms=full.get("measured_ms"), top1=evaluate(subnet, val_loader)["top1"],
-                        budget=float(budget), unit=unit, path=[{"step": 0, "config": cfg, "flops": full["flops"]}],
-                        example_inputs=x1, full=full, notes=["budget at or above the full model: full model returned"],
-                        supernet=net)
-    result.save(work / "result.json")
-    log(str(result))
-    return result
+    cost = full.get("cost", full.get("measured_ms") if unit == "ms" else full["flops"])
+    return finish(method, subnet, config=cfg, budget=budget, unit=unit,
+                  path=[path_point(0, cost=cost, config=cfg, flops=full["flops"])], example_inputs=x1,
+                  val_loader=val_loader, work_dir=work, log=log, supernet=net, flops=full["flops"],
+                  measured_ms=full.get("measured_ms"), full=full,
+                  notes=["budget at or above the full model: full model returned"])
 
 
 def prepare(name: str, model: nn.Module, latency_ms: float | None, flops: float | None, device: Any,
@@ -150,6 +149,6 @@ def prepare(name: str, model: nn.Module, latency_ms: float | None, flops: float 
                     floor_ms, timer=timer)
     if full_reaches:
         prep.full_result = full_model_result(net, full, budget, "ms" if latency_ms is not None else "FLOPs", x1,
-                                              val_loader, work, log)
+                                             val_loader, work, log, method=name)
     return prep
 

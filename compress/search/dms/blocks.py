@@ -8,13 +8,14 @@ directly or through one element-wise op (the ReLU after a ResNet block). Blocks 
 
 from __future__ import annotations
 
-import operator
 from dataclasses import dataclass, field
 
 import torch
 from torch import fx, nn
 
-ADD_TARGETS = {operator.add, operator.iadd, torch.add}
+from compress.subnet.depth import ADD_TARGETS, ancestors, is_add, remove_blocks_
+
+__all__ = ["ADD_TARGETS", "Block", "BlockGate", "find_blocks", "group_stages", "insert_gates", "remove_blocks_"]
 
 
 @dataclass
@@ -25,35 +26,15 @@ class Block:
     nodes: set[str] = field(default_factory=set)  # nodes computed only for the branch
 
 
-def _is_add(n: fx.Node) -> bool:
-    return ((n.op == "call_function" and n.target in ADD_TARGETS) or (n.op == "call_method" and n.target == "add")) \
-        and len(n.args) == 2 and all(isinstance(a, fx.Node) for a in n.args)
-
-
-def _ancestors(n: fx.Node, stop: fx.Node) -> set[fx.Node] | None:
-    """Nodes between ``stop`` (exclusive) and ``n`` (inclusive), or None if ``stop`` is not an ancestor."""
-    seen, stack, found = set(), [n], False
-    while stack:
-        x = stack.pop()
-        if x in seen:
-            continue
-        if x is stop:
-            found = True
-            continue
-        seen.add(x)
-        stack.extend(a for a in x.all_input_nodes)
-    return seen if found else None
-
-
 def find_blocks(gm: fx.GraphModule) -> list[Block]:
     """Every removable ``x + f(x)`` block of the graph, in graph order."""
     out = []
     for n in gm.graph.nodes:
-        if not _is_add(n):
+        if not is_add(n):
             continue
         a, b = n.args
         for branch, skip in ((a, b), (b, a)):
-            inner = _ancestors(branch, skip)
+            inner = ancestors(branch, skip)
             if inner is not None and branch is not skip:
                 # only nodes that feed nothing outside the branch can go with it
                 if all(all(u in inner or u is n for u in x.users) for x in inner):
@@ -107,32 +88,3 @@ def insert_gates(gm: fx.GraphModule, blocks: list[Block]) -> dict[str, BlockGate
     gm.graph.lint()
     gm.recompile()
     return gates
-
-
-def remove_blocks_(gm: fx.GraphModule, removed: set[str]) -> int:
-    """In a (copied) graph module: drop every gate, and replace each removed block's add by its skip.
-
-    Returns the number of blocks removed.
-    """
-    count = 0
-    modules = dict(gm.named_modules())
-    for n in list(gm.graph.nodes):
-        if n.op == "call_module" and getattr(modules.get(n.target), "removed_at_export", False):
-            n.replace_all_uses_with(n.args[0])
-            gm.graph.erase_node(n)
-    for n in list(gm.graph.nodes):
-        if n.name in removed and _is_add(n):
-            a, b = n.args
-            skip = b if _ancestors(a, b) is not None else a
-            n.replace_all_uses_with(skip)
-            gm.graph.erase_node(n)
-            count += 1
-    if count:  # an in-place activation that followed a removed add would now overwrite the shared skip tensor
-        for m in gm.modules():
-            if getattr(m, "inplace", False) is True:
-                m.inplace = False
-    gm.graph.eliminate_dead_code()
-    gm.delete_all_unused_submodules()
-    gm.graph.lint()
-    gm.recompile()
-    return count

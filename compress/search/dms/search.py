@@ -9,37 +9,14 @@ Importances (Taylor) are updated after each backward, outside the optimizer. Pru
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
 
 from compress.train.schedule import cosine_lambda, set_loader_epoch
-from compress.settings import JsonSettings
+from compress.settings import DMSSettings  # defined beside AutoSlimSettings; importable here too
 from compress.search.dms.masked import DMSNetwork
-
-
-@dataclass
-class DMSSettings(JsonSettings):
-    """DMS search settings."""
-
-    epochs: float = 1.0                # search epochs (weights and structure together)
-    lr: float = 0.05                   # weight learning rate (SGD, cosine)
-    structure_lr: float = 0.01         # pruning-ratio learning rate (Adam: every step moves a ratio by about this)
-    lambda_resource: float = 2.0
-    anneal: float = 0.5                # fraction of the search over which the target moves from full to budget
-    min_ratio: float = 0.25
-    depth: bool = True
-    two_sided: bool = True             # also penalise a cost below the target: the budget is to be used, not undercut
-    search_only: bool = False          # structure parameters only (weights frozen): the search-only pipeline
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        self._check("epochs", self.epochs > 0, "> 0")
-        self._check("lambda_resource", self.lambda_resource > 0, "> 0")
-        self._check("anneal", 0 < self.anneal <= 1, "in (0, 1]")
-        self._check("min_ratio", 0 < self.min_ratio <= 1, "in (0, 1]")
 
 
 def resource_penalty(cost: torch.Tensor, target: float, two_sided: bool = False) -> torch.Tensor:
