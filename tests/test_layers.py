@@ -263,3 +263,14 @@ def test_every_module_is_in_a_layer():
 
 if __name__ == "__main__":
     raise SystemExit(pytest.main([__file__, "-q"]))
+
+
+@pytest.mark.parametrize("first", ["devices", "predictors", "compress.errors", "devices.board", "predictors.latency",
+                                   "compress.dms", "compress"])
+def test_any_package_can_be_imported_first(first):
+    """No import cycle at run time either: each package imports on its own, in a fresh interpreter."""
+    import subprocess
+    code = f"import {first}; import compress; assert callable(compress.dms) and callable(compress.autoslim)"
+    proc = subprocess.run([sys.executable, "-W", "ignore", "-c", code], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
