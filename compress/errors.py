@@ -7,6 +7,8 @@ working for callers that do not know our names.
 
 from __future__ import annotations
 
+import math
+
 
 class CompressError(Exception):
     """Base class of every error raised by this package."""
@@ -95,6 +97,16 @@ class NothingToSlimError(CompressError, ValueError):
 
 class MislabelledDataError(InvalidParameterError):
     """Loader labels do not fit the model's outputs (wrong dtype, shape or range)."""
+
+
+def is_int(value: object) -> bool:
+    """An int that is not a bool (``True`` is an int to Python, never a count or a width here)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_finite_number(value: object) -> bool:
+    """An int or float that is not a bool, NaN or infinite."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def check_parameter(ok: bool, name: str, where: str, expected: str, got: object) -> None:

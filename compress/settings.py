@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import types
 import typing
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -29,6 +31,32 @@ def nested_settings_type(hint: object) -> type | None:
         if isinstance(c, type) and issubclass(c, JsonSettings):
             return c
     return None
+
+
+def type_accepts(t: object, value: object) -> bool:
+    """Whether ``value`` is of the annotated type ``t`` under the settings' rules (see ``check_types``)."""
+    if t is type(None):
+        return value is None
+    if t is bool:
+        return isinstance(value, bool)
+    if t is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if t is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if isinstance(t, type):
+        return isinstance(value, t)
+    origin = typing.get_origin(t)
+    if origin is typing.Literal:
+        return value in typing.get_args(t)
+    return isinstance(value, origin) if isinstance(origin, type) else True
+
+
+def type_name(t: object) -> str:
+    names = {bool: "a bool (true/false)", int: "an int", float: "a finite number", str: "a string",
+             type(None): "None"}
+    if t in names:
+        return names[t]
+    return f"a {getattr(t, '__name__', str(t))}"
 
 
 class JsonSettings:
@@ -89,6 +117,23 @@ class JsonSettings:
                        f": this is not a settings file of this package; write it with {cls.__name__}.to_json()."))
         return cls.from_dict(data)
 
+    def check_types(self) -> None:
+        """Refuse a field whose value is not of its annotated type: bools are not numbers, numbers are finite,
+        strings are strings, nested settings are settings objects (``{"train": 5}`` is refused).
+
+        Raises:
+            InvalidParameterError: names the setting, the type it needs and the value received.
+        """
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            value, hint = getattr(self, f.name), hints.get(f.name)
+            options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+            if not any(type_accepts(t, value) for t in options):
+                names = " or ".join(type_name(t) for t in options)
+                raise InvalidParameterError(
+                    f"{type(self).__name__}.{f.name} must be {names}. Got {value!r} ({type(value).__name__}) "
+                    f"instead.")
+
     def _check(self, name: str, ok: bool, expected: str) -> None:
         if not ok:
             raise InvalidParameterError(
@@ -114,6 +159,7 @@ class TrainSettings(JsonSettings):
     seed: int = 0
 
     def __post_init__(self) -> None:
+        self.check_types()
         self._check("epochs", self.epochs > 0, "> 0")
         self._check("lr", self.lr > 0, "> 0")
         self._check("num_subnets", isinstance(self.num_subnets, int) and self.num_subnets >= 2, "an int >= 2")
@@ -142,6 +188,7 @@ class SearchSettings(JsonSettings):
     criterion: str = "score"          # "score" (AutoSlim: least damage) or "score_per_cost" (damage per cost saved)
 
     def __post_init__(self) -> None:
+        self.check_types()
         self._check("criterion", self.criterion in ("score", "score_per_cost"), "'score' or 'score_per_cost'")
         self._check("step_ratio", 0 < self.step_ratio < 1, "in (0, 1)")
         self._check("calib_batches", isinstance(self.calib_batches, int) and self.calib_batches > 0, "an int > 0")
@@ -171,6 +218,7 @@ class AutoSlimSettings(JsonSettings):
     min_budget_use: float = 0.95      # closed loop: try a larger subnet when measured < this x budget
 
     def __post_init__(self) -> None:
+        self.check_types()
         self._check("divisor", isinstance(self.divisor, int) and self.divisor >= 1, "an int >= 1")
         self._check("threads", isinstance(self.threads, int) and self.threads >= 1, "an int >= 1")
         self._check("finetune_epochs", self.finetune_epochs >= 0, ">= 0")
@@ -217,6 +265,7 @@ class DMSSettings(JsonSettings):
         return self.pipeline == "search_only"
 
     def __post_init__(self) -> None:
+        self.check_types()
         self._check("epochs", self.epochs > 0, "> 0")
         self._check("lambda_resource", self.lambda_resource > 0, "> 0")
         self._check("anneal", 0 < self.anneal <= 1, "in (0, 1]")

@@ -30,7 +30,7 @@ from torch import nn
 from compress.cost.counts import SpecCounter
 from compress.errors import FlopsMismatchError
 from compress.space.atoms import FlopOp, TMeta
-from compress.space.trace import as_input_tuple
+from compress.space.trace import as_input_tuple, run_on_inputs
 
 
 # ---- fvcore with our extra handlers ------------------------------------------------------
@@ -106,6 +106,7 @@ def count_flops(model: nn.Module, example_inputs: Any) -> FlopReport:
     modes = {m: m.training for m in model.modules()}
     try:
         model.eval()
+        run_on_inputs(model, inputs, "count_flops")  # a named error before fvcore's trace fails deep inside
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # jit tracer warnings about Python values in the graph
             analysis = FlopCountAnalysis(model, inputs)

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from compress.errors import (BudgetUnreachableError, InvalidParameterError, MislabelledDataError,
-                             NothingToSlimError)
+                             NothingToSlimError, is_finite_number)
 from devices import device_options, get_device
 from compress.train.evaluate import take_batches
 from compress.subnet.extract import extract_subnet
@@ -87,11 +87,21 @@ def prepare(name: str, model: nn.Module, latency_ms: float | None, flops: float 
         raise InvalidParameterError(f"{name} needs exactly one budget: latency_ms=... or flops=... "
                                     f"Got latency_ms={latency_ms!r}, flops={flops!r}.")
     budget = latency_ms if latency_ms is not None else flops
-    if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not budget > 0:
-        raise InvalidParameterError(f"The budget must be a positive number. Got {budget!r}.")
+    if not is_finite_number(budget) or not budget > 0:
+        raise InvalidParameterError(f"The budget must be a positive, finite number "
+                                    f"({'milliseconds' if latency_ms is not None else 'FLOPs'}). Got {budget!r}.")
     device = _resolve_device(device, threads)
     work = Path(work_dir) if work_dir is not None else Path(tempfile.mkdtemp(prefix=f"{name}-"))
-    work.mkdir(parents=True, exist_ok=True)
+    if work.exists() and not work.is_dir():
+        raise InvalidParameterError(f"The work_dir of {name} must be a folder. Got {str(work)!r}, which is a file: "
+                                    f"pass a folder path (it is created if missing).")
+    try:
+        work.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InvalidParameterError(f"Cannot create the work_dir {str(work)!r} of {name}: {e.strerror}. Pass a "
+                                    f"folder you can write to.") from e
+    if work_dir is None:
+        log(f"work directory (checkpoints, search path, result): {work}")
 
     # ---- model and data -------------------------------------------------------------------------------------
     if isinstance(model, SlimmableNetwork):

@@ -27,7 +27,7 @@ from torch import fx, nn
 from compress.space.atoms import CouplingResult
 from compress.space.propagate import propagate
 from compress.cost.flops import FlopsModel
-from compress.errors import InvalidParameterError, UnsupportedOpError, check_parameter
+from compress.errors import InvalidParameterError, UnsupportedOpError, check_parameter, is_int
 from compress.space.groups import GroupAssignment, build_groups, keep_split_parts_nonempty, misaligned_grouped_convs
 from compress.slim.layers import (AttrSlice, ChannelPermute, ChannelSplit, find_layer_kind, make_slimmable,
                                   selection_of, set_slim_selection, slim_kind, slim_selection, take,
@@ -173,10 +173,12 @@ class SlimmableNetwork(nn.Module):
                  ignore: Sequence[str] = ()) -> None:
         super().__init__()
         check_parameter(isinstance(model, nn.Module), "model", "SlimmableNetwork", "a torch.nn.Module", type(model))
-        check_parameter(isinstance(divisor, int) and divisor >= 1, "divisor", "SlimmableNetwork",
+        check_parameter(is_int(divisor) and divisor >= 1, "divisor", "SlimmableNetwork",
                         "an int >= 1", divisor)
         inputs = as_input_tuple(example_inputs)
         names = {n for n, _ in model.named_modules() if n}
+        check_parameter(not isinstance(ignore, (str, bytes)) and all(isinstance(n, str) for n in ignore), "ignore",
+                        "SlimmableNetwork", "a list of module names (e.g. ['fc']), not one string", ignore)
         for name in ignore:
             if name not in names:
                 close = difflib.get_close_matches(str(name), names, n=3)

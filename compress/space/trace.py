@@ -61,6 +61,23 @@ def flatten_tensors(value: Any) -> list[torch.Tensor]:
     return []
 
 
+def run_on_inputs(model: nn.Module, inputs: tuple[torch.Tensor, ...], where: str = "") -> Any:
+    """Run ``model(*inputs)`` without gradients and return the output; a failing forward is a named error.
+
+    Raises:
+        InputShapeError: the model does not run on these inputs (names their shapes and the forward's error).
+    """
+    shapes = [tuple(t.shape) for t in inputs]
+    try:
+        with torch.no_grad():
+            return model(*inputs)
+    except Exception as exc:  # the user's forward failed on the inputs given
+        raise InputShapeError(
+            f"{type(model).__name__} does not run on {'the inputs of ' + where if where else 'example inputs'} of "
+            f"shape {shapes}: {type(exc).__name__}: {exc}. Pass inputs the model accepts, e.g. "
+            f"torch.randn(1, 3, 224, 224).") from exc
+
+
 def as_input_tuple(example_inputs: Any) -> tuple[torch.Tensor, ...]:
     """Normalise example inputs (a tensor or a sequence of tensors) to a tuple."""
     if isinstance(example_inputs, torch.Tensor):
@@ -86,15 +103,7 @@ def trace_model(
         TraceError: torch.fx cannot trace the model (the message names the node or line).
     """
     model = copy.deepcopy(model).eval()
-    shapes = [tuple(t.shape) for t in example_inputs]
-    try:
-        with torch.no_grad():
-            model(*example_inputs)
-    except Exception as exc:  # the user's forward failed on the inputs given
-        raise InputShapeError(
-            f"{type(model).__name__} does not run on example inputs of shape {shapes}: "
-            f"{type(exc).__name__}: {exc}. Pass inputs the model accepts, e.g. torch.randn(1, 3, 224, 224)."
-        ) from exc
+    run_on_inputs(model, example_inputs)
     try:
         tracer = _ChannelTracer(frozenset(leaf_names))
         graph = tracer.trace(model)

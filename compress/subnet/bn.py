@@ -7,7 +7,8 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 
-from compress.errors import check_parameter, InvalidParameterError
+from compress.errors import check_parameter, InvalidParameterError, is_int
+from compress.space.trace import run_on_inputs
 
 
 def _batch_inputs(batch: Any) -> tuple:
@@ -48,14 +49,15 @@ def recalibrate_bn(model: nn.Module, loader: Iterable, num_batches: int | None =
         >>> net.set_config(cfg)
         >>> recalibrate_bn(net, train_loader, num_batches=20)
     """
-    check_parameter(num_batches is None or (isinstance(num_batches, int) and num_batches > 0), "num_batches",
+    check_parameter(num_batches is None or (is_int(num_batches) and num_batches > 0), "num_batches",
                     "recalibrate_bn", "a positive int or None", num_batches)
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not bns:
         return 0
     modes = {m: m.training for m in model.modules()}
     momenta = {bn: bn.momentum for bn in bns}
-    seen = 0
+    saved = {bn: {k: v.clone() for k, v in bn.state_dict().items()} for bn in bns}  # restored on any error
+    seen, done = 0, False
     try:
         model.eval()
         for bn in bns:
@@ -72,12 +74,16 @@ def recalibrate_bn(model: nn.Module, loader: Iterable, num_batches: int | None =
                 if num_batches is not None and b >= num_batches:
                     break
                 inputs = _batch_inputs(batch)
-                model(*inputs)
+                run_on_inputs(model, inputs, "a batch given to recalibrate_bn")
                 seen += int(inputs[0].shape[0])
         if seen == 0:
             raise InvalidParameterError(
                 "The loader given to recalibrate_bn yielded no batch; pass a loader with training data.")
+        done = True
     finally:
+        if not done:  # the caller's statistics, not mean 0 / var 1 from the reset
+            for bn, state in saved.items():
+                bn.load_state_dict(state)
         for bn, mom in momenta.items():
             bn.momentum = mom
         for m, mode in modes.items():

@@ -22,7 +22,7 @@ from torch import nn
 
 from compress.io import atomic_write
 from compress.errors import ExportError, ExportMismatchError, WriteError
-from compress.space.trace import as_input_tuple, flatten_tensors
+from compress.space.trace import as_input_tuple, flatten_tensors, run_on_inputs
 
 ATOL = 1e-4
 RTOL = 1e-3
@@ -119,7 +119,7 @@ def export_onnx(model: nn.Module, example_inputs: Any, path: str | os.PathLike, 
     def write(tmp: str) -> None:  # export, check and compare on the temporary file; rename only if all pass
         model.eval()
         with torch.no_grad():
-            raw = model(*inputs)
+            raw = run_on_inputs(model, inputs, "export_onnx")
             outputs = flatten_tensors(raw)
         if not outputs:
             raise ExportError(f"Model output of type {type(raw).__name__} holds no tensor and cannot be exported; "
