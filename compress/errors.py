@@ -53,6 +53,10 @@ class ReorderError(CompressError, AssertionError):
     """A channel permutation would change what the full-width network computes (the weights are restored)."""
 
 
+class WorkDirBusyError(CompressError, RuntimeError):
+    """Another process is running in this work directory (the message names its process id)."""
+
+
 class WriteError(CompressError, OSError):
     """A file could not be written (read-only folder, missing parent, disk full...).
 

@@ -11,18 +11,29 @@ package and keeps a standard-library copy with the same behaviour (``write_json_
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import functools
 import hashlib
 import json
 import os
 import tempfile
 import threading
+import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator, TypeVar
 
 import torch
 
-from compress.errors import CompressError, WriteError
+from compress.errors import CompressError, InvalidParameterError, WorkDirBusyError, WriteError
+
+try:
+    import fcntl
+except ImportError:  # Windows: work directories are not locked
+    fcntl = None
+
+F = TypeVar("F", bound=Callable[..., Any])
+LOCK_NAME = ".lock"  # inside a work directory: who holds it
 
 # What to do about the most common reasons a write fails (errno -> advice); anything else gets the generic advice.
 WRITE_ADVICE: dict[int, str] = {
@@ -181,3 +192,58 @@ def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
 
 def load_checkpoint(path: str | os.PathLike) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+@contextlib.contextmanager
+def work_dir_lock(work_dir: str | os.PathLike | None, owner: str) -> Iterator[None]:
+    """Hold an exclusive lock on ``work_dir`` (``<work_dir>/.lock``, ``flock``) for the duration of the block.
+
+    A second run on the same folder, in this process or another, gets :class:`WorkDirBusyError` naming the
+    process that holds it, instead of interleaving its files with the first run's. The lock goes away with the
+    process (also on SIGKILL): a stale ``.lock`` file never blocks. ``work_dir=None`` locks nothing (every run
+    then gets its own temporary folder).
+
+    Raises:
+        WorkDirBusyError: another run holds the folder.
+        InvalidParameterError: ``work_dir`` is a file, or cannot be created.
+    """
+    if work_dir is None or fcntl is None:  # no flock (Windows): no lock
+        yield
+        return
+    path = Path(work_dir)
+    if path.exists() and not path.is_dir():
+        raise InvalidParameterError(f"The work_dir of {owner} must be a folder. Got {str(path)!r}, which is a file: "
+                                    f"pass a folder path (it is created if missing).")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as e:
+        raise InvalidParameterError(f"Cannot create the work_dir {str(path)!r} of {owner}: {e.strerror}. Pass a "
+                                    f"folder you can write to.") from e
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise WorkDirBusyError(
+            f"The work_dir {str(path)!r} is in use by another run ({holder}). Wait for it to finish, or pass "
+            f"another work_dir to this {owner} run.") from None
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{owner}, process {os.getpid()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}".encode(), 0)
+        yield
+    finally:
+        os.ftruncate(fd, 0)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def locks_work_dir(owner: str) -> Callable[[F], F]:
+    """Decorator: the call holds :func:`work_dir_lock` on its ``work_dir`` keyword argument while it runs."""
+    def wrap(fn: F) -> F:
+        @functools.wraps(fn)
+        def locked(*args: Any, **kwargs: Any) -> Any:
+            with work_dir_lock(kwargs.get("work_dir"), owner):
+                return fn(*args, **kwargs)
+        return locked  # type: ignore[return-value]
+    return wrap

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from predictors.errors import CorruptTableError
+
 
 class ForestModel:
     """Average of regression trees (``fit`` uses sklearn's ExtraTreesRegressor)."""
@@ -54,7 +56,51 @@ class ForestModel:
         return {"trees": [{k: v.tolist() for k, v in t.items()} for t in self.trees]}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ForestModel":
+    def from_dict(cls, d: dict, n_features: int | None = None) -> "ForestModel":
+        """Rebuild from ``to_dict``'s arrays, validated: a file can be passed around, so nothing in it is trusted.
+
+        Every tree's arrays have one length; a split node's children lie after it and inside the tree (so every
+        walk ends, in at most as many steps as the tree has nodes); a leaf has both children -1; a split's
+        feature is in ``[0, n_features)``; thresholds and values are finite.
+
+        Raises:
+            CorruptTableError: names the tree and the field that is wrong.
+        """
         types = {"left": np.int32, "right": np.int32, "feature": np.int32, "threshold": np.float64,
                  "value": np.float64}
-        return cls([{k: np.asarray(t[k], dtype=types[k]) for k in types} for t in d["trees"]])
+        if not isinstance(d, dict) or not isinstance(d.get("trees"), list):
+            raise CorruptTableError("A forest must be {'trees': [...]}; got "
+                                    f"{type(d).__name__ if not isinstance(d, dict) else sorted(d)}.")
+        trees = []
+        for i, t in enumerate(d["trees"]):
+            try:
+                tree = {k: np.asarray(t[k], dtype=types[k]) for k in types}
+            except (KeyError, TypeError, ValueError) as e:
+                raise CorruptTableError(f"Tree {i} of the forest lacks or has a malformed field: {e}.") from None
+            check_tree(tree, i, n_features)
+            trees.append(tree)
+        return cls(trees)
+
+
+def check_tree(t: dict[str, np.ndarray], index: int, n_features: int | None) -> None:
+    """Raise :class:`CorruptTableError` unless the node arrays describe a finite tree (see ``from_dict``)."""
+    n = len(t["left"])
+    if n == 0 or any(v.ndim != 1 or len(v) != n for v in t.values()):
+        raise CorruptTableError(f"Tree {index}: its node arrays must be 1-d and of one non-zero length; got "
+                                f"{ {k: v.shape for k, v in t.items()} }.")
+    left, right, nodes = t["left"], t["right"], np.arange(n)
+    leaf = left == -1
+    if np.any(leaf != (right == -1)):
+        raise CorruptTableError(f"Tree {index}: a node has exactly one child (left and right must both be -1 at "
+                                f"a leaf), at node {int(np.flatnonzero(leaf != (right == -1))[0])}.")
+    split = ~leaf
+    bad = split & ((left <= nodes) | (right <= nodes) | (left >= n) | (right >= n))
+    if np.any(bad):
+        raise CorruptTableError(f"Tree {index}: node {int(np.flatnonzero(bad)[0])} points to a child that is not "
+                                f"after it inside the tree (a loop or out of range; children must be in ({0}, {n})).")
+    feat = t["feature"][split]
+    if np.any(feat < 0) or (n_features is not None and np.any(feat >= n_features)):
+        raise CorruptTableError(f"Tree {index}: a split reads feature {int(feat.min() if np.any(feat < 0) else feat.max())}, "
+                                f"outside [0, {n_features if n_features is not None else 'n_features'}).")
+    if not (np.all(np.isfinite(t["threshold"][split])) and np.all(np.isfinite(t["value"]))):
+        raise CorruptTableError(f"Tree {index}: a threshold or value is not a finite number.")

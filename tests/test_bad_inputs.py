@@ -106,3 +106,53 @@ def test_a_work_dir_that_is_a_file(model_x, tmp_path):
 def test_devices(call, error, match):
     with pytest.raises(error, match=match):
         call()
+
+
+@pytest.mark.parametrize("corrupt, match", [
+    (lambda t: t["left"].__setitem__(0, 0), "node 0 points to a child that is not after it"),  # a loop: hung before
+    (lambda t: t["right"].__setitem__(0, 10**6), "not after it inside the tree"),
+    (lambda t: t["left"].__setitem__(0, -1), "exactly one child"),
+    (lambda t: t["feature"].__setitem__(0, 7), r"reads feature 7, outside \[0, 3\)"),
+    (lambda t: t["value"].__setitem__(1, float("nan")), "not a finite number"),
+    (lambda t: t.pop("threshold"), "lacks or has a malformed field"),
+])
+def test_a_corrupt_tree_in_a_predictor_file_is_named_not_walked(corrupt, match):
+    import numpy as np
+    from predictors.errors import CorruptTableError
+    from predictors.forest import ForestModel
+    rng = np.random.default_rng(0)
+    X = rng.random((100, 3))
+    d = ForestModel.fit(X, X.sum(1), n_trees=2).to_dict()
+    corrupt(d["trees"][0])
+    with pytest.raises(CorruptTableError, match=match):
+        ForestModel.from_dict(json.loads(json.dumps(d)), n_features=3)
+
+
+def test_a_second_run_on_a_busy_work_dir_is_refused_by_name(model_x, tmp_path):
+    """Real processes: one holds the work directory, the other is refused with its process id; when the holder
+    is killed (SIGKILL) the folder is free again."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from compress.io import work_dir_lock
+    from compress.train.data import cifar10_loaders
+    work = tmp_path / "run"
+    holder = subprocess.Popen(
+        [sys.executable, "-W", "ignore", "-c",
+         "import sys, time; from compress.io import work_dir_lock\n"
+         f"with work_dir_lock({str(work)!r}, 'autoslim'):\n    print('held', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True, cwd=os.getcwd())
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        tl, vl = cifar10_loaders(batch_size=8, train_per_class=2, val_per_class=1)
+        with pytest.raises(compress.WorkDirBusyError, match=rf"in use by another run \(autoslim, process "
+                                                            rf"{holder.pid}, since .*\)\. Wait for it"):
+            compress.autoslim(model_x[0], flops=1e6, train_loader=tl, val_loader=vl, work_dir=work)
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    with work_dir_lock(work, "autoslim"):  # free after the holder died
+        assert "process" in (work / ".lock").read_text()
+    assert (work / ".lock").read_text() == ""

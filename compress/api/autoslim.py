@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterable
 from torch import nn
 
 from compress.subnet.bn import recalibrate_bn
-from compress.io import weights_digest
+from compress.io import weights_digest, locks_work_dir
 from compress.deploy.closed_loop import closed_loop
 from compress.train.evaluate import CalibratedScorer, take_batches
 from compress.subnet.extract import extract_subnet
@@ -28,6 +28,7 @@ from compress.train.supernet import train_supernet
 from compress.deploy.timing import ReferenceTimer
 
 
+@locks_work_dir("autoslim")
 def autoslim(model: nn.Module, *, latency_ms: float | None = None, flops: float | None = None,
              device: Any = "cpu", train_loader: Iterable, val_loader: Iterable,
              settings: AutoSlimSettings | None = None, predictor: Any = None, work_dir: str | Path | None = None,

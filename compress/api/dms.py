@@ -26,6 +26,7 @@ from compress.train.evaluate import take_batches
 from compress.cost.flops import count_flops
 from compress.search.objectives import LatencyCost, fit_latency_predictor
 from compress.search.prepare import prepare
+from compress.io import locks_work_dir
 from compress.result import MeasurementRecord, SlimResult, finish, measurement_record, path_point
 from compress.search.dms.masked import DMSNetwork, extract_with_depth
 from compress.search.dms.scale import fit_scale
@@ -79,6 +80,7 @@ def settings_with_deprecated(settings: DMSSettings | None, loose: dict[str, Any]
     return DMSSettings.from_dict({**settings.to_dict(), **moved})
 
 
+@locks_work_dir("dms")
 def dms(model: nn.Module, *, latency_ms: float | None = None, flops: float | None = None, device: Any = "cpu",
         train_loader: Iterable, val_loader: Iterable, settings: DMSSettings | None = None, predictor: Any = None,
         work_dir: str | Path | None = None, progress: bool = True, log: Callable[[str], None] = print,
