@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Iterable
@@ -28,6 +30,22 @@ from compress.errors import CheckpointMismatchError, InvalidParameterError
 from compress.train.losses import adaptive_alpha_divergence, kl_distill
 from compress.train.schedule import cosine_lambda, set_loader_epoch
 from compress.settings import TrainSettings
+
+
+@contextlib.contextmanager
+def deferred_interrupt():
+    """Hold back SIGINT (Ctrl-C) until the block ends, then raise KeyboardInterrupt; no-op outside the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
 
 
 def sandwich_configs(space, settings: TrainSettings, step: int) -> list[dict]:
@@ -161,9 +179,10 @@ def train_supernet(net, train_loader: Iterable, settings: TrainSettings | None =
                             loss = distill(out, teacher)
                         (loss / len(configs)).backward()  # the mean: lr means what it does for one network
                     sums[min(j, 1)] += float(loss.detach()) / (1 if j == 0 else len(configs) - 1)
-                opt.step()
-                sched.step()
-                step += 1
+                with deferred_interrupt():  # weights, scheduler and step counter move together or not at all
+                    opt.step()
+                    sched.step()
+                    step += 1
                 count += 1
                 if bar is not None:
                     bar.update(1)
@@ -181,6 +200,11 @@ def train_supernet(net, train_loader: Iterable, settings: TrainSettings | None =
             history["steps"] = step
             history["seconds"] = time.perf_counter() - t0
             save()
+    except KeyboardInterrupt:  # Ctrl-C: keep every finished step (a resume repeats none)
+        history["steps"] = step
+        history["seconds"] = time.perf_counter() - t0
+        save()
+        raise
     finally:
         if hasattr(train_loader, "start_batch"):
             train_loader.start_batch = 0
