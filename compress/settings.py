@@ -255,8 +255,8 @@ class DMSSettings(JsonSettings):
         epochs: search epochs (weights and structure together), > 0.
         lr: weight learning rate (SGD, cosine schedule).
         structure_lr: pruning-ratio learning rate (Adam: every step moves a ratio by about this).
-        lambda_resource: weight of the resource penalty |log(cost / target)| in the search loss
-            (dimensionless), > 0.
+        lambda_resource: weight of the resource penalty in the search loss (dimensionless), > 0: the penalty is
+            |log(cost / target)| (``two_sided``) or max(0, log(cost / target)).
         anneal: fraction of the search over which the target moves from the full cost to the budget, in (0, 1].
         min_ratio: no group (and no stage of blocks) below this fraction of its width, in (0, 1].
         depth: also search the number of residual blocks per stage (bool).
