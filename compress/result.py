@@ -121,9 +121,12 @@ class SlimResult:
             onnxruntime/torch devices timed interleaved with the full model and scaled by the full model's median
             latency over the run (compress/deploy/timing.py), so a drifting host does not move it.
         top1: held-out top-1 accuracy (%) of the subnet after BN recalibration (and fine-tuning).
-        budget: the budget searched for, and its unit ("ms" or "FLOPs").
+        budget: the budget searched for, in ``unit``.
+        unit: the budget's unit: "ms" (latency, milliseconds) or "FLOPs" (fused multiply-adds).
         path: the search path, :class:`PathPoint` records (autoslim: the accuracy/cost frontier; dms: the
             logged optimizer steps).
+        example_inputs: the example inputs the subnet was traced, exported and checked with (a tuple of tensors,
+            e.g. one 1 x C x H x W image batch).
         measurements: every closed-loop measurement in the order taken, :class:`MeasurementRecord` records.
         full: the full-width network's flops, measured_ms and cost (see :func:`full_record`).
         notes: what the reader should know about how the subnet was chosen.

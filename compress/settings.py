@@ -142,7 +142,30 @@ class JsonSettings:
 
 @dataclass
 class TrainSettings(JsonSettings):
-    """Slimmable supernet training (sandwich rule + inplace distillation)."""
+    """Slimmable supernet training: sandwich rule and inplace distillation.
+
+    Follows Yu & Huang 2019, "Universally Slimmable Networks and Improved Training Techniques" (sandwich rule,
+    inplace distillation), with the adaptive alpha-divergence of Wang et al. 2021, "AlphaNet: Improved Training
+    of Supernets with Alpha-Divergence" for ``distill="alpha"``.
+
+    Attributes:
+        epochs: passes over the training loader (float; fractions of an epoch allowed), > 0.
+        lr: peak SGD learning rate (Nesterov, cosine schedule) of one network's step, > 0.
+        momentum: SGD momentum (dimensionless).
+        weight_decay: L2 weight decay of conv/linear weights (BN and biases get none).
+        warmup_epochs: linear learning-rate warm-up length, in epochs.
+        num_subnets: subnets per optimizer step: largest + smallest + (num_subnets - 2) random, int >= 2.
+        min_ratio: width of the smallest subnet, as a fraction of every group's full width, in (0, 1].
+        distill: "kl" (KL to the largest subnet), "alpha" (adaptive alpha-divergence) or "none" (labels for all).
+        alpha_min: the negative alpha of the adaptive alpha-divergence, < 0.
+        alpha_max: the positive alpha of the adaptive alpha-divergence, > 0.
+        beta: clip of the importance weight (p/q)^alpha (dimensionless), > 0.
+        checkpoint_every: optimizer steps between checkpoints (one is also written at every epoch end), int > 0.
+        seed: seed of the random subnets and of torch's generator (int).
+
+    Raises:
+        InvalidParameterError: a field is out of the range given above (the message names the field).
+    """
 
     epochs: float = 10.0
     lr: float = 0.1
@@ -174,7 +197,25 @@ class TrainSettings(JsonSettings):
 
 @dataclass
 class SearchSettings(JsonSettings):
-    """Greedy slimming."""
+    """Greedy slimming (AutoSlim: Yu & Huang 2019, "AutoSlim: Towards One-Shot Architecture Search for Channel
+    Numbers").
+
+    Attributes:
+        step_ratio: one cut removes this fraction of a group's full width (rounded to its divisor), in (0, 1).
+        calib_batches: BN recalibration batches per candidate (fixed, reused), int > 0.
+        eval_batches: held-out batches per candidate score (fixed, reused), int > 0.
+        fast_factor: while cost > fast_factor x target, apply ``cuts_when_far`` cuts per step (ratio), >= 1.
+        cuts_when_far: cuts per step while far from the target, int >= 1.
+        full_rescore_every: score every group on every n-th step; in between only the best ``rescore_top``,
+            int >= 1.
+        rescore_top: groups re-scored on the steps in between, int >= 1.
+        overshoot: continue the path down to this fraction of the target (for the closed loop), in (0, 1].
+        min_ratio: no group below this fraction of its full width (what the supernet was trained on), in (0, 1].
+        criterion: "score" (AutoSlim: least accuracy damage) or "score_per_cost" (damage per unit of cost saved).
+
+    Raises:
+        InvalidParameterError: a field is out of the range given above (the message names the field).
+    """
 
     step_ratio: float = 0.1           # one cut removes this fraction of a group's full width (rounded to its divisor)
     calib_batches: int = 3            # BN recalibration batches per candidate (fixed, reused)
@@ -204,7 +245,23 @@ class SearchSettings(JsonSettings):
 
 @dataclass
 class AutoSlimSettings(JsonSettings):
-    """Everything ``autoslim`` does besides the model, data, budget and device."""
+    """Everything ``autoslim`` does besides the model, data, budget and device.
+
+    Attributes:
+        train: supernet training (:class:`TrainSettings`).
+        search: greedy slimming (:class:`SearchSettings`).
+        divisor: channel counts of slimmable groups are multiples of this (channels), int >= 1.
+        threads: intra-op threads of the device measurements, int >= 1.
+        pretrained: reorder channels by BN importance before training the supernet (bool).
+        finetune_epochs: epochs of fine-tuning the chosen subnet, distilled from the supernet, >= 0 (0: none).
+        finetune_lr: learning rate of that fine-tuning.
+        profile_configs: subnets profiled in context to fit the latency predictor, int >= 4.
+        max_measurements: closed loop: subnets exported and measured on the device at most, int >= 1.
+        min_budget_use: closed loop: try a larger subnet while measured latency < this x budget, in (0, 1).
+
+    Raises:
+        InvalidParameterError: a field is out of the range given above (the message names the field).
+    """
 
     train: TrainSettings = field(default_factory=TrainSettings)
     search: SearchSettings = field(default_factory=SearchSettings)
@@ -239,8 +296,29 @@ PIPELINES: dict[str, float | None] = {"pretrained": 0.01, "scratch": 0.05, "sear
 class DMSSettings(JsonSettings):
     """Everything ``dms`` does besides the model, data, budget and device (search, closed loop, training after).
 
-    Named as in AutoSlimSettings where the two calls share a setting (divisor, threads, max_measurements,
-    min_budget_use).
+    DMS follows Liu et al., "Differentiable Model Scaling using Differentiable Topk" (ICML 2024). Named as in
+    AutoSlimSettings where the two calls share a setting (divisor, threads, max_measurements, min_budget_use).
+
+    Attributes:
+        epochs: search epochs (weights and structure together), > 0.
+        lr: weight learning rate (SGD, cosine schedule).
+        structure_lr: pruning-ratio learning rate (Adam: every step moves a ratio by about this).
+        lambda_resource: weight of the resource penalty in the search loss (dimensionless), > 0: the penalty is
+            |log(cost / target)| (``two_sided``) or max(0, log(cost / target)).
+        anneal: fraction of the search over which the target moves from the full cost to the budget, in (0, 1].
+        min_ratio: no group (and no stage of blocks) below this fraction of its width, in (0, 1].
+        depth: also search the number of residual blocks per stage (bool).
+        two_sided: also penalise a cost below the target: the budget is to be used, not undercut (bool).
+        seed: seed of the search (int).
+        pipeline: a key of PIPELINES: "pretrained", "scratch" or "search_only".
+        train_epochs: epochs after the search: fine-tune ("pretrained") or train ("scratch") the subnet, >= 0.
+        divisor: channel counts of slimmable groups are multiples of this (channels), int >= 1.
+        threads: intra-op threads of the device measurements, int >= 1.
+        max_measurements: closed loop: scalings of the searched shape measured at most, int >= 1.
+        min_budget_use: closed loop: scale up while measured latency < this x budget, in (0, 1).
+
+    Raises:
+        InvalidParameterError: a field is out of the range given above (the message names the field).
     """
 
     epochs: float = 1.0                # search epochs (weights and structure together)

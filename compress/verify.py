@@ -32,7 +32,24 @@ MAX_ABS_DIFF = 1e-5
 
 @dataclass
 class VerifyReport:
-    """Outcome of :func:`verify_model` (``ok`` False comes with ``error``)."""
+    """Outcome of :func:`verify_model` (``ok`` False comes with ``error``).
+
+    Attributes:
+        ok: every check passed.
+        groups: slimmable channel groups of the model's space.
+        frozen_groups: channel groups frozen at full width.
+        configs_checked: configs whose extracted subnet passed every check (max, min and the random ones).
+        max_vs_original: largest |slimmable network at max config - original model| over the outputs (output
+            units).
+        max_sub_vs_dynamic: largest |extracted subnet - in-place slimmed network| over the configs checked.
+        flops_full: analytic FLOPs of the max config (1 fused multiply-add = 1 FLOP, fvcore's convention).
+        flops_min: analytic FLOPs of the min config.
+        onnx_max_abs_diff: largest |onnxruntime - torch| of the exported subnets (output units).
+        reorder_max_diff: largest change of the full-width output from reordering channels (output units).
+        seconds: wall-clock seconds the checks took.
+        error: "ErrorClass: message" of the first failed check (at most 500 characters), or None.
+        unknown_ops: up to 10 ops the channel analysis did not understand (their channels are frozen).
+    """
 
     ok: bool
     groups: int = 0
@@ -70,6 +87,24 @@ def verify_model(model: nn.Module, example_inputs: Any, n_random: int = 3, onnx:
 
     Differences are compared relative to the output scale (random-init nets can
     have outputs in the hundreds): ``|a - b| <= 1e-5 * max(1, max|a|)``.
+
+    Args:
+        model: the network (put in eval mode).
+        example_inputs: a tensor (e.g. 1 x C x H x W) or a tuple of tensors the model accepts.
+        n_random: random configs checked besides the max and min configs.
+        onnx: also export the min config's and the last random config's subnets to ONNX and compare with
+            onnxruntime.
+        divisor: channel divisor of the slimmable network built (channels).
+        seed: seed of the random configs.
+
+    Returns:
+        A :class:`VerifyReport`. A failed check does not raise: a ``CompressError``, ``AssertionError`` or
+        ``RuntimeError`` on the way ends the checks with ``ok=False`` and the error in ``report.error``.
+
+    Raises:
+        InputShapeError: ``example_inputs`` is not a tensor or a sequence of tensors (checked before the checks
+            start). Errors of other classes than the three above (say a ``ValueError`` of the model's own code)
+            propagate unchanged.
     """
     start = time.perf_counter()
     inputs = as_input_tuple(example_inputs)

@@ -31,7 +31,8 @@ def write_bundle(models: Mapping[str, str | os.PathLike], input_shapes: Mapping[
 
     Args:
         models: model name -> ONNX file.
-        input_shapes: input name -> shape used for every model.
+        input_shapes: input name -> shape used for every model, e.g. ``{"input": [1, 3, 224, 224]}``
+            (N x C x H x W).
         path: the .zip to write.
         meta: optional per-model metadata (e.g. the channel config) carried into the table.
         model_inputs: optional per-model input shapes, overriding ``input_shapes``.
@@ -44,6 +45,15 @@ def write_bundle(models: Mapping[str, str | os.PathLike], input_shapes: Mapping[
             Its inputs are ``input_shapes``.
         anchor_name: the anchor's name in the table (records of several tables sharing an anchor name are put on
             one scale together).
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path` (a zip: ``manifest.json`` and ``models/*.onnx``).
+
+    Raises:
+        InvalidParameterError: ``models`` is empty.
+        WriteError: the bundle could not be written (the path is left as it was).
+        FileNotFoundError: an ONNX file named in ``models``, ``reference`` or ``anchor`` does not exist (an
+            ``OSError`` reading an input propagates unchanged).
     """
     check_parameter(len(models) > 0, "models", "write_bundle", "a non-empty mapping", models)
     path = Path(path)
@@ -86,8 +96,13 @@ class BoardDevice:
     """A remote board: timing happens there, from a bundle, with ``tools/profile_device.py``.
 
     Args:
-        threads: the onnxruntime threads the board will be profiled with (``--threads``).
-        table: the latency table the board wrote, once it is back (its fingerprint is the board's).
+        threads: the onnxruntime intra-op threads the board will be profiled with (``--threads``), int > 0.
+        table: the latency table (JSON) the board wrote, once it is back (its fingerprint is the board's).
+
+    Raises:
+        InvalidParameterError: ``threads`` is not a positive int.
+        DeviceUnavailableError: from ``measure``, ``measure_interleaved`` and ``profile`` always (a board is not
+            timed from the host), and from ``fingerprint`` when ``table`` cannot be read.
     """
 
     name = "board"

@@ -21,7 +21,7 @@ MODEL_KINDS = ("onnx", "module")
 class Capabilities:
     """What a device can do from this process.
 
-    Args:
+    Attributes:
         accepts: model kinds ``measure`` takes, a subset of ``MODEL_KINDS``, in order of preference
             (callers holding a torch module export it to ONNX when the first kind is "onnx").
         measurable_here: ``measure`` and ``measure_interleaved`` time models on this host, returning
@@ -29,6 +29,10 @@ class Capabilities:
         profilable_here: ``profile`` returns per-kernel times on this host, so ``predictors.profile_family``
             (onnxruntime CPU, ``threads=device.threads``) profiles this very device and a latency predictor can
             be fitted here; when False ``profile`` (if present) raises ``DeviceUnavailableError``.
+
+    Raises:
+        InvalidParameterError: ``accepts`` is not a tuple of distinct kinds of ``MODEL_KINDS``, a flag is not a
+            bool, or ``profilable_here`` is True for a device that does not accept "onnx".
     """
 
     accepts: tuple[str, ...]
@@ -53,6 +57,16 @@ NO_CAPABILITIES = Capabilities(accepts=(), measurable_here=False, profilable_her
 
 
 def capabilities_of(device: Any) -> Capabilities:
-    """The ``Capabilities`` a device declares (its ``capabilities`` attribute), or ``NO_CAPABILITIES``."""
+    """The ``Capabilities`` a device declares (its ``capabilities`` attribute), or ``NO_CAPABILITIES``.
+
+    Args:
+        device: any object; a device class carries ``capabilities = Capabilities(...)``.
+
+    Returns:
+        ``device.capabilities`` when it is a :class:`Capabilities`, else ``NO_CAPABILITIES`` (nothing from here).
+
+    Raises:
+        Nothing: an object that declares no capabilities is read as one that can do nothing here.
+    """
     caps = getattr(device, "capabilities", None)
     return caps if isinstance(caps, Capabilities) else NO_CAPABILITIES

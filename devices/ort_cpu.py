@@ -75,9 +75,18 @@ def open_session(model: Any, input_shapes: Mapping[str, list[int]] | None, threa
 class OrtCpuDevice:
     """Times ONNX models with onnxruntime's CPU execution provider.
 
+    Latencies are in milliseconds per run (one forward pass at the batch size of ``input_shapes``).
+
     Args:
-        threads: intra-op threads (1 is the reference; must be explicit, never "all cores").
+        threads: intra-op threads, int > 0 (1 is the reference; must be explicit, never "all cores").
         opt_level: graph optimisation level: "disable", "basic", "extended" or "all".
+
+    Raises:
+        InvalidParameterError: ``threads`` is not a positive int, or an unknown ``opt_level``; from ``measure``,
+            ``measure_interleaved`` and ``profile``: a model that is neither bytes nor a path.
+        ModelNotFoundError, ModelFileError: from ``measure``, ``measure_interleaved`` and ``profile``: the ONNX
+            file is missing, or onnxruntime cannot load it.
+        InputShapeError: from the same methods: input names or shapes the model does not take.
 
     Example:
         >>> dev = get_device("cpu", threads=1)

@@ -23,8 +23,14 @@ from .torch_cpu import TorchCpuDevice
 
 @dataclass(frozen=True)
 class DeviceEntry:
-    """A registered device: its name, aliases, factory and the keyword options the factory takes
-    (None: any, the factory takes ``**kwargs``)."""
+    """A registered device: its name, aliases, factory and the keyword options the factory takes.
+
+    Attributes:
+        name: the device's registered name (what ``list_devices(include_aliases=False)`` lists).
+        factory: the callable ``get_device`` calls with the options (usually the device class).
+        aliases: other names ``get_device`` accepts for it.
+        options: the keyword options the factory takes, sorted; None: any (the factory takes ``**kwargs``).
+    """
 
     name: str
     factory: Callable[..., Any]
@@ -91,9 +97,16 @@ def register_device(name: str, factory: Callable[..., Any], aliases: Iterable[st
 
 
 def unregister_device(name: str) -> DeviceEntry:
-    """Remove a registered device (given by its name or an alias) with all its aliases; returns its entry.
+    """Remove a registered device (given by its name or an alias) with all its aliases.
+
+    Args:
+        name: the device's name or one of its aliases.
+
+    Returns:
+        The removed :class:`DeviceEntry` (pass its fields to ``register_device`` to restore it).
 
     Raises:
+        InvalidParameterError: ``name`` is not a str.
         UnknownDeviceError: the name is not registered.
     """
     entry = device_entry(name)
@@ -103,12 +116,28 @@ def unregister_device(name: str) -> DeviceEntry:
 
 
 def list_devices(include_aliases: bool = True) -> list[str]:
-    """Names accepted by :func:`get_device`, sorted; without aliases, one name per device."""
+    """Names accepted by :func:`get_device`, sorted; without aliases, one name per device.
+
+    Args:
+        include_aliases: also list every alias (False: one name per device).
+
+    Returns:
+        The sorted names.
+
+    Raises:
+        Nothing: it only reads the registry.
+    """
     return sorted(n for n, e in DEVICES.items() if include_aliases or n == e.name)
 
 
 def device_entry(name: str) -> DeviceEntry:
     """The registry entry of a device name or alias.
+
+    Args:
+        name: a registered device name or alias.
+
+    Returns:
+        Its :class:`DeviceEntry` (the same entry for a name and its aliases).
 
     Raises:
         InvalidParameterError: ``name`` is not a str.
@@ -123,15 +152,34 @@ def device_entry(name: str) -> DeviceEntry:
 
 
 def device_options(name: str) -> tuple[str, ...] | None:
-    """Keyword options ``get_device(name, ...)`` takes (None: any)."""
+    """Keyword options ``get_device(name, ...)`` takes (None: any).
+
+    Args:
+        name: a registered device name or alias.
+
+    Returns:
+        The option names, sorted, or None when the factory takes ``**kwargs``.
+
+    Raises:
+        InvalidParameterError: ``name`` is not a str.
+        UnknownDeviceError: the name is not registered (the message lists the known names).
+    """
     return device_entry(name).options
 
 
 def get_device(name: str, **options: Any) -> Any:
     """Create a device by name, e.g. ``get_device("cpu", threads=1)``.
 
+    Args:
+        name: a registered device name or alias (``list_devices()``).
+        **options: keyword options of the device's factory (e.g. ``threads`` for "cpu" and "torch-cpu").
+
+    Returns:
+        ``factory(**options)``: a device object (see :class:`devices.Capabilities` for what it promises).
+
     Raises:
-        InvalidParameterError: ``name`` is not a str, or bad option values, e.g. threads <= 0.
+        InvalidParameterError: ``name`` is not a str, or bad option values (raised by the factory), e.g.
+            threads <= 0.
         UnknownDeviceError: the name is not registered (the message lists the known names).
         UnknownDeviceOptionError: options the device does not take (the message lists those it takes).
     """

@@ -37,7 +37,18 @@ def checked_inputs(model: Any, example_inputs: Any, where: str) -> tuple:
 
 
 class TorchCpuDevice:
-    """Times a module's forward in eval mode without gradients (thread count restored afterwards)."""
+    """Times a module's forward in eval mode without gradients (thread count restored afterwards).
+
+    Latencies are in milliseconds per call of ``model(*example_inputs)`` (one forward pass at their batch size).
+
+    Args:
+        threads: torch intra-op threads while timing, int > 0 (``torch.set_num_threads``; restored afterwards).
+
+    Raises:
+        InvalidParameterError: ``threads`` is not a positive int; from ``measure`` and ``measure_interleaved``:
+            a model that is not an ``nn.Module``.
+        InputShapeError: from ``measure`` and ``measure_interleaved``: the module raises on the example inputs.
+    """
 
     name = "torch-cpu"
     capabilities = Capabilities(accepts=("module",), measurable_here=True, profilable_here=False)

@@ -12,7 +12,22 @@ from predictors.errors import CorruptTableError
 
 
 class ForestModel:
-    """Average of regression trees (``fit`` uses sklearn's ExtraTreesRegressor)."""
+    """Average of regression trees (``fit`` uses sklearn's ExtraTreesRegressor), evaluated in numpy.
+
+    The per-kernel regressor of an nn-Meter-style predictor (Zhang et al. 2021, "nn-Meter: Towards Accurate
+    Latency Prediction of Deep-Learning Model Inference on Diverse Edge Devices", which fits random forests per
+    kernel type); extremely randomised trees as in Geurts et al. 2006, "Extremely randomized trees". Stored as
+    plain arrays (``to_dict``/``from_dict``, JSON-able; no pickles).
+
+    Args:
+        trees: one dict per tree with arrays "left", "right" (child node indices, -1 at leaves), "feature"
+            (feature index), "threshold" (go left when feature <= threshold) and "value" (the leaf prediction, in
+            the unit of the fitted target); None or [] for an empty forest.
+
+    Raises:
+        Nothing in the constructor (the trees are taken as given); ``from_dict`` raises KeyError on a dict
+        missing a tree array.
+    """
 
     def __init__(self, trees: list[dict] | None = None) -> None:
         self.trees = trees or []

@@ -39,7 +39,20 @@ _FUSABLE_BETWEEN = ("BatchNorm", "ReLU", "ReLU6", "Hardtanh", "Identity", "Stoch
 
 
 class NetKernels:
-    """The compute kernels of a slimmable network as functions of its config."""
+    """The compute kernels of a slimmable network as functions of its config.
+
+    Lists the network's convs (channels in/out, input and output H x W, kernel kH x kW, groups, fused add and
+    activation, batch N) and linear layers (rows, in/out features) with their channel counts as functions of the
+    group widths, plus the element count of the other ops (pooling, element-wise, unfused activations): the
+    kernel decomposition of an nn-Meter-style predictor (Zhang et al. 2021, "nn-Meter").
+
+    Args:
+        net: a ``compress.SlimmableNetwork`` (its traced graph and channel groups are read, not changed).
+
+    Raises:
+        Nothing of its own: it reads what the network's trace recorded (ops it cannot model are listed in
+        ``unmodelled``, not raised).
+    """
 
     def __init__(self, net) -> None:
         self.net = net
@@ -228,9 +241,12 @@ def _unfused_activations(net, modules, fused_adds: set) -> list:
 
 
 class LatencyPredictor:
-    """Predicts onnxruntime latency of any config of a profiled (or never profiled) model.
+    """Predicts onnxruntime latency (ms) of any config of a profiled (or never profiled) model.
 
-    sklearn-style: ``__init__`` stores settings, ``fit`` learns from latency tables
+    Follows nn-Meter (Zhang et al. 2021, "nn-Meter: Towards Accurate Latency Prediction of Deep-Learning Model
+    Inference on Diverse Edge Devices"): a model's latency is the sum of per-kernel predictions (a tree ensemble
+    per kernel family, fitted on kernels profiled on the device; kernel times in microseconds), plus an overhead
+    fitted per model family on whole-model latencies (ms). sklearn-style: ``__init__`` stores settings, ``fit`` learns from latency tables
     and returns self, learned state ends in ``_``; ``save``/``load`` use JSON.
 
     Args:
@@ -244,6 +260,16 @@ class LatencyPredictor:
         suite_weight: weight of kernel-suite kernels (single layers) against kernels profiled inside networks
             when fitting the trees. A single layer is timed cold and its small kernels carry more noise, so the
             suite fills shapes the networks lack rather than outvoting them.
+
+    Raises:
+        Nothing in the constructor (the settings are stored as given). The methods raise:
+        NotFittedError: ``predict_ms``, ``predict_widths`` or ``save`` before ``fit``; ``fit`` with no table.
+        FingerprintMismatchError: ``fit`` on tables of different devices; ``load`` with another device's
+            fingerprint.
+        ReferenceMismatchError: ``fit`` on tables timed beside different reference models.
+        InvalidConfigError: ``predict_ms`` with a config the network's space refuses.
+        CorruptTableError, SchemaVersionError: ``load`` of a damaged file or another schema version.
+        WriteError: ``save`` could not write the file.
 
     Example:
         >>> pred = LatencyPredictor().fit(table, nets={"resnet18": net})

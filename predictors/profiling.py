@@ -44,7 +44,39 @@ def profile_configs(net, configs: Sequence[Mapping[str, int]], family: str, out:
     ``reference`` names the reference model (``predictors.reference.REFERENCES``).
 
     Resumable: configs already in ``out`` under the same name and config are not measured again, and the
-    batches of an interrupted call are kept in ``out``'s ``.part`` file beside it and picked up by a rerun."""
+    batches of an interrupted call are kept in ``out``'s ``.part`` file beside it and picked up by a rerun.
+
+    Profiling kernels in the context of the whole network, to fit per-kernel predictors on, follows nn-Meter
+    (Zhang et al. 2021, "nn-Meter: Towards Accurate Latency Prediction of Deep-Learning Model Inference on
+    Diverse Edge Devices").
+
+    Args:
+        net: a ``compress.SlimmableNetwork``; its ``example_inputs`` (1 x C x H x W) fix the profiled input shape.
+        configs: channel configs (group name -> width in channels) to profile.
+        family: the model family's name; config k is recorded as ``family/NNNN`` (NNNN = ``start + k``) with
+            meta ``{"family": family, "config": config}``.
+        out: the latency table (JSON) to write; an existing one is extended.
+        threads: onnxruntime intra-op threads, int > 0.
+        opt_level: onnxruntime graph optimisation level: "disable", "basic", "extended" or "all".
+        start: index of the first config in the record names.
+        quiet: no progress output from the profiler.
+        min_runs: timed runs per model at least.
+        anchor: the anchor's (the full model's) name in the table; None: ``family``.
+        reference: the reference model's name, a key of ``predictors.reference.REFERENCES``.
+
+    Returns:
+        The whole table now in ``out`` (old and new records; latencies in ms, kernel times in us).
+
+    Raises:
+        InvalidConfigError: a config the network's space refuses.
+        ExportError, ExportMismatchError: a subnet could not be exported to verified ONNX.
+        ValueError: an unknown ``reference`` name.
+        ProfileInputError: bad ``threads`` or ``opt_level``, or a ``.part`` file of another bundle or device
+            (``devices.profile_device``).
+        CorruptTableError, SchemaVersionError: ``out`` exists but is not a readable table of this version.
+        FingerprintMismatchError: ``out`` was profiled on another device or with other settings.
+        WriteError: the table could not be written.
+    """
     existing = LatencyTable.load(out) if Path(out).exists() else None
     done = {r["model"]: r.get("meta", {}).get("config") for r in existing.records} if existing else {}
     todo = [(i, dict(c)) for i, c in enumerate(configs, start) if done.get(f"{family}/{i:04d}") != dict(c)]
@@ -112,7 +144,33 @@ def profile_family(net, family: str, out: str | os.PathLike, n_initial: int = 40
                    per_round: int = 20, pool: int = 300, seed: int = 0, threads: int = 1,
                    progress: bool = True, reference: str = "small") -> LatencyTable:
     """In-context table for one model: random subnets first, then adaptively the configs whose kernels
-    the table covers worst (largest predicted time of kernels never measured)."""
+    the table covers worst (largest predicted time of kernels never measured).
+
+    The kernel-level profiling of nn-Meter (Zhang et al. 2021, "nn-Meter"), sampled adaptively for one model:
+    after the full, the smallest and ``n_initial - 2`` random subnets, each round fits a small
+    :class:`LatencyPredictor` and profiles the ``per_round`` configs of ``pool`` random candidates with the most
+    predicted kernel time (us) the table has never measured exactly.
+
+    Args:
+        net: a ``compress.SlimmableNetwork``; its ``example_inputs`` (1 x C x H x W) fix the profiled input shape.
+        family: the model family's name (record names ``family/NNNN``; the predictor's ``family=``).
+        out: the latency table (JSON) to write; resumable (see :func:`profile_configs`).
+        n_initial: subnets profiled first (full, smallest and random ones), >= 2.
+        rounds: adaptive rounds after them.
+        per_round: configs profiled per adaptive round.
+        pool: random candidate configs scored per round.
+        seed: seed of the random configs.
+        threads: onnxruntime intra-op threads, int > 0.
+        progress: show the profiler's progress.
+        reference: the reference model's name, a key of ``predictors.reference.REFERENCES``.
+
+    Returns:
+        The table in ``out`` (latencies in ms, kernel times in us).
+
+    Raises:
+        InvalidConfigError, ExportError, ExportMismatchError, ValueError, ProfileInputError, CorruptTableError,
+            SchemaVersionError, FingerprintMismatchError, WriteError: as :func:`profile_configs`.
+    """
     from .latency import LatencyPredictor
 
     space = net.space

@@ -33,7 +33,22 @@ def check_fingerprint(expected: dict, got: dict, what: str) -> None:
 
 @dataclass
 class LatencyTable:
-    """A device's measured models and kernels.
+    """A device's measured models and kernels (what ``profile_family``/``profile_configs`` or
+    ``tools/profile_device.py`` on a board write).
+
+    Attributes:
+        fingerprint: the device's ``fingerprint()`` (JSON-able: CPU, cores, runtime and version, opt level,
+            threads); tables and predictors of different fingerprints are not mixed.
+        records: one dict per model timed: "model" (its name), "median_ms", "p25_ms", "p75_ms" (whole-model
+            latency in milliseconds), "runs", "kernels" (per-kernel times, "us" in microseconds, with the kernel's
+            shape), "meta" (e.g. "family" and "config"), and where timed beside them "reference_ms" /
+            "anchor_ms" (ms) and the ratios to them.
+        meta: the bundle's metadata (free-form, JSON-able).
+
+    Raises:
+        Nothing in the constructor (the fields are taken as given). ``load`` raises CorruptTableError (not a
+        complete table) and SchemaVersionError (another schema version); ``merge`` and ``check_device`` raise
+        FingerprintMismatchError for another device; ``save`` raises WriteError.
 
     Example:
         >>> table = LatencyTable.load("board.json")

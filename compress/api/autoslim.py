@@ -36,27 +36,45 @@ def autoslim(model: nn.Module, *, latency_ms: float | None = None, flops: float 
              timer: ReferenceTimer | None = None) -> SlimResult:
     """Find the most accurate slimmed network of ``model`` under a latency (or FLOPs) budget.
 
+    Follows AutoSlim (Yu & Huang 2019, "AutoSlim: Towards One-Shot Architecture Search for Channel Numbers"): a
+    slimmable supernet trained with the sandwich rule and inplace distillation (Yu & Huang 2019, "Universally
+    Slimmable Networks and Improved Training Techniques"; ``distill="alpha"``: the adaptive alpha-divergence of
+    Wang et al. 2021, "AlphaNet"), then greedy slimming: from full width, repeatedly cut the channel bin whose
+    removal costs the least held-out accuracy. Latency comes from an nn-Meter-style kernel predictor profiled on
+    the device (Zhang et al. 2021, "nn-Meter"), and a closed loop measures the exported candidates on the device.
+
     Args:
         model: a CNN (or an already built ``SlimmableNetwork``, e.g. a supernet trained before with ``train=False``).
         latency_ms: budget in milliseconds, measured on ``device`` (give this or ``flops``).
-        flops: budget in FLOPs (1 multiply-add = 1 FLOP).
+        flops: budget in FLOPs (1 fused multiply-add = 1 FLOP, fvcore's convention).
         device: "cpu" (onnxruntime, 1 thread by default), "torch-cpu", or a device object.
-        train_loader, val_loader: (images, labels) batches; val_loader scores candidates and the result.
+        train_loader, val_loader: (images, labels) batches, images N x C x H x W, labels N class indices (int64);
+            val_loader scores candidates and the result.
         settings: training, search and closed-loop settings (JSON-round-tripping).
         predictor: a fitted ``predictors.LatencyPredictor`` for the device (otherwise profiled here).
-        work_dir: checkpoints, latency table, search path and result are kept here; rerunning resumes.
+        work_dir: checkpoints, latency table, search path and result are kept here; rerunning resumes. None: a
+            new temporary folder.
         train: train the slimmable supernet first (False: ``model`` is a trained supernet already).
+        progress: show progress bars.
+        log: called with each line of progress text.
         timer: a ``compress.timing.ReferenceTimer`` of the full model to share between searches (optionally with
             its reference latency pinned); by default one is made and the full model measured here.
 
     Returns:
-        A SlimResult: subnet, config, FLOPs, predicted and measured latency, top-1, path; ``export_onnx(path)``.
+        A SlimResult: subnet, config, FLOPs, predicted and measured latency (ms), top-1 (%), path;
+        ``export_onnx(path)``. A budget at or above the full model returns the full model, with a warning.
 
     Raises:
-        InvalidParameterError / MislabelledDataError: bad budget, empty loaders, labels that do not fit the model.
+        InvalidParameterError / MislabelledDataError: no or two budgets, a non-positive budget, empty loaders,
+            labels that do not fit the model's outputs, a ``timer`` made for other input shapes.
         UnknownDeviceError: unknown device name (lists the known ones).
+        InputShapeError, TraceError, UnsupportedOpError: the model does not run on the loader's images or cannot
+            be traced (see :class:`SlimmableNetwork`).
         NothingToSlimError: the model has no slimmable channel group.
         BudgetUnreachableError: the budget is below the smallest subnet.
+        PredictorUnavailableError: a latency budget on a device that cannot be profiled here and no ``predictor``.
+        CheckpointMismatchError: the supernet checkpoint in ``work_dir`` belongs to other settings or another network.
+        SearchResumeError: the search path in ``work_dir`` was written for another network, weights or settings.
         BudgetNotMetError: no subnet on the path measured under the latency budget.
     """
     settings = settings or AutoSlimSettings()

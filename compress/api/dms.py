@@ -87,11 +87,19 @@ def dms(model: nn.Module, *, latency_ms: float | None = None, flops: float | Non
         timer: ReferenceTimer | None = None, **deprecated: Any) -> SlimResult:
     """Search widths and depths by gradient descent under a latency (or FLOPs) budget.
 
+    Follows DMS (Liu et al., "Differentiable Model Scaling using Differentiable Topk", ICML 2024): every channel
+    group and every residual stage gets a differentiable top-k mask whose ratio is learned together with the
+    weights, under a resource loss against FLOPs or a latency surrogate fitted on an nn-Meter-style kernel
+    predictor of the device (Zhang et al. 2021, "nn-Meter"); a closed loop then scales the searched shape until
+    its measured latency fits the budget.
+
     Args:
         model: a CNN; trained for the "pretrained" / "search_only" pipelines, random for "scratch".
-        latency_ms / flops: the budget (exactly one), in ms measured on ``device`` or in FLOPs.
+        latency_ms / flops: the budget (exactly one), in ms measured on ``device`` or in FLOPs (1 fused
+            multiply-add = 1 FLOP).
         device: "cpu" (onnxruntime), "torch-cpu", or a device object.
-        train_loader, val_loader: (images, labels) batches; val_loader gives the result's top-1.
+        train_loader, val_loader: (images, labels) batches, images N x C x H x W, labels N class indices (int64);
+            val_loader gives the result's top-1.
         settings: DMSSettings: the pipeline ("pretrained": search, then fine-tune the subnet ``train_epochs``;
             "scratch": search from random weights, then train the subnet ``train_epochs``; "search_only":
             structure parameters only), search epochs, learning rates, lambda_resource, annealing, depth on/off,
@@ -100,6 +108,9 @@ def dms(model: nn.Module, *, latency_ms: float | None = None, flops: float | Non
             [min_budget_use x budget, budget], in at most max_measurements measurements.
         predictor: a fitted ``predictors.LatencyPredictor`` for the device (otherwise profiled here).
         work_dir: latency table and result (result.json, subnet.pt; ``SlimResult.load`` reads them) are kept here.
+            None: a new temporary folder.
+        progress: show progress bars.
+        log: called with each line of progress text.
         timer: a ``compress.deploy.timing.ReferenceTimer`` of the full model to share between searches (see
             autoslim).
         **deprecated: the loose arguments dms took before (pipeline, train_epochs, threads, divisor,
@@ -111,7 +122,16 @@ def dms(model: nn.Module, *, latency_ms: float | None = None, flops: float | Non
         ``removed_blocks`` the residual blocks dropped.
 
     Raises:
-        the same errors as :func:`compress.autoslim`, and InvalidParameterError for an unknown pipeline or keyword.
+        InvalidParameterError / MislabelledDataError: no or two budgets, a non-positive budget, empty loaders,
+            labels that do not fit the model's outputs, a ``timer`` made for other input shapes, ``settings`` that
+            is not a DMSSettings, an unknown keyword, or a deprecated keyword with a refused value.
+        UnknownDeviceError: unknown device name (lists the known ones).
+        InputShapeError, TraceError, UnsupportedOpError: the model does not run on the loader's images or cannot
+            be traced (see :class:`SlimmableNetwork`).
+        NothingToSlimError: the model has no slimmable channel group.
+        BudgetUnreachableError: the budget is below the smallest subnet.
+        PredictorUnavailableError: a latency budget on a device that cannot be profiled here and no ``predictor``.
+        BudgetNotMetError: no scaling of the searched shape measured under the budget.
     """
     settings = settings_with_deprecated(settings, deprecated)
     pipeline = settings.pipeline

@@ -82,7 +82,15 @@ EXTRA_FLOP_HANDLERS = {
 
 @dataclass
 class FlopReport:
-    """Result of :func:`count_flops`."""
+    """Result of :func:`count_flops`. FLOPs follow fvcore's convention: one fused multiply-add is one FLOP.
+
+    Attributes:
+        total: FLOPs of one forward pass on the example inputs (batch included: N images cost N times one).
+        by_operator: FLOPs per operator kind (fvcore's names, e.g. "conv", "linear", "aten::add").
+        unsupported: operators fvcore (and our handlers) could not count -> how many times each occurred; their
+            FLOPs are not in ``total``.
+        by_module: FLOPs per module path ("" is the whole model), each including its submodules.
+    """
 
     total: int
     by_operator: dict[str, int]
@@ -96,7 +104,20 @@ class FlopReport:
 def count_flops(model: nn.Module, example_inputs: Any) -> FlopReport:
     """Count FLOPs of ``model`` on ``example_inputs`` in eval mode with fvcore (+ our handlers).
 
-    The model's train/eval mode is restored afterwards.
+    FLOPs follow fvcore's convention: one fused multiply-add is one FLOP (a conv counts N x C_out x H_out x W_out x
+    C_in / groups x kH x kW); element-wise adds/muls/divs and pooling count per element (see the module
+    docstring); activations count 0. The model's train/eval mode is restored afterwards (in ``finally``).
+
+    Args:
+        model: the network; run once under ``torch.no_grad`` in eval mode.
+        example_inputs: a tensor (e.g. N x C x H x W) or a tuple of tensors, the model's positional inputs.
+
+    Returns:
+        A :class:`FlopReport`; ``int(report)`` is the total. Ops nothing could count are listed in
+        ``report.unsupported``, never silently counted as 0.
+
+    Raises:
+        InputShapeError: ``example_inputs`` is not a tensor or a sequence of tensors.
 
     Example:
         >>> count_flops(torchvision.models.resnet18(), torch.randn(1, 3, 224, 224)).total

@@ -153,15 +153,24 @@ SITE_KINDS: dict[str, SiteKind] = {
 class SlimmableNetwork(nn.Module):
     """A model whose channel groups can be narrowed in place, by real weight slicing.
 
+    A slimmable network in the sense of Yu et al. 2019, "Universally Slimmable Networks and Improved Training
+    Techniques": one set of weights, any width per group, a narrower layer using the first k channels. The groups
+    that must be cut together are found by tracing the model and coupling channels through every op (the problem
+    DepGraph solves, Fang et al. 2023, "DepGraph: Towards Any Structural Pruning"; here by union-find over
+    per-channel atoms, see ``compress.space``).
+
     Args:
         model: any CNN (left untouched; a deep copy is traced).
-        example_inputs: a tensor or tuple of tensors the model accepts.
-        divisor: widths are multiples of this (grouped convs raise it to their group width).
+        example_inputs: a tensor (e.g. 1 x C x H x W) or tuple of tensors the model accepts; kept (cloned) as
+            ``net.example_inputs``.
+        divisor: widths are multiples of this many channels (grouped convs raise it to their group width).
         ignore: names of modules whose channels must not be cut (kept whole and frozen).
 
     Raises:
         InputShapeError, TraceError: the model does not run or cannot be traced.
-        InvalidParameterError: bad ``divisor`` or an ``ignore`` entry that names no module.
+        UnsupportedOpError: an op's channel handler failed, or a layer has channels but no layer kind slices it.
+        InvalidParameterError: ``model`` is not an ``nn.Module``, bad ``divisor``, or an ``ignore`` entry that
+            names no module.
 
     Example:
         >>> net = SlimmableNetwork(torchvision.models.resnet18(), torch.randn(1, 3, 64, 64))

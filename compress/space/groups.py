@@ -25,9 +25,10 @@ class ChannelGroup:
     Attributes:
         name: the group's name in configs (the first layer that produces it).
         width: full number of channels.
-        divisor: widths must be multiples of this (or the full width).
+        divisor: widths must be multiples of this many channels (or the full width).
         members: "layer:dim" strings of every tensor dim that holds these channels.
         frozen_reason: why the group cannot be slimmed, or None if it can.
+        min_width: smallest width a config may give it, in channels (rounded up to the divisor).
     """
 
     name: str

@@ -623,12 +623,14 @@ def register_module(layer: type | str, handler: ModuleHandler, *, replace: bool 
     ``compress.slim.layers.register_layer_kind``; without one, building a SlimmableNetwork says so.
 
     Args:
-        layer: the class, or its "module.qualname" string (so a package need not be imported to register it).
-        handler: the module handler.
+        layer: the ``nn.Module`` subclass, or its "module.qualname" string (so a package need not be imported to
+            register it).
+        handler: the module handler: ``handler(p, node, module, args, kwargs, value)`` with ``value`` the layer's
+            real output on the example inputs; returns the output's meta (shape and channel atoms).
         replace: allow replacing an existing handler (otherwise that is an error).
 
     Raises:
-        InvalidParameterError: ``layer`` is not a class or a "module.qualname" string, ``handler`` is not
+        InvalidParameterError: ``layer`` is not an ``nn.Module`` subclass or a "module.qualname" string, ``handler`` is not
             callable, or the layer has a handler already and ``replace`` is False.
 
     Example:
@@ -651,6 +653,12 @@ def register_function(fn: Callable, handler: FunctionHandler, *, replace: bool =
     ``handler(p, node, args, kwargs, value)`` returns the output's meta; ``passthrough`` and ``binary`` are the
     common ones. A function of your own must be wrapped with ``torch.fx.wrap`` to be traced as one node.
 
+    Args:
+        fn: the function as called in ``forward`` (e.g. ``torch.flatten``, ``F.relu``, your own wrapped one).
+        handler: ``handler(p, node, args, kwargs, value)`` with ``value`` the call's real output on the example
+            inputs; returns the output's meta (shape and channel atoms).
+        replace: allow replacing an existing handler (otherwise that is an error).
+
     Raises:
         InvalidParameterError: ``fn`` or ``handler`` is not callable, or ``fn`` has a handler and not ``replace``.
     """
@@ -663,6 +671,12 @@ def register_function(fn: Callable, handler: FunctionHandler, *, replace: bool =
 
 def register_method(name: str, handler: FunctionHandler, *, replace: bool = False) -> None:
     """Register how channels flow through a tensor method (``x.name(...)``).
+
+    Args:
+        name: the method's name, e.g. "view" or "permute".
+        handler: ``handler(p, node, args, kwargs, value)`` (``args[0]`` is the tensor the method is called on,
+            ``value`` the call's real output); returns the output's meta (shape and channel atoms).
+        replace: allow replacing an existing handler (otherwise that is an error).
 
     Raises:
         InvalidParameterError: ``name`` is not a non-empty string, ``handler`` is not callable, or the method has

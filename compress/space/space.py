@@ -15,11 +15,25 @@ import numpy as np
 from compress.errors import InvalidConfigError, check_parameter
 from compress.space.groups import ChannelGroup
 
+# A channel config: group name -> width in channels (a type alias, so it cannot carry a docstring; see above).
 Config = dict[str, int]
 
 
 class ChannelSpace:
-    """The slimmable channel groups of one traced model.
+    """The slimmable channel groups of one traced model, and the configs over them.
+
+    Which channels are coupled (must be cut together) is the problem DepGraph solves for structural pruning
+    (Fang et al. 2023, "DepGraph: Towards Any Structural Pruning"; the Torch-Pruning library);
+    ``compress.space`` solves it per channel, by union-find over the traced graph (``atoms``, ``propagate``).
+
+    Args:
+        groups: every channel group of the model (:class:`ChannelGroup`), slimmable and frozen.
+
+    Raises:
+        InvalidConfigError: from ``widths`` (and everything that validates a config with it): a config that is not
+            a dict, names unknown groups, or gives a width that is not an int, not a multiple of the divisor, out of
+            [min_width, width], or not full for a frozen group. The constructor itself raises nothing.
+        InvalidParameterError: from ``uniform_config``: a ratio outside (0, 1].
 
     Example:
         >>> net = compress.SlimmableNetwork(model, torch.randn(1, 3, 64, 64))

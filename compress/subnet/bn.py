@@ -35,12 +35,12 @@ def recalibrate_bn(model: nn.Module, loader: Iterable, num_batches: int | None =
 
     Args:
         model: the network (a slimmable network at its current config, or any module).
-        loader: yields tensors or (inputs, targets) pairs.
+        loader: yields input tensors (N x C x H x W for an image model) or (inputs, targets) pairs.
         num_batches: how many batches to use (None: the whole loader).
         progress: show a progress bar.
 
     Returns:
-        The number of samples seen.
+        The number of samples (sum of batch sizes N) seen; 0 when the model has no BatchNorm layer.
 
     Raises:
         InvalidParameterError: bad ``num_batches``, or the loader yields no batch.

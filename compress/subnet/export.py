@@ -30,7 +30,20 @@ RTOL = 1e-3
 
 @dataclass
 class ExportReport:
-    """What :func:`export_onnx` checked."""
+    """What :func:`export_onnx` wrote and checked.
+
+    Attributes:
+        path: the ONNX file written.
+        exporter: "torchscript" or "dynamo" (torch.export's exporter, the fallback).
+        opset: ONNX opset version of the file.
+        batch_sizes_checked: batch sizes (N) at which onnxruntime was compared with torch.
+        max_abs_diff: largest |onnxruntime - torch| over every output element checked (output units).
+        atol: absolute tolerance used (output units).
+        rtol: relative tolerance used, as a fraction of max |torch output|.
+        num_nodes: nodes in the ONNX graph.
+        input_names: ONNX input names ("input", or "input0", "input1", ...).
+        output_names: ONNX output names ("output", or "output0", "output1", ...).
+    """
 
     path: str
     exporter: str
@@ -95,11 +108,25 @@ def export_onnx(model: nn.Module, example_inputs: Any, path: str | os.PathLike, 
     Outputs must satisfy ``max |ort - torch| <= atol + rtol * max |torch|`` per
     output (defaults 1e-4 and 1e-3: float32 kernels differ in summation order, and
     deep randomly initialised nets have outputs in the tens or hundreds, so the
-    tolerance scales with the output's magnitude).
+    tolerance scales with the output's magnitude). The model's train/eval modes are restored (in ``finally``).
+
+    Args:
+        model: the network to export (run in eval mode under ``torch.no_grad``).
+        example_inputs: a tensor (e.g. N x C x H x W) or a tuple of tensors, the model's positional inputs.
+        path: the ONNX file to write; its folder must exist and be writable.
+        opset: ONNX opset of the TorchScript exporter (the torch.export fallback uses max(opset, 18)).
+        atol: absolute tolerance of the onnxruntime-vs-torch comparison (output units).
+        rtol: relative tolerance, as a fraction of the largest |torch output|.
+        dynamic_batch: export with a dynamic batch axis (dim 0) and also check batch size N + 1.
+
+    Returns:
+        An :class:`ExportReport` of what was written and checked.
 
     Raises:
-        ExportError: the path is not writable or the export failed.
-        ExportMismatchError: onnxruntime disagrees with torch beyond the tolerance.
+        ExportError: the path is a directory, its folder is missing or not writable, the file could not be
+            written, the model returns no tensor, or both exporters failed.
+        ExportMismatchError: onnxruntime disagrees with torch beyond the tolerance, or in an output's shape.
+        InputShapeError: ``example_inputs`` is not a tensor or a sequence of tensors.
 
     Example:
         >>> report = export_onnx(subnet, torch.randn(1, 3, 224, 224), "subnet.onnx")

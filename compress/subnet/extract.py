@@ -26,7 +26,12 @@ def extract_subnet(net: SlimmableNetwork, config: Mapping[str, int] | None = Non
 
     Args:
         net: the slimmable network.
-        config: group widths; None means the network's current config.
+        config: group name -> width in channels; groups left out stay at full width; None means the network's
+            current config.
+
+    Returns:
+        An ``fx.GraphModule`` of ordinary layers whose weights are the slices of ``net``'s weights kept at
+        ``config`` (conv weights C_out' x C_in' / groups x kH x kW); it computes what ``net`` computes at ``config``.
 
     Raises:
         InvalidConfigError: unknown group names or widths the group cannot take.

@@ -88,20 +88,30 @@ def train_supernet(net, train_loader: Iterable, settings: TrainSettings | None =
                    checkpoint: str | os.PathLike | None = None, progress: bool = True) -> dict:
     """Train ``net`` (a SlimmableNetwork) in place as a slimmable supernet.
 
+    Each optimizer step follows the sandwich rule and inplace distillation of Yu & Huang 2019, "Universally
+    Slimmable Networks and Improved Training Techniques": the largest subnet (trained on the labels), the
+    smallest, and ``num_subnets - 2`` random ones (trained towards the largest one's output: KL, or the adaptive
+    alpha-divergence of Wang et al. 2021, "AlphaNet: Improved Training of Supernets with Alpha-Divergence"); the
+    gradient of their mean loss, one SGD step. Under ``torch.distributed`` it runs with DistributedDataParallel.
+
     Args:
-        net: the slimmable network (left at its largest config afterwards).
-        train_loader: yields (inputs, labels); its ``set_epoch`` (or its sampler's) is called every epoch.
+        net: the slimmable network (left at its largest config, in eval mode, afterwards).
+        train_loader: yields (inputs, labels): inputs N x C x H x W, labels N class indices (int64); it must have
+            a length (batches per epoch); its ``set_epoch`` (or its sampler's) is called every epoch.
         settings: epochs, learning rate, sandwich size, distillation loss, ...
         checkpoint: file written atomically every ``checkpoint_every`` steps and at each epoch end; when it
             exists, training resumes from it (finished steps are not redone).
         progress: show a progress bar (rank 0 only).
 
     Returns:
-        History: per-epoch mean losses of the largest subnet and of the students, steps, seconds.
+        History: "epochs" (one dict per epoch: "epoch", "loss_largest" the mean cross-entropy of the largest
+        subnet, "loss_students" the mean loss of the other subnets, "steps"), "steps" (optimizer steps done in
+        total) and "seconds" (wall-clock training time, resumed runs included).
 
     Raises:
         CheckpointMismatchError: the checkpoint was written with other settings or another network.
-        InvalidParameterError: the loader yields nothing or batches that are not (inputs, labels).
+        InvalidParameterError: the loader has no length, or yields nothing.
+        WriteError: a checkpoint could not be written.
     """
     settings = settings or TrainSettings()
     dist = torch.distributed
