@@ -105,8 +105,9 @@ class ReferenceTimer:
         self._reference_medians.append(ref.median_ms)
         ratio = round_ratio(cand.to_dict(), ref.to_dict())
         self.history.append({"ratio": ratio, "reference_median_ms": ref.median_ms})
-        scale = self.reference_ms / ref.median_ms
-        return Measurement(ratio * self.reference_ms, cand.p25_ms * scale, cand.p75_ms * scale, cand.runs,
+        median_ms = ratio * self.reference_ms
+        scale = median_ms / cand.median_ms  # the quartiles keep their spread around the drift-free median
+        return Measurement(median_ms, cand.p25_ms * scale, cand.p75_ms * scale, cand.runs,
                            cand.samples_ms, cand.fingerprint)
 
     def close(self) -> None:
