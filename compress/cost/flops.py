@@ -178,6 +178,7 @@ FLOP_FORMULAS = {
                                                                  if op.params.get("batch_stats")
                                                                  else (2 if op.params["affine"] else 1)),
     "layer_norm": lambda op, s: numel_poly(op.inputs[0], s) * (5 if op.params["affine"] else 4),
+    "group_norm": lambda op, s: numel_poly(op.inputs[0], s) * (5 if op.params["affine"] else 4),
     "elementwise": lambda op, s: numel_poly(op.output, s),
     "adaptive_avg_pool": lambda op, s: numel_poly(op.inputs[0], s),
     "mean": lambda op, s: numel_poly(op.inputs[0], s),

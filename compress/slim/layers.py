@@ -245,7 +245,55 @@ def _layer_norm_slice(mod: nn.Module, sel: Mapping[str, Selection]) -> None:
 
 
 def _is_layer_norm2d(mod: nn.Module) -> bool:
-    return isinstance(mod, nn.LayerNorm) and type(mod).__name__ == "LayerNorm2d"
+    return isinstance(mod, nn.LayerNorm) and type(mod).__name__ in ("LayerNorm2d", "LayerNormAct2d")
+
+
+def _group_norm_groups(mod: nn.Module, kept: int) -> int:
+    """Groups of a GroupNorm cut to ``kept`` channels: channels per group stay fixed (the op handler makes
+    widths multiples of it); a single group stays one group."""
+    return 1 if mod.num_groups == 1 else kept // (mod.num_channels // mod.num_groups)
+
+
+def _group_norm_forward(mod: nn.Module, sel: Mapping[str, Selection], x: torch.Tensor) -> torch.Tensor:
+    s = sel.get("feat")
+    if s is None:
+        return base_forward(mod, x)
+    groups = _group_norm_groups(mod, selection_size(s, mod.num_channels))
+    return F.group_norm(x, groups, take(mod.weight, 0, s), take(mod.bias, 0, s), mod.eps)
+
+
+def _group_norm_slice(mod: nn.Module, sel: Mapping[str, Selection]) -> None:
+    s = sel.get("feat")
+    if s is None:
+        return
+    kept = selection_size(s, mod.num_channels)
+    mod.num_groups = _group_norm_groups(mod, kept)
+    slice_tensor_(mod, "weight", 0, s)
+    slice_tensor_(mod, "bias", 0, s)
+    mod.num_channels = kept
+
+
+# timm's norm layers with their activation inside (BatchNormAct2d, GroupNormAct, LayerNormAct2d, ...): the
+# norm of the selected channels, then the layer's own ``drop`` and ``act`` (element-wise, checked by the op
+# handler); at full width the layer's own forward runs
+_NORM_ACT = ("BatchNormAct2d", "GroupNormAct", "GroupNorm1Act", "LayerNormAct2d", "LayerNormAct")
+
+
+def _is_norm_act(mod: nn.Module) -> bool:
+    return type(mod).__module__.startswith("timm.") and type(mod).__name__ in _NORM_ACT
+
+
+def _with_act(norm_forward: SlimForward) -> SlimForward:
+    def forward(mod: nn.Module, sel: Mapping[str, Selection], x: torch.Tensor) -> torch.Tensor:
+        if sel.get("feat") is None:
+            return base_forward(mod, x)
+        return mod.act(mod.drop(norm_forward(mod, sel, x)))
+
+    return forward
+
+
+def _is_kind_with_act(base: Callable[[nn.Module], bool]) -> Callable[[nn.Module], bool]:
+    return lambda m: _is_norm_act(m) and base(m)
 
 
 def _is_conv(mod: nn.Module) -> bool:
@@ -310,6 +358,15 @@ for _kind in (
               _layer_norm_forward, _layer_norm_slice, _per_channel_permute),
     LayerKind("layer_norm2d", _is_layer_norm2d, ("feat",), _layer_norm2d_forward, _layer_norm_slice,
               _per_channel_permute),
+    LayerKind("group_norm", nn.GroupNorm, ("feat",), _group_norm_forward, _group_norm_slice, _per_channel_permute),
+    LayerKind("batch_norm_act", _is_kind_with_act(lambda m: isinstance(m, nn.modules.batchnorm._BatchNorm)),
+              ("feat",), _with_act(_batch_norm_forward), _batch_norm_slice, _per_channel_permute),
+    LayerKind("group_norm_act", _is_kind_with_act(lambda m: isinstance(m, nn.GroupNorm)), ("feat",),
+              _with_act(_group_norm_forward), _group_norm_slice, _per_channel_permute),
+    LayerKind("layer_norm_act", _is_kind_with_act(lambda m: isinstance(m, nn.LayerNorm) and not _is_layer_norm2d(m)),
+              ("feat",), _with_act(_layer_norm_forward), _layer_norm_slice, _per_channel_permute),
+    LayerKind("layer_norm2d_act", _is_kind_with_act(_is_layer_norm2d), ("feat",), _with_act(_layer_norm2d_forward),
+              _layer_norm_slice, _per_channel_permute),
 ):
     register_layer_kind(_kind)
 
@@ -423,6 +480,27 @@ class ChannelSplit(nn.Module):
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, sizes={self.sizes}"
+
+
+class ChannelSlice(nn.Module):
+    """``x[:, a:b]`` along the channel dim with bounds that follow the config.
+
+    It replaces a fixed channel slice (a dual-path or partial residual), whose literal bounds would cut the
+    slimmed tensor in the wrong place: ``start``/``stop`` are the slimmed positions of full-width channels a
+    and b.
+    """
+
+    def __init__(self, dim: int, start: int, stop: int) -> None:
+        super().__init__()
+        self.dim = dim
+        self.start = start
+        self.stop = stop
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.narrow(self.dim, self.start, self.stop - self.start)
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, start={self.start}, stop={self.stop}"
 
 
 class ChannelPermute(nn.Module):
