@@ -382,6 +382,16 @@ class SlimmableNetwork(nn.Module):
         return self.graph_module(*args, **kwargs)
 
     # ---- costs ---------------------------------------------------------------------------
+    def slimmable_share(self) -> float:
+        """1 - FLOPs(smallest config) / FLOPs(full): how much of the cost slimming can remove (0 when every
+        group is frozen)."""
+        full = self.flops(self.space.max_config())
+        return 1.0 - self.flops(self.space.min_config()) / full if full else 0.0
+
+    def summary(self, max_rows: int = 20) -> str:
+        """The channel space's table of groups, headed by the slimmable share (see :meth:`slimmable_share`)."""
+        return self.space.summary(max_rows, slimmable_share=self.slimmable_share())
+
     def flops(self, config: Mapping[str, int] | None = None) -> int:
         """FLOPs of the subnet at ``config`` (equals ``count_flops`` of the extracted subnet)."""
         return int(self.flops_model().flops_batch([config if config is not None else self.config])[0])

@@ -91,13 +91,17 @@ def _flop(p: PassState, kind: str, n: fx.Node, inputs: list[Any], out: Any, **pa
 def passthrough(p: PassState, n: fx.Node, args: tuple, kwargs: dict, value: Any) -> Any:
     """Element-wise unary ops: the output keeps the input's channels."""
     m = p.meta_of(n.args[0]) if n.args else None
-    if isinstance(m, IdMeta):  # an element-wise op keeps every element where it is: same channel ids
-        if isinstance(value, torch.Tensor) and tuple(value.shape) == m.shape:
-            return IdMeta(m.shape, m.origin, m.origin_atoms, m.ids)
-        return unknown(p, n, args, kwargs, value, " (shape changed)")
+    if isinstance(m, IdMeta):  # a channel shuffle is rewritten as one gather: no value op may sit inside it
+        if n.op == "call_method" and n.target in _COPY_METHODS:
+            return _replay(p, n, args, kwargs, value, m)
+        return unknown(p, n, args, kwargs, value, " (on a channel-split tensor)")
     if isinstance(m, TMeta) and isinstance(value, torch.Tensor) and tuple(value.shape) == m.shape:
         return TMeta(m.shape, m.cdim, m.atoms)
     return unknown(p, n, args, kwargs, value, " (shape changed)")
+
+
+# methods that only copy or re-lay a tensor: replayed on the channel ids of a channel shuffle
+_COPY_METHODS = frozenset({"contiguous", "clone", "detach", "to", "float", "type_as"})
 
 
 def channel1_op(kind: str | None) -> FunctionHandler:
@@ -468,10 +472,8 @@ def reduction(counted: bool) -> FunctionHandler:
 def softmax(p: PassState, n: fx.Node, args: tuple, kwargs: dict, value: Any) -> Any:
     m = p.meta_of(n.args[0])
     dim = p.modules[n.target].dim if n.op == "call_module" else _arg(n, args, kwargs, 1, "dim")
-    if isinstance(m, IdMeta):  # split attention: a softmax across parts of split channels mixes channels
-        d = _norm_dim(dim, len(m.shape)) if dim is not None else None
-        if d is None or not bool((m.ids == m.ids.narrow(d, 0, 1)).all()):
-            return unknown(p, n, args, kwargs, value, " (normalises across parts of split channels)")
+    if isinstance(m, IdMeta):  # split attention's radix softmax; a shuffle's gather may not skip a value op
+        return unknown(p, n, args, kwargs, value, " (on a channel-split tensor)")
     if isinstance(m, TMeta) and m.cdim is not None and dim is not None and _norm_dim(dim, len(m.shape)) == m.cdim:
         return unknown(p, n, args, kwargs, value, " (normalises over channels)")
     return passthrough(p, n, args, kwargs, value)
