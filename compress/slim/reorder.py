@@ -37,6 +37,9 @@ def _complete_groups(net: SlimmableNetwork) -> set[int]:
     """Groups that every dim holds whole (each index equally often): safe to permute."""
     ga = net.assignment
     ok = {i for i, g in enumerate(ga.groups) if not g.frozen}
+    for _name, block, atoms in net.coupling.grouped_convs:  # channels in blocks (grouped conv, GroupNorm):
+        if block > 1:  # a permutation across blocks would change which channels are computed together
+            ok -= set(np.unique(ga.atom_group[atoms]).tolist())
     for site in net.sites:
         g, i = ga.atom_group[site.atoms], ga.atom_index[site.atoms]
         for gid in np.unique(g).tolist():
