@@ -212,3 +212,27 @@ def test_split_attention_builds_with_named_frozen_ops():
     reasons = " ".join(net.coupling.unknown_ops.values())
     assert "softmax" in reasons and "channel-split" in reasons
     assert net.space.groups[net.space.index["conv"]].frozen
+
+
+class StdConvNet(nn.Module):
+    """NF-net / BiT convs: weight standardisation (with and without gain) and "same" padding in their forward."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = timm_layers.ScaledStdConv2d(3, 8, 3, padding=1)
+        self.conv2 = timm_layers.StdConv2dSame(8, 8, 3, stride=2)
+        self.conv3 = timm_layers.Conv2dSame(8, 8, 3, groups=4)
+        self.conv4 = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        return self.conv4(self.conv3(torch.relu(self.conv2(torch.relu(self.conv1(x))))))
+
+
+def test_weight_standardised_and_same_padded_convs_slim():
+    with torch.no_grad():
+        model = StdConvNet()
+        model.conv1.gain.uniform_(0.5, 1.5)
+    net = _check(model, ["conv1", "conv2"])
+    sub = extract_subnet(net, {"conv1": 2, "conv2": 4})
+    assert sub.conv1.gain.shape == (2, 1, 1, 1) and sub.conv2.weight.shape == (4, 2, 3, 3)
+    assert sub.conv3.groups == 2

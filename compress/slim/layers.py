@@ -300,6 +300,53 @@ def _is_conv(mod: nn.Module) -> bool:
     return isinstance(mod, nn.modules.conv._ConvNd) and not mod.transposed
 
 
+# timm's convs with their own forward (same padding, weight standardisation): the layer's own forward runs on
+# the selected weights, swapped in for the call with the size attributes it reads, and restored after
+_OWN_FORWARD_CONVS = ("Conv2dSame", "StdConv2d", "StdConv2dSame", "ScaledStdConv2d", "ScaledStdConv2dSame")
+
+
+def _is_own_forward_conv(mod: nn.Module) -> bool:
+    return _is_conv(mod) and type(mod).__module__.startswith("timm.") and type(mod).__name__ in _OWN_FORWARD_CONVS
+
+
+def _own_forward_conv_forward(mod: nn.Module, sel: Mapping[str, Selection], x: torch.Tensor) -> torch.Tensor:
+    s_in, s_out = sel.get("in"), sel.get("out")
+    if s_in is None and s_out is None:
+        return base_forward(mod, x)
+    weight = take(mod.weight, 0, s_out)
+    per_group_out, per_group_in = mod.out_channels // mod.groups, mod.in_channels // mod.groups
+    groups = 1 if mod.groups == 1 else weight.shape[0] // per_group_out
+    if mod.groups == 1:
+        weight = take(weight, 1, s_in)
+    swapped = {"weight": weight, "bias": take(mod.bias, 0, s_out)}
+    if getattr(mod, "gain", None) is not None:
+        swapped["gain"] = take(mod.gain, 0, s_out)
+    sizes = {"out_channels": weight.shape[0], "groups": groups,
+             "in_channels": weight.shape[1] if groups == 1 else groups * per_group_in}
+    saved_params = {k: mod._parameters[k] for k in swapped}
+    saved_sizes = {k: getattr(mod, k) for k in sizes}
+    try:
+        mod._parameters.update(swapped)
+        for k, v in sizes.items():
+            setattr(mod, k, v)
+        return base_forward(mod, x)
+    finally:
+        mod._parameters.update(saved_params)
+        for k, v in saved_sizes.items():
+            setattr(mod, k, v)
+
+
+def _own_forward_conv_slice(mod: nn.Module, sel: Mapping[str, Selection]) -> None:
+    _conv_slice(mod, sel)
+    slice_tensor_(mod, "gain", 0, sel.get("out"))
+
+
+def _own_forward_conv_permute(mod: nn.Module, role: str, idx: torch.Tensor) -> None:
+    _conv_permute(mod, role, idx)
+    if role == "out":
+        permute_tensors_(mod, ("gain",), 0, idx)
+
+
 # name -> entry; looked up newest first, so a kind registered later wins over the built-in ones
 LAYER_KINDS: dict[str, LayerKind] = {}
 
@@ -358,6 +405,8 @@ for _kind in (
               _layer_norm_forward, _layer_norm_slice, _per_channel_permute),
     LayerKind("layer_norm2d", _is_layer_norm2d, ("feat",), _layer_norm2d_forward, _layer_norm_slice,
               _per_channel_permute),
+    LayerKind("own_forward_conv", _is_own_forward_conv, ("in", "out"), _own_forward_conv_forward,
+              _own_forward_conv_slice, _own_forward_conv_permute),
     LayerKind("group_norm", nn.GroupNorm, ("feat",), _group_norm_forward, _group_norm_slice, _per_channel_permute),
     LayerKind("batch_norm_act", _is_kind_with_act(lambda m: isinstance(m, nn.modules.batchnorm._BatchNorm)),
               ("feat",), _with_act(_batch_norm_forward), _batch_norm_slice, _per_channel_permute),

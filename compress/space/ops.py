@@ -590,6 +590,23 @@ def norm_act_layer(norm: ModuleHandler) -> ModuleHandler:
     return handler
 
 
+def std_conv(p: PassState, n: fx.Node, mod: nn.Module, args: tuple, kwargs: dict, value: Any) -> Any:
+    """A conv whose forward pads "same" and/or standardises its weight first (timm's Conv2dSame, StdConv2d,
+    ScaledStdConv2d): channels flow as through a conv; the standardisation is a batch_norm over the weight,
+    4 FLOPs per weight element (5 with the gain, plus the gain * scale multiply), as fvcore counts it."""
+    out = conv(p, n, mod, args, kwargs, value)
+    if type(mod).__name__.startswith(("StdConv", "ScaledStdConv")):
+        x = p.meta_of(n.args[0])
+        name = str(n.target)
+        dims = p.ctx.module_dims[name]
+        in_meta = TMeta(x.shape, 1, dims["in"]) if isinstance(x, (TMeta, IdMeta)) else None
+        if in_meta is not None:
+            g = mod.groups
+            _flop(p, "weight_std", n, [in_meta], out, kernel=math.prod(mod.kernel_size),
+                  gs=mod.in_channels // g if g > 1 else None, gain=getattr(mod, "gain", None) is not None)
+    return out
+
+
 def functional_batch_norm(p: PassState, n: fx.Node, args: tuple, kwargs: dict, value: Any) -> Any:
     """``F.batch_norm(x, running_mean, running_var, weight, bias, ...)`` called in a forward with the module's
     own parameters and buffers: each per-channel tensor read from the graph is sliced with x's channels."""
@@ -662,6 +679,9 @@ TIMM_MODULE_HANDLERS: dict[str, ModuleHandler] = {
     _TIMM + "norm.LayerNorm": per_channel_layer(None, "layer_norm"),
     _TIMM + "norm.GroupNorm": group_norm_layer,
     _TIMM + "norm.GroupNorm1": group_norm_layer,
+    **{_TIMM + conv_cls: std_conv for conv_cls in (
+        "conv2d_same.Conv2dSame", "std_conv.StdConv2d", "std_conv.StdConv2dSame", "std_conv.ScaledStdConv2d",
+        "std_conv.ScaledStdConv2dSame")},
     **{_TIMM + "activations." + act: module_passthrough for act in (
         "Swish", "Mish", "Sigmoid", "Tanh", "HardSwish", "HardSigmoid", "HardMish", "GELU", "GELUTanh",
         "QuickGELU", "SiLU")},
