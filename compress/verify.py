@@ -59,6 +59,7 @@ class VerifyReport:
     max_sub_vs_dynamic: float = 0.0
     flops_full: int = 0
     flops_min: int = 0
+    slimmable_share: float = 0.0  # 1 - FLOPs(smallest config) / FLOPs(full): the part of the cost slimming reaches
     onnx_max_abs_diff: float = 0.0
     reorder_max_diff: float = 0.0
     seconds: float = 0.0
@@ -126,6 +127,7 @@ def verify_model(model: nn.Module, example_inputs: Any, n_random: int = 3, onnx:
                                                                  for i in range(n_random)]
             flops = net.flops_model().flops_batch(configs)
             rep.flops_full, rep.flops_min = int(flops[0]), int(flops[1])
+            rep.slimmable_share = round(1.0 - rep.flops_min / rep.flops_full, 4) if rep.flops_full else 0.0
             for i, cfg in enumerate(configs):
                 net.set_config(cfg)
                 dyn = net(*inputs)
@@ -164,6 +166,20 @@ ZOO_INPUTS: dict[str, dict[str, Any]] = {
     "vit_h_14": {"resolution": 56, "kwargs": {"image_size": 56}},
 }
 DEFAULT_ZOO_RESOLUTION = 64
+
+
+# Input resolution per timm model for zoo checks (64 where the model runs at 64x64).
+TIMM_ZOO_INPUTS: dict[str, int] = {"inception_v3": 96, "inception_v4": 96, "inception_resnet_v2": 96}
+
+
+def timm_zoo_model(name: str) -> tuple[nn.Module, torch.Tensor]:
+    """A randomly initialised timm model (10 classes) and a small example input for it."""
+    import timm
+
+    torch.manual_seed(0)
+    model = timm.create_model(name, pretrained=False, num_classes=10).eval()
+    res = TIMM_ZOO_INPUTS.get(name, DEFAULT_ZOO_RESOLUTION)
+    return model, torch.randn(1, 3, res, res)
 
 
 def zoo_model(name: str) -> tuple[nn.Module, torch.Tensor]:

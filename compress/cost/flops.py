@@ -200,6 +200,12 @@ FLOP_FORMULAS = {
                                                                  if op.params.get("batch_stats")
                                                                  else (2 if op.params["affine"] else 1)),
     "layer_norm": lambda op, s: numel_poly(op.inputs[0], s) * (5 if op.params["affine"] else 4),
+    "group_norm": lambda op, s: numel_poly(op.inputs[0], s) * (5 if op.params["affine"] else 4),
+    # timm's weight-standardised convs: batch_norm (batch statistics) over the (out, in/groups * k) weight, 4 per
+    # element, 5 with the gain as its affine weight, plus the gain * scale multiply (out elements)
+    "weight_std": lambda op, s: _count(s, op.output) * op.params["kernel"]
+    * (Poly.const(op.params["gs"]) if op.params["gs"] else _count(s, op.inputs[0])) * (5 if op.params["gain"] else 4)
+    + (_count(s, op.output) if op.params["gain"] else Poly()),
     "elementwise": lambda op, s: numel_poly(op.output, s),
     "prelu": lambda op, s: Poly(),  # aten::prelu: fvcore does not count it (listed in FlopReport.unsupported)
     "adaptive_avg_pool": lambda op, s: numel_poly(op.inputs[0], s),

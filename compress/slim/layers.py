@@ -268,11 +268,106 @@ def _layer_norm_slice(mod: nn.Module, sel: Mapping[str, Selection]) -> None:
 
 
 def _is_layer_norm2d(mod: nn.Module) -> bool:
-    return isinstance(mod, nn.LayerNorm) and type(mod).__name__ == "LayerNorm2d"
+    return isinstance(mod, nn.LayerNorm) and type(mod).__name__ in ("LayerNorm2d", "LayerNormAct2d")
+
+
+def _group_norm_groups(mod: nn.Module, kept: int) -> int:
+    """Groups of a GroupNorm cut to ``kept`` channels: channels per group stay fixed (the op handler makes
+    widths multiples of it); a single group stays one group."""
+    return 1 if mod.num_groups == 1 else kept // (mod.num_channels // mod.num_groups)
+
+
+def _group_norm_forward(mod: nn.Module, sel: Mapping[str, Selection], x: torch.Tensor) -> torch.Tensor:
+    s = sel.get("feat")
+    if s is None:
+        return base_forward(mod, x)
+    groups = _group_norm_groups(mod, selection_size(s, mod.num_channels))
+    return F.group_norm(x, groups, take(mod.weight, 0, s), take(mod.bias, 0, s), mod.eps)
+
+
+def _group_norm_slice(mod: nn.Module, sel: Mapping[str, Selection]) -> None:
+    s = sel.get("feat")
+    if s is None:
+        return
+    kept = selection_size(s, mod.num_channels)
+    mod.num_groups = _group_norm_groups(mod, kept)
+    slice_tensor_(mod, "weight", 0, s)
+    slice_tensor_(mod, "bias", 0, s)
+    mod.num_channels = kept
+
+
+# timm's norm layers with their activation inside (BatchNormAct2d, GroupNormAct, LayerNormAct2d, ...): the
+# norm of the selected channels, then the layer's own ``drop`` and ``act`` (element-wise, checked by the op
+# handler); at full width the layer's own forward runs
+_NORM_ACT = ("BatchNormAct2d", "GroupNormAct", "GroupNorm1Act", "LayerNormAct2d", "LayerNormAct")
+
+
+def _is_norm_act(mod: nn.Module) -> bool:
+    return type(mod).__module__.startswith("timm.") and type(mod).__name__ in _NORM_ACT
+
+
+def _with_act(norm_forward: SlimForward) -> SlimForward:
+    def forward(mod: nn.Module, sel: Mapping[str, Selection], x: torch.Tensor) -> torch.Tensor:
+        if sel.get("feat") is None:
+            return base_forward(mod, x)
+        return mod.act(mod.drop(norm_forward(mod, sel, x)))
+
+    return forward
+
+
+def _is_kind_with_act(base: Callable[[nn.Module], bool]) -> Callable[[nn.Module], bool]:
+    return lambda m: _is_norm_act(m) and base(m)
 
 
 def _is_conv(mod: nn.Module) -> bool:
     return isinstance(mod, nn.modules.conv._ConvNd) and not mod.transposed
+
+
+# timm's convs with their own forward (same padding, weight standardisation): the layer's own forward runs on
+# the selected weights, swapped in for the call with the size attributes it reads, and restored after
+_OWN_FORWARD_CONVS = ("Conv2dSame", "StdConv2d", "StdConv2dSame", "ScaledStdConv2d", "ScaledStdConv2dSame")
+
+
+def _is_own_forward_conv(mod: nn.Module) -> bool:
+    return _is_conv(mod) and type(mod).__module__.startswith("timm.") and type(mod).__name__ in _OWN_FORWARD_CONVS
+
+
+def _own_forward_conv_forward(mod: nn.Module, sel: Mapping[str, Selection], x: torch.Tensor) -> torch.Tensor:
+    s_in, s_out = sel.get("in"), sel.get("out")
+    if s_in is None and s_out is None:
+        return base_forward(mod, x)
+    weight = take(mod.weight, 0, s_out)
+    per_group_out, per_group_in = mod.out_channels // mod.groups, mod.in_channels // mod.groups
+    groups = 1 if mod.groups == 1 else weight.shape[0] // per_group_out
+    if mod.groups == 1:
+        weight = take(weight, 1, s_in)
+    swapped = {"weight": weight, "bias": take(mod.bias, 0, s_out)}
+    if getattr(mod, "gain", None) is not None:
+        swapped["gain"] = take(mod.gain, 0, s_out)
+    sizes = {"out_channels": weight.shape[0], "groups": groups,
+             "in_channels": weight.shape[1] if groups == 1 else groups * per_group_in}
+    saved_params = {k: mod._parameters[k] for k in swapped}
+    saved_sizes = {k: getattr(mod, k) for k in sizes}
+    try:
+        mod._parameters.update(swapped)
+        for k, v in sizes.items():
+            setattr(mod, k, v)
+        return base_forward(mod, x)
+    finally:
+        mod._parameters.update(saved_params)
+        for k, v in saved_sizes.items():
+            setattr(mod, k, v)
+
+
+def _own_forward_conv_slice(mod: nn.Module, sel: Mapping[str, Selection]) -> None:
+    _conv_slice(mod, sel)
+    slice_tensor_(mod, "gain", 0, sel.get("out"))
+
+
+def _own_forward_conv_permute(mod: nn.Module, role: str, idx: torch.Tensor) -> None:
+    _conv_permute(mod, role, idx)
+    if role == "out":
+        permute_tensors_(mod, ("gain",), 0, idx)
 
 
 # name -> entry; looked up newest first, so a kind registered later wins over the built-in ones
@@ -334,6 +429,17 @@ for _kind in (
     LayerKind("layer_norm2d", _is_layer_norm2d, ("feat",), _layer_norm2d_forward, _layer_norm_slice,
               _per_channel_permute),
     LayerKind("prelu", _is_channel_prelu, ("feat",), _prelu_forward, _prelu_slice, _prelu_permute),
+    LayerKind("own_forward_conv", _is_own_forward_conv, ("in", "out"), _own_forward_conv_forward,
+              _own_forward_conv_slice, _own_forward_conv_permute),
+    LayerKind("group_norm", nn.GroupNorm, ("feat",), _group_norm_forward, _group_norm_slice, _per_channel_permute),
+    LayerKind("batch_norm_act", _is_kind_with_act(lambda m: isinstance(m, nn.modules.batchnorm._BatchNorm)),
+              ("feat",), _with_act(_batch_norm_forward), _batch_norm_slice, _per_channel_permute),
+    LayerKind("group_norm_act", _is_kind_with_act(lambda m: isinstance(m, nn.GroupNorm)), ("feat",),
+              _with_act(_group_norm_forward), _group_norm_slice, _per_channel_permute),
+    LayerKind("layer_norm_act", _is_kind_with_act(lambda m: isinstance(m, nn.LayerNorm) and not _is_layer_norm2d(m)),
+              ("feat",), _with_act(_layer_norm_forward), _layer_norm_slice, _per_channel_permute),
+    LayerKind("layer_norm2d_act", _is_kind_with_act(_is_layer_norm2d), ("feat",), _with_act(_layer_norm2d_forward),
+              _layer_norm_slice, _per_channel_permute),
 ):
     register_layer_kind(_kind)
 
@@ -447,6 +553,27 @@ class ChannelSplit(nn.Module):
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, sizes={self.sizes}"
+
+
+class ChannelSlice(nn.Module):
+    """``x[:, a:b]`` along the channel dim with bounds that follow the config.
+
+    It replaces a fixed channel slice (a dual-path or partial residual), whose literal bounds would cut the
+    slimmed tensor in the wrong place: ``start``/``stop`` are the slimmed positions of full-width channels a
+    and b.
+    """
+
+    def __init__(self, dim: int, start: int, stop: int) -> None:
+        super().__init__()
+        self.dim = dim
+        self.start = start
+        self.stop = stop
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.narrow(self.dim, self.start, self.stop - self.start)
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, start={self.start}, stop={self.stop}"
 
 
 class ChannelPermute(nn.Module):

@@ -29,7 +29,7 @@ from compress.space.propagate import propagate
 from compress.cost.flops import FlopsModel
 from compress.errors import InvalidParameterError, UnsupportedOpError, check_parameter, is_int
 from compress.space.groups import GroupAssignment, build_groups, keep_split_parts_nonempty, misaligned_grouped_convs
-from compress.slim.layers import (AttrSlice, ChannelPermute, ChannelSplit, find_layer_kind, make_slimmable,
+from compress.slim.layers import (AttrSlice, ChannelPermute, ChannelSlice, ChannelSplit, find_layer_kind, make_slimmable,
                                   selection_of, set_slim_selection, slim_kind, slim_selection, take,
                                   unmake_slimmable)
 from compress.space.space import ChannelSpace, Config
@@ -42,12 +42,13 @@ class Site:
 
     Attributes:
         kind: what narrows it: "module" (a weight layer's channel role), "split" (one part of a
-            ``ChannelSplit``), "attr" (a parameter read straight from the graph, cut by an ``AttrSlice``) or
-            "permute" (the channels a ``ChannelPermute`` shuffles).
+            ``ChannelSplit``), "attr" (a parameter read straight from the graph, cut by an ``AttrSlice``),
+            "permute" (the channels a ``ChannelPermute`` shuffles) or "slice" (the input channels of a
+            ``ChannelSlice``, a fixed ``x[:, a:b]``).
         module: name of the module that applies it, in ``net.graph_module``.
         role: for "module" the channel role ("in", "out", "feat", see ``compress.slim.layers.LayerKind``); for
             "split" the part index (int); for "attr" the parameter's target in the graph (e.g.
-            "features.1.0.layer_scale"); None for "permute".
+            "features.1.0.layer_scale"); None for "permute" and "slice".
         atoms: (n,) int64 channel atom of each position along the dim (``net.positions(atoms)`` gives the group
             and the index within the group). Not part of equality: a site is identified by kind, module, role.
     """
@@ -134,6 +135,12 @@ def _attr_permute(gm: fx.GraphModule, mod: nn.Module, site: Site, idx: torch.Ten
     t.data = t.data.index_select(mod.dim, idx)
 
 
+def _apply_slice(net: "SlimmableNetwork", mod: nn.Module, site: Site, live: np.ndarray) -> None:
+    """The live channels in full-width positions [a, b) sit at [live[:a].sum(), live[:b].sum()) once slimmed."""
+    start, stop = net.slice_bounds(site.module)
+    mod.start, mod.stop = int(live[:start].sum()), int(live[:stop].sum())
+
+
 def _apply_permute(net: "SlimmableNetwork", mod: nn.Module, site: Site, live: np.ndarray) -> None:
     rank = np.cumsum(live) - 1
     perm = net.permutation(site.module)
@@ -147,6 +154,7 @@ SITE_KINDS: dict[str, SiteKind] = {
     "split": SiteKind(_apply_split, _nothing, _nothing),
     "attr": SiteKind(_apply_attr, _attr_permanent, _attr_permute),
     "permute": SiteKind(_apply_permute, _nothing, _nothing),
+    "slice": SiteKind(_apply_slice, _nothing, _nothing),
 }
 
 
@@ -244,6 +252,17 @@ class SlimmableNetwork(nn.Module):
             end.replace_all_uses_with(new)
             sites.append(Site("permute", mod_name, None, atoms))
             self._permutations[mod_name] = perm
+        self._slice_bounds: dict[str, tuple[int, int]] = {}
+        for i, (node_name, (dim, start, stop, atoms)) in enumerate(res.channel_slices.items()):
+            n = nodes[node_name]
+            mod_name = f"_slim_slice_{i}"
+            gm.add_submodule(mod_name, ChannelSlice(dim, start, stop))
+            with graph.inserting_after(n):
+                new = graph.call_module(mod_name, (n.args[0],))
+            n.replace_all_uses_with(new)
+            graph.erase_node(n)
+            sites.append(Site("slice", mod_name, None, atoms))
+            self._slice_bounds[mod_name] = (start, stop)
         i = 0
         for n in list(graph.nodes):
             if n.op == "get_attr" and str(n.target) in res.attr_dims:
@@ -327,6 +346,16 @@ class SlimmableNetwork(nn.Module):
         view.flags.writeable = False
         return view
 
+    def slice_bounds(self, module: str) -> tuple[int, int]:
+        """Full-width bounds (a, b) of a ``ChannelSlice`` (a fixed ``x[:, a:b]`` of the traced model).
+
+        Raises:
+            InvalidParameterError: ``module`` is not a ChannelSlice of this network.
+        """
+        check_parameter(module in self._slice_bounds, "module", "SlimmableNetwork.slice_bounds",
+                        f"one of {sorted(self._slice_bounds)}", module)
+        return self._slice_bounds[module]
+
     # ---- running -------------------------------------------------------------------------
     def live_masks(self, config: Mapping[str, int] | None) -> dict[Site, np.ndarray]:
         """For every site, which of its full-width positions a config keeps: site -> (n,) bool array.
@@ -364,6 +393,16 @@ class SlimmableNetwork(nn.Module):
         return self.graph_module(*args, **kwargs)
 
     # ---- costs ---------------------------------------------------------------------------
+    def slimmable_share(self) -> float:
+        """1 - FLOPs(smallest config) / FLOPs(full): how much of the cost slimming can remove (0 when every
+        group is frozen)."""
+        full = self.flops(self.space.max_config())
+        return 1.0 - self.flops(self.space.min_config()) / full if full else 0.0
+
+    def summary(self, max_rows: int = 20) -> str:
+        """The channel space's table of groups, headed by the slimmable share (see :meth:`slimmable_share`)."""
+        return self.space.summary(max_rows, slimmable_share=self.slimmable_share())
+
     def flops(self, config: Mapping[str, int] | None = None) -> int:
         """FLOPs of the subnet at ``config`` (equals ``count_flops`` of the extracted subnet)."""
         return int(self.flops_model().flops_batch([config if config is not None else self.config])[0])

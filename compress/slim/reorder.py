@@ -64,8 +64,9 @@ def reorder_channels_(net: SlimmableNetwork, importance: str = "bn") -> dict[str
 
     Channels are ranked so that slicing the first k keeps the most important ones (a slimmable network keeps
     the first k channels of a group); |BN gamma| as a channel's importance is the criterion of Liu et al. 2017,
-    "Learning Efficient Convolutional Networks through Network Slimming". Whole blocks of a grouped conv's channels move together. The
-    full-width network computes the same function after the permutation (checked on ``net.example_inputs``).
+    "Learning Efficient Convolutional Networks through Network Slimming". Channels held in blocks (a grouped
+    conv's groups, a GroupNorm's groups) move as whole blocks. The full-width network computes the same function
+    after the permutation (checked on ``net.example_inputs``).
 
     Returns:
         Group name -> permutation: for every reordered group, the old channel index now at each position.
@@ -104,8 +105,8 @@ def reorder_channels_(net: SlimmableNetwork, importance: str = "bn") -> dict[str
 
 
 def channel_blocks(net: SlimmableNetwork) -> dict[int, int]:
-    """Group id -> block size its permutations must keep together: the channels per conv group of every grouped
-    conv the group feeds (a grouped conv's output channel reads only its own block of input channels)."""
+    """Group id -> block size its permutations must keep together: the channels per group of every grouped conv
+    (an output channel reads only its own block of input channels) and GroupNorm (statistics per block) it feeds."""
     blocks: dict[int, int] = {}
     for _, gs, atoms in net.coupling.grouped_convs:
         for gid in np.unique(net.positions(atoms)[0]).tolist():

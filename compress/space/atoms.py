@@ -34,6 +34,10 @@ class TMeta:
     atoms: np.ndarray | None = None
     attr: fx.Node | None = None
     why: str | None = None  # for an untracked tensor: why its channels are not tracked
+    # for a tensor reshaped from a parameter (``attr``) by adding or dropping size-1 dims, e.g. a layer scale
+    # ``gamma.reshape(1, -1, 1, 1)``: the parameter dim each dim comes from (None for an added size-1 dim);
+    # None means the parameter itself (dim i is parameter dim i)
+    attr_axes: tuple[int | None, ...] | None = None
 
 
 @dataclass
@@ -83,6 +87,9 @@ class CouplingResult:
     grouped_convs: list[tuple[str, int, np.ndarray]]
     flop_ops: list[FlopOp]
     unknown_ops: dict[str, str]
+    # getitem node name -> (dim, start, stop, atoms of the input): a fixed channel slice ``x[:, a:b]`` that
+    # becomes a ChannelSlice following the config; group boundaries are put at a and b
+    channel_slices: dict[str, tuple[int, int, int, np.ndarray]] = field(default_factory=dict)
 
 
 class CouplingContext:
@@ -100,6 +107,7 @@ class CouplingContext:
         self.grouped_convs: list[tuple[str, int, np.ndarray]] = []
         self.flop_ops: list[FlopOp] = []
         self.unknown_ops: dict[str, str] = {}
+        self.channel_slices: dict[str, tuple[int, int, int, np.ndarray]] = {}
 
     # ---- atoms and union-find -------------------------------------------------
     def new_atoms(self, n: int, label: str, frozen_reason: str | None = None) -> np.ndarray:
@@ -212,6 +220,7 @@ class CouplingContext:
             grouped_convs=self.grouped_convs,
             flop_ops=self.flop_ops,
             unknown_ops=self.unknown_ops,
+            channel_slices=self.channel_slices,
         )
 
 

@@ -76,6 +76,11 @@ def build_groups(res: CouplingResult, divisor: int) -> GroupAssignment:
         src_classes.append(cls)
         for pos, c in enumerate(cls.tolist()):
             occ[c].append((s, pos))
+    # a fixed channel slice x[:, a:b] counts as one more place its channels appear, so groups end at a and b
+    # and each side of the slice is slimmed on its own (never emptied)
+    for j, (_dim, start, stop, atoms) in enumerate(res.channel_slices.values()):
+        for pos, c in enumerate(parent[atoms[start:stop]].tolist()):
+            occ[c].append((len(res.sources) + j, pos))
     occ_set = {c: frozenset(v) for c, v in occ.items()}
 
     def linked(c1: int, c2: int) -> bool:
@@ -141,7 +146,8 @@ def keep_split_parts_nonempty(res: CouplingResult, ga: GroupAssignment) -> None:
     a channel shuffle) would become empty at small widths; for each such part
     the group that needs the smallest raise gets a minimum width reaching into it.
     """
-    for _dim, parts in res.splits.values():
+    sliced = [[atoms[start:stop]] for _dim, start, stop, atoms in res.channel_slices.values()]
+    for parts in [parts for _dim, parts in res.splits.values()] + sliced:
         for atoms in parts:
             g, i = ga.atom_group[atoms], ga.atom_index[atoms]
             groups = ga.groups

@@ -91,11 +91,17 @@ def _flop(p: PassState, kind: str, n: fx.Node, inputs: list[Any], out: Any, **pa
 def passthrough(p: PassState, n: fx.Node, args: tuple, kwargs: dict, value: Any) -> Any:
     """Element-wise unary ops: the output keeps the input's channels."""
     m = p.meta_of(n.args[0]) if n.args else None
-    if isinstance(m, IdMeta):
-        return _replay(p, n, args, kwargs, value, m)
+    if isinstance(m, IdMeta):  # a channel shuffle is rewritten as one gather: no value op may sit inside it
+        if n.op == "call_method" and n.target in _COPY_METHODS:
+            return _replay(p, n, args, kwargs, value, m)
+        return unknown(p, n, args, kwargs, value, " (on a channel-split tensor)")
     if isinstance(m, TMeta) and isinstance(value, torch.Tensor) and tuple(value.shape) == m.shape:
         return TMeta(m.shape, m.cdim, m.atoms)
     return unknown(p, n, args, kwargs, value, " (shape changed)")
+
+
+# methods that only copy or re-lay a tensor: replayed on the channel ids of a channel shuffle
+_COPY_METHODS = frozenset({"contiguous", "clone", "detach", "to", "float", "type_as"})
 
 
 def channel1_op(kind: str | None) -> FunctionHandler:
@@ -190,8 +196,8 @@ def binary(p: PassState, n: fx.Node, args: tuple, kwargs: dict, value: Any) -> A
         od = d - (out_nd - v.ndim)
         if od < 0 or v.shape[od] == 1:
             continue  # broadcast along the channel dim: nothing to slice
-        if m.attr is not None:
-            _attr_follower(p, m.attr, od, first.atoms)
+        if m.attr is not None and (m.attr_axes is None or m.attr_axes[od] is not None):
+            _attr_follower(p, m.attr, od if m.attr_axes is None else m.attr_axes[od], first.atoms)
         else:
             p.ctx.freeze(first.atoms, f"{n.name}: combined with a tensor whose channels are not tracked")
     out = TMeta(tuple(value.shape), d, first.atoms)
@@ -213,13 +219,24 @@ def _attr_follower(p: PassState, attr: fx.Node, dim: int, atoms: np.ndarray) -> 
 
 # ---- shape ops -----------------------------------------------------------------------
 def _replay(p: PassState, n: fx.Node, args: tuple, kwargs: dict, value: Any, m: IdMeta) -> Any:
-    """Replay a shape op on the element ids of a channel-split tensor (channel shuffle)."""
-    if n.op == "call_method":
-        ids = getattr(m.ids, n.target)(*args[1:], **kwargs)
-    elif n.op == "call_function":
-        ids = n.target(m.ids, *args[1:], **kwargs)
-    else:
-        ids = p.modules[n.target](m.ids)
+    """Replay a shape op on the element ids of a channel-split tensor (channel shuffle).
+
+    The op runs on the (integer) ids; one that cannot (a float-only op such as softmax) or that does not
+    keep the ids' shape freezes the channels with the reason instead of failing the build.
+    """
+    try:
+        if n.op == "call_method":
+            ids = getattr(m.ids, n.target)(*args[1:], **kwargs)
+        elif n.op == "call_function":
+            ids = n.target(m.ids, *args[1:], **kwargs)
+        else:
+            ids = p.modules[n.target](m.ids)
+    except Exception as exc:  # noqa: BLE001 - any failure of the op on ids means: not a pure shape op
+        return unknown(p, n, args, kwargs, value,
+                       f" (on a channel-split tensor; replaying it on channel ids failed: {type(exc).__name__})")
+    if not isinstance(ids, torch.Tensor) or not isinstance(value, torch.Tensor) or ids.shape != value.shape \
+            or ids.dtype != m.ids.dtype:
+        return unknown(p, n, args, kwargs, value, " (on a channel-split tensor, not a shape op)")
     origin_meta = p.metas[m.origin]
     shape, cdim = origin_meta.shape, origin_meta.cdim
     if tuple(ids.shape) == shape:
@@ -245,6 +262,21 @@ def _literal(a: Any) -> bool:
     return isinstance(a, int) and a != -1
 
 
+def _attr_reshaped(m: TMeta, out: tuple[int, ...], literal_dims: set[int]) -> TMeta:
+    """A parameter reshaped by adding or dropping size-1 dims (a layer scale ``gamma.view(1, -1, 1, 1)``)
+    stays a parameter whose dims are known, so that a multiply can slice it with the channels; any other
+    reshape, or a literal size for a dim of the parameter (it could not follow a narrower width), does not."""
+    axes = m.attr_axes if m.attr_axes is not None else tuple(range(len(m.shape)))
+    src = [(size, ax) for size, ax in zip(m.shape, axes) if size != 1]
+    dst = [j for j, size in enumerate(out) if size != 1]
+    if [size for size, _ in src] != [out[j] for j in dst] or literal_dims & set(dst):
+        return TMeta(out)
+    new_axes: list[int | None] = [None] * len(out)
+    for j, (_, ax) in zip(dst, src):
+        new_axes[j] = ax
+    return TMeta(out, attr=m.attr, attr_axes=tuple(new_axes))
+
+
 def reshape(p: PassState, n: fx.Node, args: tuple, kwargs: dict, value: Any) -> Any:
     """view / reshape: channels stay a dim, merge into a flattened dim, or split (shuffle)."""
     m = p.meta_of(n.args[0])
@@ -254,6 +286,9 @@ def reshape(p: PassState, n: fx.Node, args: tuple, kwargs: dict, value: Any) -> 
         return unknown(p, n, args, kwargs, value)
     out = tuple(value.shape)
     if m.cdim is None:
+        if m.attr is not None:
+            sargs = _shape_args(n)
+            return _attr_reshaped(m, out, {j for j, a in enumerate(sargs) if _literal(a) and a != 1})
         return TMeta(out)
     c, shape = m.cdim, m.shape
     size = shape[c]
@@ -385,12 +420,28 @@ def getitem(p: PassState, n: fx.Node, args: tuple, kwargs: dict, value: Any) -> 
         if i == m.cdim:
             full = isinstance(item, slice) and item.step in (None, 1) and (item.start in (None, 0)) \
                 and (item.stop is None or item.stop >= size)
-            if not full:
-                return unknown(p, n, args, kwargs, value, " (indexes the channel dim)")
-            return TMeta(tuple(value.shape), out_dim, m.atoms)
+            if full:
+                return TMeta(tuple(value.shape), out_dim, m.atoms)
+            return _channel_slice(p, n, args, kwargs, value, m, items)
         if isinstance(item, slice):
             out_dim += 1
     return untracked(value)
+
+
+def _channel_slice(p: PassState, n: fx.Node, args: tuple, kwargs: dict, value: Any, m: TMeta,
+                   items: tuple) -> Any:
+    """``x[:, a:b]``: a contiguous run of channels, every other dim whole. The output holds the input's atoms
+    a..b-1; the network replaces the getitem by a ChannelSlice whose bounds follow the config."""
+    c = m.cdim
+    item = items[c]
+    others_whole = all(it == slice(None) for j, it in enumerate(items) if j != c)
+    if not isinstance(item, slice) or item.step not in (None, 1) or not others_whole:
+        return unknown(p, n, args, kwargs, value, " (indexes the channel dim with a step or an int)")
+    start, stop, _ = item.indices(m.shape[c])
+    if stop <= start:
+        return unknown(p, n, args, kwargs, value, " (empty channel slice)")
+    p.ctx.channel_slices[n.name] = (c, start, stop, m.atoms)
+    return TMeta(tuple(value.shape), c, m.atoms[start:stop])
 
 
 def reduction(counted: bool) -> FunctionHandler:
@@ -421,6 +472,8 @@ def reduction(counted: bool) -> FunctionHandler:
 def softmax(p: PassState, n: fx.Node, args: tuple, kwargs: dict, value: Any) -> Any:
     m = p.meta_of(n.args[0])
     dim = p.modules[n.target].dim if n.op == "call_module" else _arg(n, args, kwargs, 1, "dim")
+    if isinstance(m, IdMeta):  # split attention's radix softmax; a shuffle's gather may not skip a value op
+        return unknown(p, n, args, kwargs, value, " (on a channel-split tensor)")
     if isinstance(m, TMeta) and m.cdim is not None and dim is not None and _norm_dim(dim, len(m.shape)) == m.cdim:
         return unknown(p, n, args, kwargs, value, " (normalises over channels)")
     return passthrough(p, n, args, kwargs, value)
@@ -428,6 +481,8 @@ def softmax(p: PassState, n: fx.Node, args: tuple, kwargs: dict, value: Any) -> 
 
 def unsqueeze(p: PassState, n: fx.Node, args: tuple, kwargs: dict, value: Any) -> Any:
     m = p.meta_of(n.args[0])
+    if isinstance(m, TMeta) and m.cdim is None and m.attr is not None and isinstance(value, torch.Tensor):
+        return _attr_reshaped(m, tuple(value.shape), set())
     if not isinstance(m, TMeta) or m.cdim is None:
         return untracked(value) if not isinstance(m, IdMeta) else unknown(p, n, args, kwargs, value)
     d = _norm_dim(_arg(n, args, kwargs, 1, "dim"), value.ndim)
@@ -514,6 +569,76 @@ def per_channel_tensors(mod: nn.Module, channels: int) -> list[str]:
     return [name for name, t in own if t is not None and t.numel() > 1 and channels in tuple(t.shape)]
 
 
+def group_norm_layer(p: PassState, n: fx.Node, mod: nn.Module, args: tuple, kwargs: dict, value: Any) -> Any:
+    """GroupNorm: channels are cut in whole groups of ``num_channels / num_groups`` (channels per group fixed,
+    the group count follows the width), so every kept group is normalised over the same channels as at full
+    width. One group stays one group at any width (it normalises over all channels kept)."""
+    name = str(n.target)
+    x = p.meta_of(n.args[0])
+    atoms = p.ctx.module_atoms(name, "feat", p.ctx.atoms_along(x, 1, name))
+    per_group = mod.num_channels // mod.num_groups
+    if mod.num_groups > 1 and per_group > 1:
+        p.ctx.require_divisor(atoms, per_group)
+        p.ctx.grouped_convs.append((name, per_group, atoms))  # channel blocks that must stay aligned
+    out = TMeta(tuple(value.shape), 1, atoms)
+    _flop(p, "group_norm", n, [TMeta(x.shape, 1, atoms)], out, affine=getattr(mod, "weight", None) is not None)
+    return out
+
+
+def norm_act_layer(norm: ModuleHandler) -> ModuleHandler:
+    """A norm layer followed by its own ``drop`` and ``act`` sub-layers in one module (timm's BatchNormAct2d,
+    GroupNormAct, LayerNormAct2d, ...): the norm's handler, provided both sub-layers are element-wise."""
+
+    def handler(p: PassState, n: fx.Node, mod: nn.Module, args: tuple, kwargs: dict, value: Any) -> Any:
+        for child in ("drop", "act"):
+            sub = getattr(mod, child, None)
+            if sub is not None and module_handler(sub) is not module_passthrough:
+                return unknown(p, n, args, kwargs, value, f" (its {child} {type(sub).__name__} is not element-wise)")
+        return norm(p, n, mod, args, kwargs, value)
+
+    return handler
+
+
+def std_conv(p: PassState, n: fx.Node, mod: nn.Module, args: tuple, kwargs: dict, value: Any) -> Any:
+    """A conv whose forward pads "same" and/or standardises its weight first (timm's Conv2dSame, StdConv2d,
+    ScaledStdConv2d): channels flow as through a conv; the standardisation is a batch_norm over the weight,
+    4 FLOPs per weight element (5 with the gain, plus the gain * scale multiply), as fvcore counts it."""
+    out = conv(p, n, mod, args, kwargs, value)
+    if type(mod).__name__.startswith(("StdConv", "ScaledStdConv")):
+        x = p.meta_of(n.args[0])
+        name = str(n.target)
+        dims = p.ctx.module_dims[name]
+        in_meta = TMeta(x.shape, 1, dims["in"]) if isinstance(x, (TMeta, IdMeta)) else None
+        if in_meta is not None:
+            g = mod.groups
+            _flop(p, "weight_std", n, [in_meta], out, kernel=math.prod(mod.kernel_size),
+                  gs=mod.in_channels // g if g > 1 else None, gain=getattr(mod, "gain", None) is not None)
+    return out
+
+
+def functional_batch_norm(p: PassState, n: fx.Node, args: tuple, kwargs: dict, value: Any) -> Any:
+    """``F.batch_norm(x, running_mean, running_var, weight, bias, ...)`` called in a forward with the module's
+    own parameters and buffers: each per-channel tensor read from the graph is sliced with x's channels."""
+    m = p.meta_of(n.args[0])
+    if not isinstance(m, TMeta) or m.cdim != 1 or not isinstance(value, torch.Tensor):
+        return unknown(p, n, args, kwargs, value, " (channels not on dim 1)")
+    names = ("running_mean", "running_var", "weight", "bias")
+    for i, name in enumerate(names, start=1):
+        node = _node_arg(n, i, name)
+        pm = p.meta_of(node) if isinstance(node, fx.Node) else None
+        if pm is None:
+            continue
+        if isinstance(pm, TMeta) and pm.attr is not None and pm.attr_axes is None and len(pm.shape) == 1:
+            _attr_follower(p, pm.attr, 0, m.atoms)
+        else:
+            p.ctx.freeze(m.atoms, f"{n.name}: batch_norm with a computed {name}")
+    out = TMeta(tuple(value.shape), 1, m.atoms)
+    affine = _arg(n, args, kwargs, 3, "weight") is not None
+    training = bool(_arg(n, args, kwargs, 5, "training", False))
+    _flop(p, "batch_norm", n, [m], out, affine=affine, batch_stats=training)
+    return out
+
+
 def module_passthrough(p: PassState, n: fx.Node, mod: nn.Module, args: tuple, kwargs: dict, value: Any) -> Any:
     """An element-wise layer without per-channel tensors: channels in = channels out. A layer that holds
     per-channel parameters or buffers is refused (frozen, with the names): passing it through would leave them
@@ -552,6 +677,7 @@ MODULE_HANDLERS: dict[Any, ModuleHandler] = {
     nn.BatchNorm2d: per_channel_layer(1, "batch_norm"),
     nn.BatchNorm3d: per_channel_layer(1, "batch_norm"),
     nn.LayerNorm: per_channel_layer(None, "layer_norm"),
+    nn.GroupNorm: group_norm_layer,
     "torchvision.models.convnext.LayerNorm2d": per_channel_layer(1, "layer_norm"),
     "torchvision.ops.stochastic_depth.StochasticDepth": module_passthrough,
     nn.MaxPool1d: _module_fn(channel1_op(None)), nn.MaxPool2d: _module_fn(channel1_op("pool")),
@@ -564,6 +690,30 @@ MODULE_HANDLERS: dict[Any, ModuleHandler] = {
     **{cls: module_passthrough for cls in _ACTIVATIONS},
     nn.PReLU: prelu,
 }
+
+# timm's layers whose forward calls F.batch_norm / F.layer_norm / F.group_norm with their own parameters (keyed
+# by "module.qualname", so timm stays optional): traced as single layers and sliced as the norm they are
+# (compress.slim.layers has their LayerKind entries); its element-wise activations pass channels through.
+_TIMM = "timm.layers."
+TIMM_MODULE_HANDLERS: dict[str, ModuleHandler] = {
+    _TIMM + "norm_act.BatchNormAct2d": norm_act_layer(per_channel_layer(1, "batch_norm")),
+    _TIMM + "norm_act.GroupNormAct": norm_act_layer(group_norm_layer),
+    _TIMM + "norm_act.GroupNorm1Act": norm_act_layer(group_norm_layer),
+    _TIMM + "norm_act.LayerNormAct2d": norm_act_layer(per_channel_layer(1, "layer_norm")),
+    _TIMM + "norm_act.LayerNormAct": norm_act_layer(per_channel_layer(None, "layer_norm")),
+    _TIMM + "norm.LayerNorm2d": per_channel_layer(1, "layer_norm"),
+    _TIMM + "norm.LayerNorm": per_channel_layer(None, "layer_norm"),
+    _TIMM + "norm.GroupNorm": group_norm_layer,
+    _TIMM + "norm.GroupNorm1": group_norm_layer,
+    **{_TIMM + conv_cls: std_conv for conv_cls in (
+        "conv2d_same.Conv2dSame", "std_conv.StdConv2d", "std_conv.StdConv2dSame", "std_conv.ScaledStdConv2d",
+        "std_conv.ScaledStdConv2dSame")},
+    **{_TIMM + "activations." + act: module_passthrough for act in (
+        "Swish", "Mish", "Sigmoid", "Tanh", "HardSwish", "HardSigmoid", "HardMish", "GELU", "GELUTanh",
+        "QuickGELU", "SiLU")},
+}
+MODULE_HANDLERS.update(TIMM_MODULE_HANDLERS)
+EXTRA_LEAF_MODULES.update(TIMM_MODULE_HANDLERS)
 
 _UNARY_FUNCTIONS = (
     torch.relu, torch.relu_, F.relu, F.relu6, F.silu, F.hardswish, F.hardsigmoid, F.gelu, F.leaky_relu,
@@ -588,6 +738,7 @@ FUNCTION_HANDLERS: dict[Any, FunctionHandler] = {
     F.adaptive_avg_pool2d: channel1_op("adaptive_avg_pool"),
     F.max_pool2d: channel1_op("pool"), F.avg_pool2d: channel1_op("pool"),
     F.interpolate: channel1_op("upsample"),
+    F.batch_norm: functional_batch_norm,
 }
 
 METHOD_HANDLERS: dict[str, FunctionHandler] = {

@@ -126,9 +126,16 @@ class ChannelSpace:
         return {g.name: int(k[i]) for i, g in enumerate(self.groups) if not g.frozen}
 
     # ---- reporting -----------------------------------------------------------------
-    def summary(self, max_rows: int = 20) -> str:
-        """A readable table of the groups (slimmable first, then frozen with reasons)."""
-        lines = [repr(self)]
+    def summary(self, max_rows: int = 20, slimmable_share: float | None = None) -> str:
+        """A readable table of the groups (slimmable first, then frozen with reasons).
+
+        Args:
+            max_rows: most rows listed per section.
+            slimmable_share: 1 - FLOPs(smallest config) / FLOPs(full), printed in the first line when given
+                (``SlimmableNetwork.summary`` passes it; the space alone does not know FLOPs).
+        """
+        lines = [repr(self) if slimmable_share is None else
+                 f"{self!r}: slimmable share {slimmable_share:.3f} (1 - FLOPs at the smallest config / full)"]
         for g in self.free[:max_rows]:
             lines.append(f"  {g.name:<40} width {g.width:>5}  divisor {g.divisor:>3}  members {len(g.members)}")
         if len(self.free) > max_rows:
