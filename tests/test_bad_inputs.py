@@ -156,3 +156,31 @@ def test_a_second_run_on_a_busy_work_dir_is_refused_by_name(model_x, tmp_path):
     with work_dir_lock(work, "autoslim"):  # free after the holder died
         assert "process" in (work / ".lock").read_text()
     assert (work / ".lock").read_text() == ""
+
+
+def test_a_mostly_frozen_model_warns_with_the_frozen_reasons():
+    """Slimmable share under 50%: the search warns, naming the top frozen reasons and what to do."""
+    from compress.train.data import cifar10_loaders
+
+    class Opaque(nn.Module):  # no handler: its channels freeze
+        def forward(self, x):
+            return torch.special.erf(x)
+
+    class MostlyFrozen(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c1, self.c2 = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 64, 3, padding=1)
+            self.c3 = nn.Conv2d(64, 64, 3, padding=1)
+            self.op, self.fc = Opaque(), nn.Linear(64, 10)
+
+        def forward(self, x):
+            y = self.op(self.c2(torch.relu(self.c1(x))))
+            return self.fc(self.op(self.c3(y)).mean((2, 3)))
+
+    tl, vl = cifar10_loaders(batch_size=8, train_per_class=2, val_per_class=1)
+    with pytest.warns(UserWarning, match=r"only \d+% of MostlyFrozen's FLOPs can be slimmed .* frozen reasons: .*erf.*"
+                                         r"register_module"):
+        try:
+            compress.autoslim(MostlyFrozen(), flops=1e12, train_loader=tl, val_loader=vl)
+        except compress.CompressError:
+            pass

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import tempfile
 import warnings
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -20,6 +21,9 @@ from compress.subnet.extract import extract_subnet
 from compress.result import SlimResult, finish, path_point
 from compress.slim.network import SlimmableNetwork
 from compress.deploy.timing import ReferenceTimer, can_measure
+
+
+MIN_SLIMMABLE_SHARE = 0.5  # warn below: most of the network's cost cannot be removed
 
 
 @dataclass
@@ -119,6 +123,15 @@ def prepare(name: str, model: nn.Module, latency_ms: float | None, flops: float 
         raise NothingToSlimError(
             f"{type(model).__name__} has no channel group that can be narrowed: {net.space.summary()} "
             "Check the frozen reasons above (unsupported ops, ignore=...).")
+    share = net.slimmable_share()
+    if share < MIN_SLIMMABLE_SHARE:
+        reasons = Counter(g.frozen_reason for g in net.space.frozen)
+        top = "; ".join(f"{r} (x{c})" for r, c in reasons.most_common(3))
+        warnings.warn(f"{name}: only {share:.0%} of {type(model).__name__}'s FLOPs can be slimmed away (the rest "
+                      f"is in frozen channel groups), so no budget below {1 - share:.0%} of its FLOPs is reachable "
+                      f"and the search has little to choose from. Most frequent frozen reasons: {top}. Register a "
+                      f"handler for the layers named (compress.space.register_module) or report the model.",
+                      stacklevel=3)
 
     # ---- budget checks (measured first: no predictor needed to refuse an impossible budget) ---------------------
     space = net.space
