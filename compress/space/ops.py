@@ -768,7 +768,9 @@ def register_module(layer: type | str, handler: ModuleHandler, *, replace: bool 
 
     The layer is then traced as one node (not traced into) and ``handler(p, node, module, args, kwargs, value)``
     returns its output's meta. Ready-made handlers: ``module_passthrough`` (element-wise, no per-channel
-    parameters: channels in = channels out), ``per_channel_layer(1, "batch_norm")`` (one parameter per channel
+    parameters and no FLOPs of its own as fvcore counts them: channels in = channels out; a layer that does cost
+    FLOPs, e.g. ``x * sigmoid(x)``, is named by FlopsMismatchError when the network's FLOPs model is built),
+    ``per_channel_layer(1, "batch_norm")`` (one parameter per channel
     along dim 1, sliced with the channel), ``conv``, ``linear``. A layer whose weights are sliced (any handler
     that names channel roles: conv, linear, per_channel_layer) also needs a slimming entry,
     ``compress.slim.layers.register_layer_kind``; without one, building a SlimmableNetwork says so.
