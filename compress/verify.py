@@ -183,11 +183,24 @@ def timm_zoo_model(name: str) -> tuple[nn.Module, torch.Tensor]:
 
 
 def zoo_model(name: str) -> tuple[nn.Module, torch.Tensor]:
-    """A randomly initialised torchvision model and a small example input for it."""
+    """A randomly initialised torchvision model (classification or segmentation) and a small example input for it.
+
+    Args:
+        name: a name from ``torchvision.models.list_models()`` (classification and segmentation modules).
+
+    Returns:
+        The model in eval mode and a 1 x 3 x H x W input (H = W = 64 unless ``ZOO_INPUTS`` says otherwise).
+
+    Raises:
+        ValueError: torchvision knows no model of that name.
+    """
     import torchvision
 
     spec = ZOO_INPUTS.get(name, {})
+    kwargs = dict(spec.get("kwargs", {}))
+    if name in torchvision.models.list_models(module=torchvision.models.segmentation):
+        kwargs.setdefault("weights_backbone", None)  # random init: nothing is downloaded
     torch.manual_seed(0)
-    model = torchvision.models.get_model(name, weights=None, **spec.get("kwargs", {})).eval()
+    model = torchvision.models.get_model(name, weights=None, **kwargs).eval()
     res = spec.get("resolution", DEFAULT_ZOO_RESOLUTION)
     return model, torch.randn(1, 3, res, res)

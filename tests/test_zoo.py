@@ -15,9 +15,10 @@ from compress.verify import verify_model, zoo_model
 
 FAST = ["resnet18", "mobilenet_v2", "mobilenet_v3_small", "shufflenet_v2_x0_5", "densenet121", "googlenet",
         "inception_v3", "efficientnet_b0", "regnet_x_400mf", "regnet_y_400mf", "resnext50_32x4d", "convnext_tiny",
-        "squeezenet1_1", "mnasnet0_5", "alexnet", "vgg11_bn", "swin_t", "vit_b_32"]
+        "squeezenet1_1", "mnasnet0_5", "alexnet", "vgg11_bn", "swin_t", "vit_b_32", "lraspp_mobilenet_v3_large"]
 SKIP = {"vit_h_14", "regnet_y_128gf"}  # regnet_y_128gf passes (docs) but takes ~10 min
-ALL = [n for n in torchvision.models.list_models(module=torchvision.models) if n not in SKIP]
+ALL = [n for n in torchvision.models.list_models(module=torchvision.models)
+       + torchvision.models.list_models(module=torchvision.models.segmentation) if n not in SKIP]
 
 
 def _check(name: str) -> None:

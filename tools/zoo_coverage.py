@@ -69,6 +69,12 @@ print("RESULT " + json.dumps(rep.to_dict()))
 """
 
 
+def zoo_names(torchvision) -> list[str]:
+    """The torchvision table: every classification and segmentation model (detection is out of scope here)."""
+    return (torchvision.models.list_models(module=torchvision.models)
+            + torchvision.models.list_models(module=torchvision.models.segmentation))
+
+
 def run_one(name: str, timeout_s: int, zoo: str = "torchvision") -> dict:
     start = time.perf_counter()
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
@@ -88,7 +94,7 @@ def run_one(name: str, timeout_s: int, zoo: str = "torchvision") -> dict:
 def write_table(results: dict[str, dict], path: Path) -> None:
     import torchvision
 
-    names = torchvision.models.list_models(module=torchvision.models)
+    names = zoo_names(torchvision)
     ok = [n for n in names if results.get(n, {}).get("ok")]
     tested = [n for n in names if n in results and n not in SKIP]
     lines = [
@@ -185,7 +191,7 @@ def main() -> None:
     else:
         import torchvision
 
-        names = args.models or torchvision.models.list_models(module=torchvision.models)
+        names = args.models or zoo_names(torchvision)
     todo = [n for n in names if n not in results and (args.include_large or n not in SKIP)]
     print(f"{len(results)} done, {len(todo)} to run", flush=True)
     for i, name in enumerate(todo, 1):
