@@ -90,10 +90,10 @@ from devices import get_device  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "cifar10-jpg.tar.gz"
 MIN_USE = 0.95          # aim: a chosen subnet uses at least this fraction of the budget (as the closed loop does)
-TP_MAX_RATIO = 0.9      # Torch-Pruning never removes more than this fraction of a layer's channels
 TARGETS = {0.35: 1.0, 0.5: 0.5}  # budget fraction -> top-1 points ours should lead the best Torch-Pruning row by
 BATCH = 128
 SMOKE_SEARCH = {"eval_batches": 1, "calib_batches": 1}  # the greedy search's scoring, cut down in a smoke run
+SMOKE_DMS = {"structure_lr": 0.1}  # a 4-step smoke search moves the pruning ratios far enough to reach the budgets
 CALIB_BATCHES = 16
 
 
@@ -142,16 +142,17 @@ def last_linear(model: nn.Module) -> nn.Module:
 
 
 def tp_prune(pretrained: nn.Module, x: torch.Tensor, criterion: str, global_pruning: bool, ratio: float,
-             steps: int, round_to: int, grad_batches: list) -> nn.Module:
-    """A deep copy of ``pretrained`` pruned by Torch-Pruning to channel ``ratio`` (0: unpruned) in ``steps``
-    iterative steps; with a gradient criterion, gradients are taken on ``grad_batches`` before every step."""
+             steps: int, round_to: int, grad_batches: list, max_ratio: float) -> nn.Module:
+    """A deep copy of ``pretrained`` pruned by Torch-Pruning to channel ``ratio`` (0: unpruned; no layer pruned by
+    more than ``max_ratio``) in ``steps`` iterative steps; with a gradient criterion, gradients are taken on
+    ``grad_batches`` before every step."""
     tp = import_tp()
     model = copy.deepcopy(pretrained).eval()
     if ratio <= 0:
         return model
     make, needs_grad, _ = TP_CRITERIA[criterion]
     pruner = tp.pruner.MetaPruner(model, x, importance=make(tp), global_pruning=global_pruning,
-                                  pruning_ratio=ratio, max_pruning_ratio=TP_MAX_RATIO, iterative_steps=steps,
+                                  pruning_ratio=ratio, max_pruning_ratio=max_ratio, iterative_steps=steps,
                                   ignored_layers=[last_linear(model)], round_to=round_to)
     for _ in range(steps):
         if needs_grad:
@@ -165,15 +166,16 @@ def tp_prune(pretrained: nn.Module, x: torch.Tensor, criterion: str, global_prun
     return model.eval()
 
 
-def bisect_ratio(measure: Callable[[float], float], frac: float, max_probes: int, log=print) -> dict:
-    """The smallest pruning ratio in [0, TP_MAX_RATIO] whose measured latency ratio is under ``frac`` with HEADROOM,
+def bisect_ratio(measure: Callable[[float], float], frac: float, max_probes: int, max_ratio: float,
+                 log=print) -> dict:
+    """The smallest pruning ratio in [0, max_ratio] whose measured latency ratio is under ``frac`` with HEADROOM,
     searched by secant steps in a shrinking bracket (bisection when the secant falls outside its middle 80%);
     stops at a point using >= MIN_USE of the budget. ``measure(ratio)`` -> latency / full model."""
     limit, aim = (1 - HEADROOM) * frac, (MIN_USE + 1 - HEADROOM) / 2 * frac
     lo, lo_m = 0.0, 1.0           # ratio 0 is the full model
-    hi, hi_m = TP_MAX_RATIO, None  # measured only if the bracket needs it
+    hi, hi_m = max_ratio, None  # measured only if the bracket needs it
     probes: list[dict] = []
-    r = min(TP_MAX_RATIO, 1 - math.sqrt(aim))  # conv cost ~ (1 - ratio)^2
+    r = min(max_ratio, 1 - math.sqrt(aim))  # conv cost ~ (1 - ratio)^2
     for _ in range(max_probes):
         m = measure(r)
         probes.append({"ratio": r, "latency_ratio": m})
@@ -184,12 +186,12 @@ def bisect_ratio(measure: Callable[[float], float], frac: float, max_probes: int
                 break
         else:
             lo, lo_m = r, m
-            if r >= TP_MAX_RATIO:
+            if r >= max_ratio:
                 break
         if hi - lo < 1e-3:
             break
         if hi_m is None:
-            r = (lo + hi) / 2 if lo > 0 else min(TP_MAX_RATIO, r + (TP_MAX_RATIO - r) / 2)
+            r = (lo + hi) / 2 if lo > 0 else min(max_ratio, r + (max_ratio - r) / 2)
             if lo > 0 and hi - lo < 0.05:
                 r = hi
             continue
@@ -277,6 +279,8 @@ def parse(argv):
     ap.add_argument("--taylor-batches", type=int, default=4, help="held-out batches of Taylor's gradients")
     ap.add_argument("--uniform-widths", nargs="*", type=float, default=[0.75],
                     help="fixed uniform width multipliers also fine-tuned (capacity check)")
+    ap.add_argument("--min-ratio", type=float, default=0.25,
+                    help="no method keeps less than this fraction of a layer's channels (TP: max_pruning_ratio = 1 - it)")
     ap.add_argument("--divisor", type=int, default=8, help="channel multiple of every method (TP: round_to)")
     ap.add_argument("--profile-configs", type=int, default=24, help="subnets profiled for the latency predictor")
     ap.add_argument("--threads", type=int, default=2, help="torch threads for training")
@@ -289,7 +293,7 @@ def parse(argv):
     if args.smoke:
         args.data = args.data or str(SHIPPED_CIFAR)
         args.train_per_class, args.held_per_class, args.test_per_class = 200, 50, 50
-        args.seeds, args.epochs, args.supernet_epochs, args.dms_search = [0], 0.15, 0.05, 0.05
+        args.seeds, args.epochs, args.supernet_epochs, args.dms_search = [0], 0.35, 0.05, 0.25
         args.tp_criteria, args.tp_modes, args.tp_steps, args.tp_probes = ["l1", "taylor"], ["global"], 2, 4
         args.taylor_batches, args.profile_configs = 1, 16
     args.data = args.data or str(DEFAULT_DATA)
@@ -342,7 +346,8 @@ def main(argv: list[str] | None = None) -> int:
     identity = {"model": args.model, "weights_digest": weights_digest(pretrained), "data": Path(args.data).name,
                 "train_per_class": args.train_per_class, "held_per_class": args.held_per_class,
                 "test_per_class": args.test_per_class, "epochs": args.epochs, "lr": args.lr,
-                "divisor": args.divisor, "supernet_epochs": args.supernet_epochs, "supernet_lr": args.supernet_lr,
+                "divisor": args.divisor, "min_ratio": args.min_ratio, "supernet_epochs": args.supernet_epochs,
+                "supernet_lr": args.supernet_lr,
                 "dms_search": args.dms_search, "tp_steps": args.tp_steps, "smoke": args.smoke}
     state = json.loads(out_json.read_text()) if out_json.exists() else {}
     if state and state.get("identity") != identity:
@@ -383,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
         net = slim_net()
         t0 = time.perf_counter()
         if width is None:
-            path = uniform_path(net, LatencyCost(net, predictor, "model"))
+            path = uniform_path(net, LatencyCost(net, predictor, "model"), args.min_ratio)
             index, meas = closed_loop(net, path, frac * full_ms, dev, timer=timer)
             cfg, width, loop = path[index]["config"], path[index]["ratio"], meas[index].median_ms / full_ms
         else:
@@ -398,14 +403,14 @@ def main(argv: list[str] | None = None) -> int:
 
         def measure(r: float) -> float:
             return timer(tp_prune(pretrained, x, criterion, TP_MODES[mode], r, args.tp_steps, args.divisor,
-                                  grad_batches)).median_ms / full_ms
+                                  grad_batches, 1 - args.min_ratio)).median_ms / full_ms
 
-        found = bisect_ratio(measure, frac, args.tp_probes)
+        found = bisect_ratio(measure, frac, args.tp_probes, 1 - args.min_ratio)
         if found["ratio"] is None:
-            return None, {"failed": f"no pruning ratio up to {TP_MAX_RATIO} measured under the budget",
+            return None, {"failed": f"no pruning ratio up to {1 - args.min_ratio:g} measured under the budget",
                           "probes": found["probes"]}
         sub = tp_prune(pretrained, x, criterion, TP_MODES[mode], found["ratio"], args.tp_steps, args.divisor,
-                       grad_batches)
+                       grad_batches, 1 - args.min_ratio)
         return sub, {"arch": {"kind": "shapes", "shapes": module_shapes(sub)}, "tp_ratio": found["ratio"],
                      "probes": found["probes"], "closed_loop_ratio": found["latency_ratio"],
                      "search_s": time.perf_counter() - t0, "search_images": 0.0,
@@ -416,7 +421,8 @@ def main(argv: list[str] | None = None) -> int:
     def trained_supernet():
         if "net" not in supernet_box:
             net = slim_net()
-            ts = compress.TrainSettings(epochs=args.supernet_epochs, lr=args.supernet_lr, warmup_epochs=0.0)
+            ts = compress.TrainSettings(epochs=args.supernet_epochs, lr=args.supernet_lr, warmup_epochs=0.0,
+                                        min_ratio=args.min_ratio)
             hist = compress.train_supernet(net, train, ts, checkpoint=work / "supernet.pt")
             steps = max(1, int(round(ts.epochs * len(train))))
             images = flops_images(net, [sandwich_configs(net.space, ts, s) for s in range(steps)], BATCH)
@@ -426,8 +432,8 @@ def main(argv: list[str] | None = None) -> int:
     def choose_autoslim(frac: float, key: str):
         net, sup_s, sup_images = trained_supernet()
         settings = compress.AutoSlimSettings(divisor=args.divisor, pretrained=True, train=compress.TrainSettings(
-            epochs=args.supernet_epochs, lr=args.supernet_lr, warmup_epochs=0.0),
-            search=compress.SearchSettings(**SMOKE_SEARCH if args.smoke else {}))
+            epochs=args.supernet_epochs, lr=args.supernet_lr, warmup_epochs=0.0, min_ratio=args.min_ratio),
+            search=compress.SearchSettings(min_ratio=args.min_ratio, **SMOKE_SEARCH if args.smoke else {}))
         res = compress.autoslim(net, latency_ms=frac * full_ms, device=dev, train_loader=train, val_loader=held,
                                 settings=settings, predictor=predictor, work_dir=work / key, train=False,
                                 timer=timer)
@@ -438,7 +444,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def choose_dms(frac: float, key: str):
         settings = compress.DMSSettings(pipeline="pretrained", epochs=args.dms_search, lr=args.lr, train_epochs=0.0,
-                                        divisor=args.divisor)
+                                        divisor=args.divisor, min_ratio=args.min_ratio,
+                                        **SMOKE_DMS if args.smoke else {})
         t0 = time.perf_counter()
         res = compress.dms(copy.deepcopy(pretrained), latency_ms=frac * full_ms, device=dev, train_loader=train,
                            val_loader=held, settings=settings, predictor=predictor, work_dir=work / key,
@@ -559,7 +566,7 @@ def precondition(rows: dict, full_top1: float) -> tuple[bool, list[str]]:
     has_both = {k for _, k, _ in uni} >= {"b50_uniform", "b35_uniform"}
     lines = [f"- full model (as pretrained, not fine-tuned further) {full_top1:.2f}% vs the best subnet "
              + (f"{best[0]} {mean_top1(best[1]):.2f}%: {'above' if above else 'NOT above'}" if best else "(none)"),
-             "- uniform width, widest first: " + " > ".join(f"{k} (width {w:.2f}) {t:.2f}%" for w, k, t in chain)
+             "- uniform width, widest first: " + ", ".join(f"{k} (width {w:.2f}) {t:.2f}%" for w, k, t in chain)
              + f": {'falls monotonically' if falls else 'does NOT fall monotonically'}"
              + ("" if has_both else " (the 50% and 35% uniform rows are not both done)")]
     return above and falls and has_both, lines
@@ -579,7 +586,7 @@ def verdicts(rows: dict, budgets: list[float]) -> list[str]:
         common = [s for s in rows[ok]["seeds"] if s in rows[pk]["seeds"]]
         per = ", ".join(f"seed {s}: {rows[ok]['seeds'][s] - rows[pk]['seeds'][s]:+.2f}" for s in common)
         target = TARGETS.get(round(frac, 2))
-        met = "" if target is None else f" (target >= {target:+.1f}: {'met' if o - p >= target else 'NOT met'})"
+        met = "" if target is None else f" (target >= {target:+.1f}: {'met' if round(o - p, 2) >= target else 'NOT met'})"
         lines.append(f"- {frac:.0%}: better of AutoSlim/DMS ({ok.split('_', 1)[1]}, {o:.2f}%) minus best "
                      f"Torch-Pruning ({pk.split('_', 1)[1]}, {p:.2f}%) = {o - p:+.2f} points{met}; per seed: {per}")
     return lines
@@ -600,12 +607,14 @@ def plot(rows: dict, full_top1: float, path: Path, title: str) -> None:
         series.setdefault(name, []).append((r["ratio"], mean_top1(r), min(r["seeds"].values()),
                                             max(r["seeds"].values())))
     styles = {"uniform": ("k", "s-"), "autoslim": ("tab:blue", "o-"), "dms": ("tab:red", "D-")}
+    peer_colors = iter(["tab:green", "tab:orange", "tab:purple", "tab:brown", "tab:olive", "tab:cyan", "tab:pink",
+                        "tab:gray"] * 2)  # Torch-Pruning rows: dashed, colours unused by ours
     for name, pts in sorted(series.items()):
         pts.sort()
         xs, ys = [p[0] for p in pts], [p[1] for p in pts]
         err = [[p[1] - p[2] for p in pts], [p[3] - p[1] for p in pts]]
-        color, fmt = styles.get(name, (None, "^--"))
-        ax.errorbar(xs, ys, yerr=err, fmt=fmt, color=color, label=name, capsize=3, alpha=0.9 if color else 0.6)
+        color, fmt = styles.get(name) or (next(peer_colors), "^--")
+        ax.errorbar(xs, ys, yerr=err, fmt=fmt, color=color, label=name, capsize=3, alpha=0.9 if name in styles else 0.6)
     ax.plot([1.0], [full_top1], "k*", markersize=12, label="full model (pretrained)")
     ax.set_xlabel("measured latency / full model (onnxruntime CPU, 1 thread, interleaved)")
     ax.set_ylabel("test top-1 (%), mean over seeds (bars: min-max)")
