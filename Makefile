@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PY) -m pip install --quiet -e ".[dev]"
 	touch $@
 
-.PHONY: install demo demo-space test test-slow zoo bench bench-latency bench-autoslim bench-autoslim-cifar bench-search-cifar pretrain
+.PHONY: install demo demo-space test test-slow zoo bench bench-latency bench-autoslim bench-autoslim-cifar bench-search-cifar bench-peers pretrain
 install: $(VENV)/.installed
 
 demo: $(VENV)/.installed  ## the main job: autoslim end to end on the shipped CIFAR-10 subset (~12 min)
@@ -53,3 +53,9 @@ bench-search-cifar: $(VENV)/.installed  ## DMS vs AutoSlim vs uniform, torchvisi
 pretrain: $(VENV)/.installed  ## converged CIFAR-10 starting points of the peer benchmark -> data/weights/ (hours, resumable)
 	$(PY) benchmarks/pretrain_cifar.py --model cifar_resnet20 --epochs 40
 	$(PY) benchmarks/pretrain_cifar.py --model cifar_mobilenet_v2 --epochs 40
+
+PEERS = $(PY) benchmarks/bench_peers_cifar.py --seeds 0 1
+bench-peers: $(VENV)/.installed  ## AutoSlim / DMS vs Torch-Pruning vs uniform from the pretrained models -> docs/peers_cifar_*.md (many hours; resumable: rerun to continue)
+	$(PY) -c "import torch_pruning" 2>/dev/null || $(PY) -m pip install --quiet -e ".[bench]"
+	$(PEERS) --model cifar_resnet20
+	$(PEERS) --model cifar_mobilenet_v2

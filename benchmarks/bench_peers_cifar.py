@@ -1,0 +1,688 @@
+"""AutoSlim and DMS against Torch-Pruning (DepGraph) and the uniformly narrowed network, at equal MEASURED latency,
+starting from a converged CIFAR-10 model, with equal training.
+
+    make bench-peers                                   # both models, 2 seeds (hours; resumable)
+    python benchmarks/bench_peers_cifar.py --model cifar_resnet20 --seeds 0 1
+    python benchmarks/bench_peers_cifar.py --smoke     # tiny everything, end to end in minutes (out/ only)
+
+Starting points: the models of benchmarks/pretrain_cifar.py (``cifar_resnet20``; ``cifar_mobilenet_v2`` at width
+0.5), weights from ``data/weights/<model>.pt`` (or ``--weights``; a state_dict, loaded with ``weights_only=True``).
+Data: ``--train-per-class`` (4,500) training images per class for every training and search, the next
+``--held-per-class`` (500) per class held out (AutoSlim scores candidates on them), the 10,000 test images for every
+reported top-1.
+
+Budgets: fractions (50%, 35%) of the full model's latency measured with onnxruntime on the CPU, 1 thread. One
+``ReferenceTimer`` pinned at the full model judges every candidate of every method by its drift-free ratio to the
+full model (timed interleaved), under the closed-loop rule of ``compress.deploy.closed_loop``: a point is under
+the budget only with ``HEADROOM`` (2%) to spare, and the search aims at >= 95% of the budget.
+
+Methods (row keys ``b<percent>_<method>``):
+
+- ``uniform``: the pretrained network, channels ordered by BN |gamma| (``reorder_channels_(net, "bn")``), narrowed
+  by one width multiplier found by ``closed_loop`` on the uniform path. ``w<percent>_uniform`` rows
+  (``--uniform-widths``) are fixed width multipliers for the capacity check.
+- ``tp-<criterion>-<global|local>``: Torch-Pruning's MetaPruner (DepGraph, Fang et al., CVPR 2023) with the
+  importance criteria of ``TP_CRITERIA``, global or per-layer ranking, the final classifier ignored, channels
+  rounded to ``--divisor`` as ours are, pruned in ``--tp-steps`` iterative steps. The pruning ratio is found by
+  bisection on the measured latency: each probe deep-copies the pretrained model, prunes it to the ratio, exports
+  and times it with the shared timer; the smallest ratio measured under the budget wins.
+- ``autoslim``: AutoSlim (Yu & Huang, 2019) from the pretrained model, what ``autoslim(..., pretrained=True)``
+  does: channels reordered by BN importance, a slimmable supernet fine-tuned ``--supernet-epochs`` (sandwich rule,
+  inplace distillation), then greedy slimming + closed loop (``autoslim(supernet, train=False)``). The supernet is
+  trained once and shared by the budgets (the one-call ``autoslim`` would train it again for each budget); each
+  budget's row is charged its whole cost.
+- ``dms``: DMS (differentiable model scaling) with ``DMSSettings(pipeline="pretrained")``, ``--dms-search`` epochs
+  of search from the pretrained weights, then its closed loop.
+
+Every chosen subnet then has its BN statistics recalibrated on 16 training batches and is fine-tuned with one
+recipe (SGD, Nesterov momentum 0.9, lr ``--lr`` cosine to 0, weight decay 5e-4, batch 128, labels only), once per
+seed (``--seeds``: data order and augmentation). Training budget: ``--epochs`` passes over the training images at
+full-width cost per row. Torch-Pruning and uniform rows fine-tune all of it; AutoSlim and DMS rows fine-tune what
+their search left: ``epochs - search images / training images``, where search images count every image passed
+forward and backward weighted by the FLOPs of the network it passed through relative to the full model (sandwich
+steps: each subnet by its FLOPs; the DMS search: the masked full network, weight 1). Forward-only work (greedy
+scoring, BN recalibration, Torch-Pruning's Taylor batches, closed loops) is reported in seconds, not deducted.
+
+Precondition (printed and written): the full model, evaluated as pretrained, is above every subnet, and the
+uniform network's top-1 falls with its width (full > widths > 50% budget > 35% budget). A run that breaks it is
+reported as "not capacity-bound" instead of a ranking: the budgets do not cost enough accuracy to rank methods.
+
+Resumable: the JSON (``--out``.json) is written after every step; a row's architecture and pruned weights are saved
+(``<work>/<key>.pt`` + the row's ``arch``) before its fine-tune, each seed's top-1 when that fine-tune is done; the
+supernet checkpoint is resumed. A run stopped in the middle of a fine-tune repeats that one fine-tune.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import compress  # noqa: E402
+from bench_autoslim_budget import interleaved_ms  # noqa: E402
+from pretrain_cifar import MODEL_KWARGS  # noqa: E402
+from compress.deploy.closed_loop import HEADROOM, closed_loop  # noqa: E402
+from compress.deploy.timing import ReferenceTimer, measure_module  # noqa: E402
+from compress.io import atomic_write, load_checkpoint, save_checkpoint, save_json, weights_digest  # noqa: E402
+from compress.search.baselines import uniform_path  # noqa: E402
+from compress.search.dms.masked import extract_with_depth  # noqa: E402
+from compress.search.objectives import LatencyCost, fit_latency_predictor  # noqa: E402
+from compress.train.data import SHIPPED_CIFAR, TensorLoader, load_image_folder  # noqa: E402
+from compress.train.evaluate import evaluate, take_batches  # noqa: E402
+from compress.train.finetune import finetune  # noqa: E402
+from compress.train.models import build_model  # noqa: E402
+from compress.train.supernet import sandwich_configs  # noqa: E402
+from devices import get_device  # noqa: E402
+
+DEFAULT_DATA = ROOT.parent / "shared" / "data" / "cifar10-jpg.tar.gz"
+MIN_USE = 0.95          # aim: a chosen subnet uses at least this fraction of the budget (as the closed loop does)
+TARGETS = {0.35: 1.0, 0.5: 0.5}  # budget fraction -> top-1 points ours should lead the best Torch-Pruning row by
+BATCH = 128
+SMOKE_SEARCH = {"eval_batches": 1, "calib_batches": 1}  # the greedy search's scoring, cut down in a smoke run
+SMOKE_DMS = {"structure_lr": 0.1}  # a 4-step smoke search moves the pruning ratios far enough to reach the budgets
+CALIB_BATCHES = 16
+
+
+class PeerBenchmarkError(RuntimeError):
+    """The benchmark cannot go on as asked (missing weights or Torch-Pruning, a state file of another setup)."""
+
+
+# ---- Torch-Pruning ---------------------------------------------------------------------------------------------
+
+def import_tp():
+    try:
+        import torch_pruning as tp
+    except ImportError:
+        raise PeerBenchmarkError("torch_pruning is not installed; it is a benchmark-only dependency: "
+                                 "`pip install -e \".[bench]\"` or `make bench-peers` installs it.") from None
+    return tp
+
+
+def group_norm_importance(tp):
+    """DepGraph's group-level L2 norm: ``GroupNormImportance`` in older Torch-Pruning, ``GroupMagnitudeImportance``
+    (p=2, mean over the group) from 1.3 on."""
+    cls = getattr(tp.importance, "GroupNormImportance", None) or tp.importance.GroupMagnitudeImportance
+    return cls(p=2)
+
+
+# criterion -> (importance factory taking the torch_pruning module, needs gradients, what it is)
+TP_CRITERIA: dict[str, tuple[Callable, bool, str]] = {
+    "l1": (lambda tp: tp.importance.MagnitudeImportance(p=1), False,
+           "weight magnitude, L1 (Li et al. 2017), MagnitudeImportance(p=1)"),
+    "bn_scale": (lambda tp: tp.importance.BNScaleImportance(), False,
+                 "BN scale |gamma| (Liu et al. 2017, network slimming; no sparsity training), BNScaleImportance()"),
+    "group_norm": (group_norm_importance, False,
+                   "group L2 norm over every coupled layer (Fang et al. 2023, DepGraph; no sparsity training)"),
+    "taylor": (lambda tp: tp.importance.TaylorImportance(), True,
+               "first-order Taylor |w * dL/dw| (Molchanov et al. 2019) on fixed held-out batches, "
+               "TaylorImportance()"),
+}
+TP_MODES = {"global": True, "local": False}  # mode -> MetaPruner(global_pruning=...)
+
+
+def last_linear(model: nn.Module) -> nn.Module:
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise PeerBenchmarkError(f"{type(model).__name__} has no nn.Linear classifier to leave unpruned.")
+    return linears[-1]
+
+
+def tp_prune(pretrained: nn.Module, x: torch.Tensor, criterion: str, global_pruning: bool, ratio: float,
+             steps: int, round_to: int, grad_batches: list, max_ratio: float) -> nn.Module:
+    """A deep copy of ``pretrained`` pruned by Torch-Pruning to channel ``ratio`` (0: unpruned; no layer pruned by
+    more than ``max_ratio``) in ``steps`` iterative steps; with a gradient criterion, gradients are taken on
+    ``grad_batches`` before every step."""
+    tp = import_tp()
+    model = copy.deepcopy(pretrained).eval()
+    if ratio <= 0:
+        return model
+    make, needs_grad, _ = TP_CRITERIA[criterion]
+    pruner = tp.pruner.MetaPruner(model, x, importance=make(tp), global_pruning=global_pruning,
+                                  pruning_ratio=ratio, max_pruning_ratio=max_ratio, iterative_steps=steps,
+                                  ignored_layers=[last_linear(model)], round_to=round_to)
+    for _ in range(steps):
+        if needs_grad:
+            model.zero_grad(set_to_none=True)
+            for xb, yb in grad_batches:  # eval mode: BN statistics stay as pretrained
+                F.cross_entropy(model(xb), yb).backward()
+        pruner.step()
+    model.zero_grad(set_to_none=True)
+    for p in model.parameters():
+        p.grad = None
+    return model.eval()
+
+
+def bisect_ratio(measure: Callable[[float], float], frac: float, max_probes: int, max_ratio: float,
+                 log=print) -> dict:
+    """The smallest pruning ratio in [0, max_ratio] whose measured latency ratio is under ``frac`` with HEADROOM,
+    searched by secant steps in a shrinking bracket (bisection when the secant falls outside its middle 80%);
+    stops at a point using >= MIN_USE of the budget. ``measure(ratio)`` -> latency / full model."""
+    limit, aim = (1 - HEADROOM) * frac, (MIN_USE + 1 - HEADROOM) / 2 * frac
+    lo, lo_m = 0.0, 1.0           # ratio 0 is the full model
+    hi, hi_m = max_ratio, None  # measured only if the bracket needs it
+    probes: list[dict] = []
+    r = min(max_ratio, 1 - math.sqrt(aim))  # conv cost ~ (1 - ratio)^2
+    for _ in range(max_probes):
+        m = measure(r)
+        probes.append({"ratio": r, "latency_ratio": m})
+        log(f"    pruning ratio {r:.4f}: latency {m:.3f} of the full model (budget {frac:.2f})")
+        if m <= limit:
+            hi, hi_m = r, m
+            if m >= MIN_USE * frac:
+                break
+        else:
+            lo, lo_m = r, m
+            if r >= max_ratio:
+                break
+        if hi - lo < 1e-3:
+            break
+        if hi_m is None:
+            r = (lo + hi) / 2 if lo > 0 else min(max_ratio, r + (max_ratio - r) / 2)
+            if lo > 0 and hi - lo < 0.05:
+                r = hi
+            continue
+        # secant in log latency between the bracket ends
+        t = (math.log(lo_m) - math.log(aim)) / max(math.log(lo_m) - math.log(hi_m), 1e-9)
+        t = min(0.9, max(0.1, t))
+        r = lo + t * (hi - lo)
+    under = [p for p in probes if p["latency_ratio"] <= limit]
+    best = min(under, key=lambda p: p["ratio"]) if under else None
+    return {"ratio": best["ratio"] if best else None, "latency_ratio": best["latency_ratio"] if best else None,
+            "probes": probes}
+
+
+# ---- rebuilding a saved subnet --------------------------------------------------------------------------------
+
+# module type -> (its shape record, a module of that shape built like ``old``)
+SHAPES: dict[type, tuple[Callable, Callable]] = {
+    nn.Conv2d: (lambda m: {"in": m.in_channels, "out": m.out_channels, "groups": m.groups},
+                lambda old, s: nn.Conv2d(s["in"], s["out"], old.kernel_size, old.stride, old.padding, old.dilation,
+                                         s["groups"], bias=old.bias is not None, padding_mode=old.padding_mode)),
+    nn.BatchNorm2d: (lambda m: {"features": m.num_features},
+                     lambda old, s: nn.BatchNorm2d(s["features"], old.eps, old.momentum, old.affine,
+                                                   old.track_running_stats)),
+    nn.Linear: (lambda m: {"in": m.in_features, "out": m.out_features},
+                lambda old, s: nn.Linear(s["in"], s["out"], bias=old.bias is not None)),
+}
+
+
+def module_shapes(model: nn.Module) -> dict:
+    """Name -> shape record of every conv, BN and linear layer (what Torch-Pruning changes)."""
+    return {name: SHAPES[type(m)][0](m) for name, m in model.named_modules() if type(m) in SHAPES}
+
+
+def with_shapes(model: nn.Module, shapes: dict) -> nn.Module:
+    """``model`` with every layer named in ``shapes`` replaced by a layer of the recorded shape (weights to load)."""
+    for name, shape in shapes.items():
+        parent_name, _, attr = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        old = getattr(parent, attr)
+        record, rebuild = SHAPES[type(old)]
+        if record(old) != shape:
+            setattr(parent, attr, rebuild(old, shape))
+    return model
+
+
+def flops_images(net, configs_per_step: list[list[dict]], batch: int) -> float:
+    """Training images at full-width cost: every step's batch once per config, weighted by its FLOPs / full."""
+    fm = net.flops_model()
+    full = float(fm.flops_batch([net.space.max_config()])[0])
+    total = 0.0
+    for cfgs in configs_per_step:
+        total += batch * float(sum(fm.flops_batch(cfgs))) / full
+    return total
+
+
+def n_params(m: nn.Module) -> int:
+    return sum(p.numel() for p in m.parameters())
+
+
+# ---- the benchmark --------------------------------------------------------------------------------------------
+
+def parse(argv):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="cifar_resnet20", choices=sorted(MODEL_KWARGS))
+    ap.add_argument("--weights", default=None, help="state_dict of the pretrained model (default "
+                    "data/weights/<model>.pt)")
+    ap.add_argument("--data", default=None, help=f"CIFAR-10 ImageFolder .tar.gz (default {DEFAULT_DATA})")
+    ap.add_argument("--train-per-class", type=int, default=4500)
+    ap.add_argument("--held-per-class", type=int, default=500)
+    ap.add_argument("--test-per-class", type=int, default=None, help="default: every test image")
+    ap.add_argument("--budgets", nargs="+", type=float, default=[0.5, 0.35])
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    ap.add_argument("--epochs", type=float, default=10.0,
+                    help="training budget per row, in passes over the training images at full-width cost")
+    ap.add_argument("--lr", type=float, default=0.01, help="fine-tune learning rate (every row), DMS search lr")
+    ap.add_argument("--supernet-epochs", type=float, default=2.0)
+    ap.add_argument("--supernet-lr", type=float, default=0.02)
+    ap.add_argument("--dms-search", type=float, default=1.0, help="DMS search epochs")
+    ap.add_argument("--methods", nargs="+", default=["uniform", "autoslim", "dms", "tp"],
+                    choices=["uniform", "autoslim", "dms", "tp"])
+    ap.add_argument("--tp-criteria", nargs="+", default=list(TP_CRITERIA), choices=sorted(TP_CRITERIA))
+    ap.add_argument("--tp-modes", nargs="+", default=list(TP_MODES), choices=sorted(TP_MODES))
+    ap.add_argument("--tp-steps", type=int, default=5, help="Torch-Pruning iterative_steps")
+    ap.add_argument("--tp-probes", type=int, default=8, help="measured pruning ratios per Torch-Pruning row")
+    ap.add_argument("--taylor-batches", type=int, default=4, help="held-out batches of Taylor's gradients")
+    ap.add_argument("--uniform-widths", nargs="*", type=float, default=[0.75],
+                    help="fixed uniform width multipliers also fine-tuned (capacity check)")
+    ap.add_argument("--min-ratio", type=float, default=0.25,
+                    help="no method keeps less than this fraction of a layer's channels (TP: max_pruning_ratio = 1 - it)")
+    ap.add_argument("--divisor", type=int, default=8, help="channel multiple of every method (TP: round_to)")
+    ap.add_argument("--profile-configs", type=int, default=24, help="subnets profiled for the latency predictor")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads for training")
+    ap.add_argument("--work", default=None, help="default out/bench_peers_cifar/<model>[_smoke]")
+    ap.add_argument("--out", default=None, help="default docs/peers_cifar_<model> (smoke: <work>/peers_cifar)")
+    ap.add_argument("--smoke", action="store_true",
+                    help="tiny everything (shipped subset, 200/50/50 images per class, 0.05-epoch fine-tunes, one "
+                         "seed, two TP rows, random init without a weights file): checks the script end to end")
+    args = ap.parse_args(argv)
+    if args.smoke:
+        args.data = args.data or str(SHIPPED_CIFAR)
+        args.train_per_class, args.held_per_class, args.test_per_class = 200, 50, 50
+        args.seeds, args.epochs, args.supernet_epochs, args.dms_search = [0], 0.35, 0.05, 0.25
+        args.tp_criteria, args.tp_modes, args.tp_steps, args.tp_probes = ["l1", "taylor"], ["global"], 2, 4
+        args.taylor_batches, args.profile_configs = 1, 16
+    args.data = args.data or str(DEFAULT_DATA)
+    args.work = args.work or f"out/bench_peers_cifar/{args.model}{'_smoke' if args.smoke else ''}"
+    args.out = args.out or (f"{args.work}/peers_cifar_{args.model}" if args.smoke else f"docs/peers_cifar_{args.model}")
+    return args
+
+
+def load_pretrained(args) -> tuple[nn.Module, dict]:
+    """The pretrained model and what is known of it (its pretrain record, or that it is random in a smoke run)."""
+    torch.manual_seed(0)
+    model = build_model(args.model, **MODEL_KWARGS[args.model])
+    path = Path(args.weights or ROOT / "data" / "weights" / f"{args.model}.pt")
+    if path.exists():
+        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        rec_path = path.with_suffix(".json")
+        rec = json.loads(rec_path.read_text()) if rec_path.exists() else {}
+        return model.eval(), {"weights": str(path), "pretrain_top1": rec.get("test_top1"),
+                              "pretrain_epochs": rec.get("epochs")}
+    if not args.smoke:
+        raise PeerBenchmarkError(f"No pretrained weights at {str(path)!r}. Run `make pretrain` (or "
+                                 f"benchmarks/pretrain_cifar.py --model {args.model}) first, or pass --weights.")
+    print(f"smoke: no weights at {path}; the model is randomly initialised")
+    return model.eval(), {"weights": None, "pretrain_top1": None, "pretrain_epochs": None}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    torch.set_num_threads(args.threads)
+    command = "python benchmarks/bench_peers_cifar.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    work, out_json = Path(args.work), Path(args.out).with_suffix(".json")
+    work.mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
+    pretrained, origin = load_pretrained(args)
+    x = torch.zeros(1, 3, 32, 32)
+
+    all_train = load_image_folder(args.data, "train")
+    test_set = load_image_folder(args.data, "test")
+    if args.test_per_class:
+        test_set = test_set.subset(args.test_per_class)
+    train_set = all_train.subset(args.train_per_class)
+    train = TensorLoader(train_set, BATCH, train=True)
+    held = TensorLoader(all_train.subset(args.held_per_class, offset=args.train_per_class), 256)
+    test = TensorLoader(test_set, 500)
+    n_train = len(train_set)
+    calib = take_batches(TensorLoader(train_set, BATCH, train=True, seed=999), CALIB_BATCHES, "train")
+    grad_batches = take_batches(TensorLoader(held.data, 64), args.taylor_batches, "held-out")
+    print(f"data: {n_train} train, {len(held.data)} held-out, {len(test_set)} test images")
+
+    identity = {"model": args.model, "weights_digest": weights_digest(pretrained), "data": Path(args.data).name,
+                "train_per_class": args.train_per_class, "held_per_class": args.held_per_class,
+                "test_per_class": args.test_per_class, "epochs": args.epochs, "lr": args.lr,
+                "divisor": args.divisor, "min_ratio": args.min_ratio, "supernet_epochs": args.supernet_epochs,
+                "supernet_lr": args.supernet_lr,
+                "dms_search": args.dms_search, "tp_steps": args.tp_steps, "smoke": args.smoke}
+    state = json.loads(out_json.read_text()) if out_json.exists() else {}
+    if state and state.get("identity") != identity:
+        raise PeerBenchmarkError(
+            f"{out_json} was written by another setup ({state.get('identity')}; now {identity}). Pass another "
+            "--out / --work, or move the old files away.")
+    rows: dict = state.get("rows", {})
+
+    dev = get_device("cpu", threads=1)
+    full_net = compress.SlimmableNetwork(copy.deepcopy(pretrained), x, divisor=args.divisor)
+    full = compress.extract_subnet(full_net, None)
+    full_ms = state.get("full_ms") or measure_module(dev, full, (x,)).median_ms
+    timer = ReferenceTimer(dev, full, (x,), reference_ms=full_ms)  # every latency below is a ratio to it
+    predictor = fit_latency_predictor(full_net, dev, "model", work / "latency", args.profile_configs)
+    full_flops = int(compress.count_flops(full, (x,)).total)
+    full_onnx = work / "full.onnx"
+    if not full_onnx.exists():
+        compress.export_onnx(full, (x,), full_onnx)
+    if "full_top1" not in state:
+        state["full_top1"] = evaluate(pretrained, test)["top1"]
+    full_top1 = state["full_top1"]
+    print(f"full model: {full_ms:.3f} ms, {full_flops / 1e6:.1f} MFLOPs, test top-1 {full_top1:.2f}% "
+          f"(evaluated as pretrained)")
+
+    def save() -> None:
+        save_json({"command": command, "identity": identity, "origin": origin, "full_ms": full_ms,
+                   "full_top1": full_top1, "full_flops": full_flops, "full_params": n_params(pretrained),
+                   "n_train": n_train, "rows": rows, "fingerprint": dev.fingerprint(),
+                   "seconds_this_run": time.perf_counter() - t_start, "args": vars(args)}, out_json)
+
+    # -- choosers: (budget fraction, row key) -> (subnet, row fields); every subnet keeps its chosen weights ----
+    def slim_net() -> compress.SlimmableNetwork:
+        net = compress.SlimmableNetwork(copy.deepcopy(pretrained), x, divisor=args.divisor)
+        compress.reorder_channels_(net, "bn")
+        return net
+
+    def choose_uniform(frac: float | None, key: str, width: float | None = None):
+        net = slim_net()
+        t0 = time.perf_counter()
+        if width is None:
+            path = uniform_path(net, LatencyCost(net, predictor, "model"), args.min_ratio)
+            index, meas = closed_loop(net, path, frac * full_ms, dev, timer=timer)
+            cfg, width, loop = path[index]["config"], path[index]["ratio"], meas[index].median_ms / full_ms
+        else:
+            cfg = net.space.uniform_config(width)
+            loop = None
+        sub = compress.extract_subnet(net, cfg)
+        return sub, {"arch": {"kind": "slim", "config": cfg, "removed_blocks": []}, "width": width,
+                     "closed_loop_ratio": loop, "search_s": time.perf_counter() - t0, "search_images": 0.0}
+
+    def choose_tp(frac: float, key: str, criterion: str, mode: str):
+        t0 = time.perf_counter()
+
+        def measure(r: float) -> float:
+            return timer(tp_prune(pretrained, x, criterion, TP_MODES[mode], r, args.tp_steps, args.divisor,
+                                  grad_batches, 1 - args.min_ratio)).median_ms / full_ms
+
+        found = bisect_ratio(measure, frac, args.tp_probes, 1 - args.min_ratio)
+        if found["ratio"] is None:
+            return None, {"failed": f"no pruning ratio up to {1 - args.min_ratio:g} measured under the budget",
+                          "probes": found["probes"]}
+        sub = tp_prune(pretrained, x, criterion, TP_MODES[mode], found["ratio"], args.tp_steps, args.divisor,
+                       grad_batches, 1 - args.min_ratio)
+        return sub, {"arch": {"kind": "shapes", "shapes": module_shapes(sub)}, "tp_ratio": found["ratio"],
+                     "probes": found["probes"], "closed_loop_ratio": found["latency_ratio"],
+                     "search_s": time.perf_counter() - t0, "search_images": 0.0,
+                     "criterion": TP_CRITERIA[criterion][2], "global_pruning": TP_MODES[mode]}
+
+    supernet_box: dict = {}
+
+    def trained_supernet():
+        if "net" not in supernet_box:
+            net = slim_net()
+            ts = compress.TrainSettings(epochs=args.supernet_epochs, lr=args.supernet_lr, warmup_epochs=0.0,
+                                        min_ratio=args.min_ratio)
+            hist = compress.train_supernet(net, train, ts, checkpoint=work / "supernet.pt")
+            steps = max(1, int(round(ts.epochs * len(train))))
+            images = flops_images(net, [sandwich_configs(net.space, ts, s) for s in range(steps)], BATCH)
+            supernet_box.update(net=net, seconds=hist["seconds"], images=images)
+        return supernet_box["net"], supernet_box["seconds"], supernet_box["images"]
+
+    def choose_autoslim(frac: float, key: str):
+        net, sup_s, sup_images = trained_supernet()
+        settings = compress.AutoSlimSettings(divisor=args.divisor, pretrained=True, train=compress.TrainSettings(
+            epochs=args.supernet_epochs, lr=args.supernet_lr, warmup_epochs=0.0, min_ratio=args.min_ratio),
+            search=compress.SearchSettings(min_ratio=args.min_ratio, **SMOKE_SEARCH if args.smoke else {}))
+        res = compress.autoslim(net, latency_ms=frac * full_ms, device=dev, train_loader=train, val_loader=held,
+                                settings=settings, predictor=predictor, work_dir=work / key, train=False,
+                                timer=timer)
+        return res.subnet, {"arch": {"kind": "slim", "config": res.config, "removed_blocks": []},
+                            "closed_loop_ratio": res.measured_ms / full_ms,
+                            "search_s": sup_s + sum(res.seconds.values()), "search_images": sup_images,
+                            "supernet_s": sup_s}
+
+    def choose_dms(frac: float, key: str):
+        settings = compress.DMSSettings(pipeline="pretrained", epochs=args.dms_search, lr=args.lr, train_epochs=0.0,
+                                        divisor=args.divisor, min_ratio=args.min_ratio,
+                                        **SMOKE_DMS if args.smoke else {})
+        t0 = time.perf_counter()
+        res = compress.dms(copy.deepcopy(pretrained), latency_ms=frac * full_ms, device=dev, train_loader=train,
+                           val_loader=held, settings=settings, predictor=predictor, work_dir=work / key,
+                           timer=timer)
+        steps = max(1, int(round(settings.epochs * len(train))))
+        return res.subnet, {"arch": {"kind": "slim", "config": res.config, "removed_blocks": res.removed_blocks},
+                            "closed_loop_ratio": res.measured_ms / full_ms, "search_s": time.perf_counter() - t0,
+                            "search_images": float(steps * BATCH), "notes": res.notes}
+
+    def rebuild(row: dict) -> nn.Module:
+        arch = row["arch"]
+        if arch["kind"] == "slim":
+            net = compress.SlimmableNetwork(build_model(args.model, **MODEL_KWARGS[args.model]), x,
+                                            divisor=args.divisor)
+            sub = extract_with_depth(net, arch["config"], arch["removed_blocks"])
+        else:
+            sub = with_shapes(build_model(args.model, **MODEL_KWARGS[args.model]), arch["shapes"])
+        sub.load_state_dict(load_checkpoint(row["weights"]))
+        return sub.eval()
+
+    def record(key: str, method: str, frac: float | None, chosen) -> None:
+        """Save the chosen subnet (BN recalibrated) and its row before any fine-tune."""
+        sub, fields = chosen
+        if sub is None:
+            rows[key] = {"method": method, "budget_fraction": frac, **fields}
+            print(f"{key}: {fields['failed']}")
+            save()
+            return
+        compress.recalibrate_bn(sub, calib)
+        weights = work / f"{key}.pt"
+        save_checkpoint(sub.state_dict(), weights)
+        onnx = work / f"{key}.onnx"
+        compress.export_onnx(sub, (x,), onnx)
+        search_epochs = fields["search_images"] / n_train
+        ft = max(0.0, args.epochs - search_epochs)
+        row = {"method": method, "budget_fraction": frac, **fields, "weights": str(weights), "onnx": str(onnx),
+               "flops": int(compress.count_flops(sub, (x,)).total), "params": n_params(sub),
+               "search_epochs": search_epochs, "ft_epochs": ft, "pre_ft_top1": evaluate(sub, test)["top1"],
+               "seeds": {}}
+        if search_epochs > args.epochs:
+            row["note"] = f"search used {search_epochs:.2f} epochs, more than the budget of {args.epochs:g}"
+        rows[key] = row
+        print(json.dumps({k: v for k, v in row.items() if k not in ("arch", "probes", "notes")}))
+        save()
+
+    def fine_tune(key: str) -> None:
+        row = rows[key]
+        for seed in args.seeds:
+            if "failed" in row or str(seed) in row["seeds"]:
+                continue
+            sub = rebuild(row)
+            torch.manual_seed(seed)
+            t0 = time.perf_counter()
+            if row["ft_epochs"] > 0:
+                finetune(sub, None, TensorLoader(train_set, BATCH, train=True, seed=seed), row["ft_epochs"],
+                         lr=args.lr)
+            row["seeds"][str(seed)] = evaluate(sub, test)["top1"]
+            row.setdefault("ft_s", {})[str(seed)] = time.perf_counter() - t0
+            print(f"{key} seed {seed}: test top-1 {row['seeds'][str(seed)]:.2f}%")
+            save()
+
+    # -- the rows, budget by budget -----------------------------------------------------------------------------
+    jobs: list[tuple[str, str, float | None, Callable]] = []
+    for w in args.uniform_widths:
+        jobs.append((f"w{round(w * 100)}_uniform", "uniform", None, lambda f, k, w=w: choose_uniform(f, k, w)))
+    for frac in args.budgets:
+        tag = f"b{round(frac * 100)}"
+        if "uniform" in args.methods:
+            jobs.append((f"{tag}_uniform", "uniform", frac, choose_uniform))
+        if "autoslim" in args.methods:
+            jobs.append((f"{tag}_autoslim", "autoslim", frac, choose_autoslim))
+        if "dms" in args.methods:
+            jobs.append((f"{tag}_dms", "dms", frac, choose_dms))
+        if "tp" in args.methods:
+            for crit in args.tp_criteria:
+                for mode in args.tp_modes:
+                    jobs.append((f"{tag}_tp-{crit}-{mode}", "tp", frac,
+                                 lambda f, k, c=crit, m=mode: choose_tp(f, k, c, m)))
+    for key, method, frac, choose in jobs:
+        if key not in rows:
+            print(f"== {key}: choosing")
+            try:
+                chosen = choose(frac, key)
+            except (compress.BudgetNotMetError, compress.BudgetUnreachableError) as e:
+                chosen = (None, {"failed": f"{type(e).__name__}: {e}"})
+            record(key, method, frac, chosen)  # a failed row is kept (delete it from the JSON to retry)
+        fine_tune(key)
+    # drift-free final latency: every chosen ONNX file timed interleaved with the full model, per budget
+    for group in sorted({k.split("_")[0] for k, _, _, _ in jobs}):
+        keys = [k for k, _, _, _ in jobs if k.startswith(group + "_") and "onnx" in rows[k]]
+        if not keys or all("ratio" in rows[k] for k in keys):
+            continue
+        full_t, *times = interleaved_ms([full_onnx] + [Path(rows[k]["onnx"]) for k in keys])
+        for k, t in zip(keys, times):
+            rows[k].update({"interleaved_ms": t, "interleaved_full_ms": full_t, "ratio": t / full_t})
+        save()
+    save()
+    report = write_report(rows, state | {"full_top1": full_top1}, full_ms, full_flops, n_params(pretrained),
+                          origin, command, Path(args.out), args)
+    print("\n".join(report))
+    return 0
+
+
+# ---- report ------------------------------------------------------------------------------------------------------
+
+def mean_top1(row: dict) -> float | None:
+    return statistics.mean(row["seeds"].values()) if row.get("seeds") else None
+
+
+def precondition(rows: dict, full_top1: float) -> tuple[bool, list[str]]:
+    """(capacity-bound, lines): the full model above every subnet, uniform top-1 falling with width."""
+    done = {k: r for k, r in rows.items() if mean_top1(r) is not None}
+    best = max(done.items(), key=lambda kv: mean_top1(kv[1]), default=None)
+    above = best is None or full_top1 > mean_top1(best[1])
+    uni = sorted((r.get("width", 1.0), k, mean_top1(r)) for k, r in done.items() if r["method"] == "uniform")
+    chain = [(1.0, "full", full_top1)] + uni[::-1]
+    falls = all(a[2] > b[2] for a, b in zip(chain, chain[1:]))
+    has_both = {k for _, k, _ in uni} >= {"b50_uniform", "b35_uniform"}
+    lines = [f"- full model (as pretrained, not fine-tuned further) {full_top1:.2f}% vs the best subnet "
+             + (f"{best[0]} {mean_top1(best[1]):.2f}%: {'above' if above else 'NOT above'}" if best else "(none)"),
+             "- uniform width, widest first: " + ", ".join(f"{k} (width {w:.2f}) {t:.2f}%" for w, k, t in chain)
+             + f": {'falls monotonically' if falls else 'does NOT fall monotonically'}"
+             + ("" if has_both else " (the 50% and 35% uniform rows are not both done)")]
+    return above and falls and has_both, lines
+
+
+def verdicts(rows: dict, budgets: list[float]) -> list[str]:
+    lines = []
+    for frac in budgets:
+        tag = f"b{round(frac * 100)}"
+        ours = [(mean_top1(rows[k]), k) for k in (f"{tag}_autoslim", f"{tag}_dms")
+                if k in rows and mean_top1(rows[k]) is not None]
+        peers = [(mean_top1(r), k) for k, r in rows.items() if k.startswith(f"{tag}_tp-") and mean_top1(r) is not None]
+        if not ours or not peers:
+            lines.append(f"- {frac:.0%}: not enough finished rows for a verdict")
+            continue
+        (o, ok), (p, pk) = max(ours), max(peers)
+        common = [s for s in rows[ok]["seeds"] if s in rows[pk]["seeds"]]
+        per = ", ".join(f"seed {s}: {rows[ok]['seeds'][s] - rows[pk]['seeds'][s]:+.2f}" for s in common)
+        target = TARGETS.get(round(frac, 2))
+        met = "" if target is None else f" (target >= {target:+.1f}: {'met' if round(o - p, 2) >= target else 'NOT met'})"
+        lines.append(f"- {frac:.0%}: better of AutoSlim/DMS ({ok.split('_', 1)[1]}, {o:.2f}%) minus best "
+                     f"Torch-Pruning ({pk.split('_', 1)[1]}, {p:.2f}%) = {o - p:+.2f} points{met}; per seed: {per}")
+    return lines
+
+
+def plot(rows: dict, full_top1: float, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    series: dict[str, list] = {}
+    for k, r in rows.items():
+        if mean_top1(r) is None or "ratio" not in r:
+            continue
+        name = r["method"] if r["method"] != "tp" else "TP " + k.split("_tp-", 1)[1]
+        series.setdefault(name, []).append((r["ratio"], mean_top1(r), min(r["seeds"].values()),
+                                            max(r["seeds"].values())))
+    styles = {"uniform": ("k", "s-"), "autoslim": ("tab:blue", "o-"), "dms": ("tab:red", "D-")}
+    peer_colors = iter(["tab:green", "tab:orange", "tab:purple", "tab:brown", "tab:olive", "tab:cyan", "tab:pink",
+                        "tab:gray"] * 2)  # Torch-Pruning rows: dashed, colours unused by ours
+    for name, pts in sorted(series.items()):
+        pts.sort()
+        xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+        err = [[p[1] - p[2] for p in pts], [p[3] - p[1] for p in pts]]
+        color, fmt = styles.get(name) or (next(peer_colors), "^--")
+        ax.errorbar(xs, ys, yerr=err, fmt=fmt, color=color, label=name, capsize=3, alpha=0.9 if name in styles else 0.6)
+    ax.plot([1.0], [full_top1], "k*", markersize=12, label="full model (pretrained)")
+    ax.set_xlabel("measured latency / full model (onnxruntime CPU, 1 thread, interleaved)")
+    ax.set_ylabel("test top-1 (%), mean over seeds (bars: min-max)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    plt.close(fig)
+
+
+def write_report(rows: dict, state: dict, full_ms: float, full_flops: int, full_params: int, origin: dict,
+                 command: str, out: Path, args) -> list[str]:
+    full_top1 = state["full_top1"]
+    bound, pre_lines = precondition(rows, full_top1)
+    png = out.parent / f"{out.name}.png"
+    plot(rows, full_top1, png, f"{args.model}: AutoSlim / DMS vs Torch-Pruning vs uniform (CIFAR-10)")
+    pre_top1 = origin.get("pretrain_top1")
+    lines = [f"# AutoSlim and DMS vs Torch-Pruning vs uniform width: {args.model} on CIFAR-10, equal measured latency",
+             "", f"Command: `{command.strip()}`", "",
+             f"Starting point: {origin.get('weights') or 'RANDOM INIT (smoke run: no weights file)'}"
+             + (f", pretrained {origin.get('pretrain_epochs')} epochs to {pre_top1:.2f}%" if pre_top1 else "")
+             + f". Full model: {full_ms:.3f} ms (onnxruntime CPU, 1 thread), {full_flops / 1e6:.1f} MFLOPs, "
+             f"{full_params / 1e3:.1f} k parameters, {full_top1:.2f}% test top-1 as evaluated here.", "",
+             f"Protocol (see the script's docstring): {args.train_per_class} training images per class, "
+             f"{args.held_per_class} held out, test on {args.test_per_class or 1000} per class. Budgets are "
+             "fractions of the full model's measured latency; every latency is a drift-free ratio to the full model "
+             f"(interleaved timing), a point counts as under only with {HEADROOM:.0%} headroom. Every subnet is BN "
+             f"recalibrated and fine-tuned with one recipe (SGD lr {args.lr:g} cosine, batch {BATCH}, labels only). "
+             f"Training budget per row: {args.epochs:g} epochs at full-width cost. Torch-Pruning and uniform rows "
+             "fine-tune all of it; AutoSlim and DMS rows fine-tune the budget minus what their search used "
+             f"(`search ep.`: AutoSlim's supernet, {args.supernet_epochs:g} epochs of sandwich steps with each "
+             f"subnet weighted by its FLOPs, shared by the budgets and charged to each; DMS {args.dms_search:g} "
+             "epoch(s) of search at full cost), so `ft ep.` = budget - `search ep.`. `search s`: wall time of "
+             "choosing (supernet, search, closed loop, Torch-Pruning's measured probes). Torch-Pruning: "
+             f"{args.tp_steps} iterative steps, channels rounded to {args.divisor} (as every method), classifier "
+             "kept, pruning ratio bisected on measured latency.", "",
+             "Torch-Pruning criteria: " + "; ".join(f"`{c}`: {TP_CRITERIA[c][2]}" for c in args.tp_criteria) + ".",
+             "", "## Precondition", ""] + pre_lines + [
+             "", f"Result: {'capacity-bound: the ranking below holds' if bound else 'not capacity-bound'}.", "",
+             "## Rows", "",
+             "| budget | method | latency / full | closed-loop | MFLOPs | k params | top-1 mean | per seed | "
+             "before ft | search s | search ep. | ft ep. |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for k, r in rows.items():
+        budget = f"{r['budget_fraction']:.0%}" if r.get("budget_fraction") else f"width {r.get('width', 0):.2f}"
+        name = k.split("_", 1)[1]
+        if "failed" in r:
+            lines.append(f"| {budget} | {name} | failed: {r['failed']} | | | | | | | | | |")
+            continue
+        m = mean_top1(r)
+        loop = f"{r['closed_loop_ratio']:.3f}" if r.get("closed_loop_ratio") else ""
+        lines.append(
+            f"| {budget} | {name} | {r['ratio']:.3f} | {loop} | {r['flops'] / 1e6:.1f} | {r['params'] / 1e3:.1f} | "
+            f"{m:.2f} | {' / '.join(f'{v:.2f}' for v in r['seeds'].values())} | {r['pre_ft_top1']:.2f} | "
+            f"{r['search_s']:.0f} | {r['search_epochs']:.2f} | {r['ft_epochs']:.2f} |"
+            if m is not None and "ratio" in r else f"| {budget} | {name} | (unfinished) | | | | | | | | | |")
+    lines += ["", "## Verdict", ""]
+    if bound:
+        lines += verdicts(rows, args.budgets)
+    else:
+        lines += ["not capacity-bound: the precondition above fails, so no method is ranked."]
+    lines += ["", f"![frontier]({png.name})"]
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    return lines
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except PeerBenchmarkError as e:
+        sys.exit(f"error: {e}")
