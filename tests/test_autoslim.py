@@ -96,7 +96,7 @@ def test_bad_inputs_are_named_errors(loaders, tmp_path):
         autoslim(model, **kw)
     with pytest.raises(InvalidParameterError, match="exactly one budget"):
         autoslim(model, latency_ms=1.0, flops=1e6, **kw)
-    with pytest.raises(InvalidParameterError, match="positive number"):
+    with pytest.raises(InvalidParameterError, match="positive, finite number"):
         autoslim(model, latency_ms=-1.0, **kw)
     with pytest.raises(UnknownDeviceError, match="Known devices: .*cpu"):
         autoslim(model, latency_ms=1.0, device="tpu", **kw)

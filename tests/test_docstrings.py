@@ -33,6 +33,7 @@ from __future__ import annotations
 import ast
 import builtins
 import dataclasses
+import importlib
 import inspect
 import re
 import textwrap
@@ -94,6 +95,8 @@ def public_names() -> dict[str, object]:
         warnings.simplefilter("ignore")
         names = {f"{pkg.__name__}.{n}": getattr(pkg, n) for pkg in (compress, devices, predictors)
                  for n in pkg.__all__}
+        for n, module in compress.LAZY.items():  # the function itself: once the compress.dms package is imported,
+            names[f"compress.{n}"] = getattr(importlib.import_module(module), n)  # the name holds the package
     return {**names, **EXTRA}
 
 
