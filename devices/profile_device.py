@@ -29,6 +29,7 @@ device or bundle), 130 interrupted.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import hashlib
 import json
@@ -366,6 +367,10 @@ def run(bundle: str, out: str, threads: int, opt_level: str, quiet: bool = False
         raise ProfileInputError(f"--batch must be a positive int. Got {batch}.")
     if opt_level not in OPT_LEVELS:
         raise ProfileInputError(f"--opt-level must be one of {OPT_LEVELS}. Got {opt_level!r}.")
+    parent = os.path.dirname(os.path.abspath(out))
+    if not os.path.isdir(parent):
+        raise ProfileInputError(f"The folder of --out {out!r} does not exist ({parent}); create it or pass another "
+                                f"path (checked before anything is measured).")
     manifest = read_manifest(bundle)
     fp = fingerprint(threads, opt_level)
     bundle_hash = sha256_file(bundle)
@@ -379,40 +384,81 @@ def run(bundle: str, out: str, threads: int, opt_level: str, quiet: bool = False
         print(f"{len(done)} of {total_models} models already measured; {len(todo)} to go", file=sys.stderr)
     import onnxruntime as ort
 
-    with zipfile.ZipFile(bundle) as z:
-        fixed = {}  # the reference and the anchor: timed in every batch, interleaved with the others
-        for role in ("anchor", "reference"):
-            if manifest.get(role):
-                r = manifest[role]
-                sess = ort.InferenceSession(z.read(r["file"]), session_options(threads, opt_level),
-                                            providers=["CPUExecutionProvider"])
-                feeds = random_feeds(sess, r.get("inputs", {}))
-                fixed[role] = (r.get("name", role), lambda s=sess, f=feeds: s.run(None, f))
-        for b in range(0, len(todo), batch):
-            entries = todo[b:b + batch]
-            start = time.perf_counter()
-            models = [z.read(e["file"]) for e in entries]
-            sessions = [ort.InferenceSession(m, session_options(threads, opt_level), providers=["CPUExecutionProvider"])
-                        for m in models]
-            feeds = [random_feeds(s, e.get("inputs", {})) for s, e in zip(sessions, entries)]
-            runs = [lambda s=s, f=f: s.run(None, f) for s, f in zip(sessions, feeds)]
-            totals = measure_interleaved(runs + [run for _, run in fixed.values()], min_runs=min_runs)
-            stats_of = dict(zip(fixed, totals[len(entries):]))
-            del sessions, runs
-            for k, (entry, model, total) in enumerate(zip(entries, models, totals[:len(entries)])):
-                kernels = profile_kernels(model, entry.get("inputs", {}), threads, opt_level, kernel_runs)
-                rec = {"model": entry["name"], "meta": entry.get("meta", {}), **total, "kernels": kernels}
-                _add_ratios(rec, total, stats_of, {role: name for role, (name, _) in fixed.items()})
-                table["records"].append(rec)
-                if not quiet:
-                    i = len(done) + b + k + 1
-                    print(f"[{i}/{total_models}] {entry['name']}: {total['median_ms']:.3f} ms ({len(kernels)} kernels)",
-                          file=sys.stderr, flush=True)
-            write_json_atomic(out, table)  # a finished batch is on disk before the next one starts
-            if not quiet:
-                print(f"  batch of {len(entries)} saved ({time.perf_counter() - start:.1f} s)", file=sys.stderr,
-                      flush=True)
+    with out_lock(out), zipfile.ZipFile(bundle) as z:
+        try:
+            measure_all(z, manifest, todo, table, out, threads, opt_level, quiet, min_runs, kernel_runs, batch,
+                        len(done), total_models, ort)
+        except KeyboardInterrupt:  # Ctrl-C: the models finished in the current batch are kept too
+            if table["records"]:
+                write_json_atomic(out, table)
+            raise KeyboardInterrupt(len(table["records"])) from None
     return table
+
+
+@contextlib.contextmanager
+def out_lock(out: str):
+    """Hold ``<out>.lock`` (flock) while profiling into ``out``: a second profiler on the same --out is refused
+    with the other's process id instead of both reporting success with one's results gone. The lock goes with
+    the process (also on SIGKILL). No lock where the platform has no flock."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    fd = os.open(out + ".lock", os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+        os.close(fd)
+        raise ProfileInputError(f"{out!r} is being written by another profile_device.py ({holder}); wait for it "
+                                f"to finish or pass another --out.") from None
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"process {os.getpid()}".encode(), 0)
+        yield
+    finally:
+        os.ftruncate(fd, 0)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def measure_all(z, manifest: dict, todo: list, table: dict, out: str, threads: int, opt_level: str, quiet: bool,
+                min_runs: int, kernel_runs: int, batch: int, n_done: int, total_models: int, ort) -> None:
+    """Time ``todo`` in batches interleaved with the anchor and reference; each finished batch is written to
+    ``out`` before the next starts (records are appended to ``table`` model by model)."""
+    fixed = {}  # the reference and the anchor: timed in every batch, interleaved with the others
+    for role in ("anchor", "reference"):
+        if manifest.get(role):
+            r = manifest[role]
+            sess = ort.InferenceSession(z.read(r["file"]), session_options(threads, opt_level),
+                                        providers=["CPUExecutionProvider"])
+            feeds = random_feeds(sess, r.get("inputs", {}))
+            fixed[role] = (r.get("name", role), lambda s=sess, f=feeds: s.run(None, f))
+    for b in range(0, len(todo), batch):
+        entries = todo[b:b + batch]
+        start = time.perf_counter()
+        models = [z.read(e["file"]) for e in entries]
+        sessions = [ort.InferenceSession(m, session_options(threads, opt_level), providers=["CPUExecutionProvider"])
+                    for m in models]
+        feeds = [random_feeds(s, e.get("inputs", {})) for s, e in zip(sessions, entries)]
+        runs = [lambda s=s, f=f: s.run(None, f) for s, f in zip(sessions, feeds)]
+        totals = measure_interleaved(runs + [run for _, run in fixed.values()], min_runs=min_runs)
+        stats_of = dict(zip(fixed, totals[len(entries):]))
+        del sessions, runs
+        for k, (entry, model, total) in enumerate(zip(entries, models, totals[:len(entries)])):
+            kernels = profile_kernels(model, entry.get("inputs", {}), threads, opt_level, kernel_runs)
+            rec = {"model": entry["name"], "meta": entry.get("meta", {}), **total, "kernels": kernels}
+            _add_ratios(rec, total, stats_of, {role: name for role, (name, _) in fixed.items()})
+            table["records"].append(rec)
+            if not quiet:
+                i = n_done + b + k + 1
+                print(f"[{i}/{total_models}] {entry['name']}: {total['median_ms']:.3f} ms ({len(kernels)} kernels)",
+                      file=sys.stderr, flush=True)
+        write_json_atomic(out, table)  # a finished batch is on disk before the next one starts
+        if not quiet:
+            print(f"  batch of {len(entries)} saved ({time.perf_counter() - start:.1f} s)", file=sys.stderr,
+                  flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -434,9 +480,11 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:  # e.g. --out cannot be written (the message names the path and the reason)
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print(f"\ninterrupted; finished models are saved in {args.out}. Run the same command to resume.",
-              file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        saved = exc.args[0] if exc.args and isinstance(exc.args[0], int) else 0
+        print(f"\ninterrupted; {saved} finished models are saved in {args.out}. Run the same command to resume."
+              if saved else "\ninterrupted before any model was finished; nothing was saved. Run the same command "
+              "to start again.", file=sys.stderr)
         return 130
     return 0
 

@@ -104,7 +104,60 @@ def test_ctrl_c_exits_cleanly(tmp_path):
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130 and "resume" in err, (proc.returncode, err[-500:])
-    assert len(json.loads(out.read_text())["records"]) == 2  # the finished batch, complete
+    saved = len(json.loads(out.read_text())["records"])
+    assert saved >= 2 and f"{saved} finished models are saved" in err  # the finished batch at least, complete
+
+
+def _slow_bundle(tmp_path, n=4):
+    paths = {}
+    for i in range(n):
+        model = nn.Sequential(nn.Conv2d(3, 64, 3, padding=1), nn.ReLU(), nn.Conv2d(64, 64, 3, padding=1))
+        paths[f"m{i}"] = tmp_path / f"m{i}.onnx"
+        compress.export_onnx(model.eval(), torch.randn(1, 3, 96, 96), paths[f"m{i}"])
+    return devices.write_bundle(paths, {"input": [1, 3, 96, 96]}, tmp_path / "slow.zip")
+
+
+def _start(bundle, out, *extra):
+    return subprocess.Popen([sys.executable, str(SCRIPT), str(bundle), "--out", str(out), *map(str, extra)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+
+
+def test_ctrl_c_in_the_first_batch_keeps_the_models_it_finished(tmp_path):
+    """Before: Ctrl-C in the first batch printed "finished models are saved" with nothing on disk."""
+    out = tmp_path / "board.json"
+    proc = _start(_slow_bundle(tmp_path), out, "--min-runs", 50, "--batch", 4)
+    for line in proc.stderr:
+        if line.startswith("[1/4]"):  # model 1 of the one batch is finished (timed and its kernels profiled)
+            proc.send_signal(signal.SIGINT)
+            break
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-500:]
+    saved = len(json.loads(out.read_text())["records"])
+    assert 1 <= saved < 4 and f"{saved} finished models are saved" in err
+
+
+def test_a_second_profiler_on_the_same_out_is_refused(tmp_path):
+    out = tmp_path / "board.json"
+    bundle = _slow_bundle(tmp_path, 2)
+    first = _start(bundle, out, "--min-runs", 2000, "--batch", 1)
+    try:
+        for line in first.stderr:  # the first one holds --out once it starts measuring
+            if "models already measured" in line:
+                break
+        second = _run([bundle, "--out", out, "--min-runs", 5], dict(os.environ))
+        assert second.returncode == 2
+        assert f"is being written by another profile_device.py (process {first.pid})" in second.stderr
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    again = _run([bundle, "--out", out, "--min-runs", 5], dict(os.environ))  # free after the holder died
+    assert again.returncode == 0, again.stderr[-500:]
+
+
+def test_out_in_a_missing_folder_is_refused_before_measuring(bundle, tmp_path):
+    proc = _run([bundle, "--out", tmp_path / "missing" / "board.json"], dict(os.environ))
+    assert proc.returncode == 2 and "does not exist" in proc.stderr and "before anything is measured" in proc.stderr
 
 
 def test_unknown_bundle_schema_is_refused(bundle, tmp_path):
