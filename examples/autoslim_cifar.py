@@ -2,10 +2,13 @@
 
     python examples/autoslim_cifar.py                      # ~11 minutes on 2 cores
     python examples/autoslim_cifar.py --budget 0.35 --epochs 5 --data ../shared/data/cifar10-jpg.tar.gz
+    python examples/autoslim_cifar.py --weights data/weights/cifar_resnet20.pt --width 1 --epochs 2   # pretrained
 
-Trains a slimmable supernet, profiles latency in context on onnxruntime CPU (1 thread), searches greedily against
-predicted latency, confirms the budget by measurement, and compares with the same network uniformly narrowed to
-the same measured latency. Writes out/autoslim_demo/: the ONNX file, result.json, the search path, a frontier plot.
+Trains a slimmable supernet (or, with --weights, fine-tunes one from trained weights after reordering channels by
+BN importance: the pretrained pipeline), profiles latency in context on onnxruntime CPU (1 thread), searches
+greedily against predicted latency, confirms the budget by measurement, and compares with the same network
+uniformly narrowed to the same measured latency. The frontier plot has one latency axis: measured, with the path's
+predicted latencies calibrated by the full model's measured / predicted ratio (said in the legend). Writes out/autoslim_demo/: the ONNX file, result.json, the search path, a frontier plot.
 Rerunning resumes (supernet checkpoint, latency table, search path are kept in the work directory).
 """
 
@@ -28,6 +31,8 @@ from compress.deploy.closed_loop import measure_module  # noqa: E402
 from compress.train.data import SHIPPED_CIFAR, cifar10_loaders  # noqa: E402
 from compress.train.evaluate import CalibratedScorer, evaluate, take_batches  # noqa: E402
 from compress.train.models import build_model  # noqa: E402
+
+DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "data" / "weights" / "cifar_resnet20.pt"
 from compress.search.objectives import LatencyCost, fit_latency_predictor  # noqa: E402
 from devices import get_device  # noqa: E402
 
@@ -40,10 +45,15 @@ def plot_frontier(result, uniform: dict, uniform_scores: list[tuple[float, float
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    pts = [(p["cost"], p["top1"]) for p in result.path if p["top1"] is not None]
-    ax.plot(*zip(*pts), "o-", ms=3, label="AutoSlim greedy path (predicted ms, held-out top-1)")
+    # one latency axis: predicted latencies are put on the measured scale by the full model's measured/predicted
+    full_pred, full_meas = result.full.get("cost"), result.full.get("measured_ms")
+    k = full_meas / full_pred if full_pred and full_meas else 1.0
+    pts = [(p["cost"] * k, p["top1"]) for p in result.path if p["top1"] is not None and p["cost"]]
+    ax.plot(*zip(*pts), "o-", ms=3, label=f"AutoSlim greedy path (predicted ms x {k:.2f}, calibrated to the "
+                                          f"measured full model; held-out top-1)")
     if uniform_scores:
-        ax.plot(*zip(*uniform_scores), "s--", ms=3, color="gray", label="uniform width multiplier")
+        ax.plot(*zip(*[(c * k, t) for c, t in uniform_scores]), "s--", ms=3, color="gray",
+                label="uniform width multiplier (same calibration)")
     ax.axvline(budget_ms, color="red", lw=1, label=f"budget {budget_ms:.3f} ms")
     if result.measured_ms is not None:
         ax.plot([result.measured_ms], [result.top1], "*", ms=14, color="C1",
@@ -52,7 +62,7 @@ def plot_frontier(result, uniform: dict, uniform_scores: list[tuple[float, float
         ax.plot([uniform["measured_ms"]], [uniform["top1"]], "P", ms=11, color="k",
                 label=f"uniform x{uniform['ratio']:.2f}: measured {uniform['measured_ms']:.3f} ms, "
                       f"top-1 {uniform['top1']:.1f}%")
-    ax.set_xlabel("latency (ms, onnxruntime CPU, 1 thread)")
+    ax.set_xlabel("measured latency (ms, onnxruntime CPU, 1 thread; path points calibrated, stars measured)")
     ax.set_ylabel("top-1 (%)")
     ax.set_title("Accuracy / latency frontier (stars: full validation set, after BN recalibration)")
     ax.grid(alpha=0.3)
@@ -67,6 +77,10 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="cifar_resnet20", help="built-in model (cifar_resnet20, cifar_mobilenet_v2)")
     ap.add_argument("--width", type=float, default=2.0, help="width multiplier of the built-in model")
+    ap.add_argument("--weights", default="none",
+                    help=f"trained weights of the model (a state_dict, e.g. {DEFAULT_WEIGHTS}, the converged "
+                         f"ResNet-20 at width 1); 'none': random init, the supernet trained from scratch")
+    ap.add_argument("--lr", type=float, default=None, help="supernet learning rate (default 0.02 pretrained, 0.1 not)")
     ap.add_argument("--budget", type=float, default=0.5, help="latency budget as a fraction of the full model's")
     ap.add_argument("--epochs", type=float, default=3.0, help="supernet training epochs")
     ap.add_argument("--distill", default="kl", choices=["kl", "alpha", "none"])
@@ -81,6 +95,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"data: {len(train_loader.data)} train / {len(val_loader.data)} val images from {args.data}")
     kwargs = {"width": args.width} if args.model == "cifar_resnet20" else {"width_mult": args.width / 2}
     model = build_model(args.model, **kwargs)
+    pretrained = args.weights.lower() != "none"
+    if pretrained:
+        model.load_state_dict(torch.load(args.weights, map_location="cpu", weights_only=True))
+        print(f"weights: {args.weights} (trained; pretrained pipeline)")
+    full_trained_top1 = evaluate(model.eval(), val_loader)["top1"] if pretrained else None
     device = get_device("cpu", threads=args.threads)
     x = torch.zeros(1, 3, 32, 32)
     full_ms = measure_module(device, model.eval(), (x,)).median_ms
@@ -88,8 +107,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{args.model} (width {args.width}): full model {full_ms:.3f} ms measured; budget {args.budget:.0%} = "
           f"{budget_ms:.3f} ms")
 
-    settings = compress.AutoSlimSettings(train=compress.TrainSettings(epochs=args.epochs, distill=args.distill),
-                                         threads=args.threads)
+    lr = args.lr if args.lr is not None else (0.02 if pretrained else 0.1)
+    settings = compress.AutoSlimSettings(train=compress.TrainSettings(epochs=args.epochs, distill=args.distill, lr=lr,
+                                                                      warmup_epochs=0.0 if pretrained else 0.5),
+                                         threads=args.threads, pretrained=pretrained)
     result = compress.autoslim(model, latency_ms=budget_ms, device=device, train_loader=train_loader,
                                val_loader=val_loader, settings=settings, work_dir=out / "work")
     net = result.supernet
@@ -109,7 +130,9 @@ def main(argv: list[str] | None = None) -> int:
     full_top1 = evaluate(net, val_loader)["top1"]
     plot_frontier(result, uniform, uniform_scores, budget_ms, out / "autoslim_frontier.png")
 
-    rows = [("full model", result.full["flops"], result.full["cost"], result.full.get("measured_ms"), full_top1),
+    rows = ([("full model (trained)", result.full["flops"], result.full["cost"], result.full.get("measured_ms"),
+              full_trained_top1)] if pretrained else [])
+    rows += [("full (supernet)", result.full["flops"], result.full["cost"], result.full.get("measured_ms"), full_top1),
             ("AutoSlim", result.flops, result.predicted_ms, result.measured_ms, result.top1),
             (f"uniform x{uniform['ratio']:.2f}", uniform["flops"], uniform["cost"], uniform["measured_ms"],
              uniform["top1"])]
