@@ -52,7 +52,7 @@ def plot_frontier(result, uniform: dict, uniform_scores: list[tuple[float, float
     ax.plot(*zip(*pts), "o-", ms=3, label=f"AutoSlim greedy path (predicted ms x {k:.2f}, calibrated to the "
                                           f"measured full model; held-out top-1)")
     if uniform_scores:
-        ax.plot(*zip(*[(c * k, t) for c, t in uniform_scores]), "s--", ms=3, color="gray",
+        ax.plot(*zip(*sorted((c * k, t) for c, t in uniform_scores)), "s--", ms=3, color="gray",
                 label="uniform width multiplier (same calibration)")
     ax.axvline(budget_ms, color="red", lw=1, label=f"budget {budget_ms:.3f} ms")
     if result.measured_ms is not None:
