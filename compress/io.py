@@ -194,6 +194,24 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+def make_work_dir(work_dir: str | os.PathLike, owner: str) -> Path:
+    """The work directory as a Path, created if missing.
+
+    Raises:
+        InvalidParameterError: ``work_dir`` is a file, or cannot be created (names the path and the OS's reason).
+    """
+    path = Path(work_dir)
+    if path.exists() and not path.is_dir():
+        raise InvalidParameterError(f"The work_dir of {owner} must be a folder. Got {str(path)!r}, which is a file: "
+                                    f"pass a folder path (it is created if missing).")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InvalidParameterError(f"Cannot create the work_dir {str(path)!r} of {owner}: {e.strerror}. Pass a "
+                                    f"folder you can write to.") from e
+    return path
+
+
 @contextlib.contextmanager
 def work_dir_lock(work_dir: str | os.PathLike | None, owner: str) -> Iterator[None]:
     """Hold an exclusive lock on ``work_dir`` (``<work_dir>/.lock``, ``flock``) for the duration of the block.
@@ -210,15 +228,11 @@ def work_dir_lock(work_dir: str | os.PathLike | None, owner: str) -> Iterator[No
     if work_dir is None or fcntl is None:  # no flock (Windows): no lock
         yield
         return
-    path = Path(work_dir)
-    if path.exists() and not path.is_dir():
-        raise InvalidParameterError(f"The work_dir of {owner} must be a folder. Got {str(path)!r}, which is a file: "
-                                    f"pass a folder path (it is created if missing).")
+    path = make_work_dir(work_dir, owner)
     try:
-        path.mkdir(parents=True, exist_ok=True)
         fd = os.open(path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666)
     except OSError as e:
-        raise InvalidParameterError(f"Cannot create the work_dir {str(path)!r} of {owner}: {e.strerror}. Pass a "
+        raise InvalidParameterError(f"Cannot write in the work_dir {str(path)!r} of {owner}: {e.strerror}. Pass a "
                                     f"folder you can write to.") from e
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

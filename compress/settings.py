@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import types
 import typing
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from compress.errors import InvalidParameterError, SettingsSchemaError
+from compress.errors import InvalidParameterError, SettingsSchemaError, is_finite_number, is_int
 
 T = TypeVar("T", bound="JsonSettings")
 
@@ -40,9 +39,9 @@ def type_accepts(t: object, value: object) -> bool:
     if t is bool:
         return isinstance(value, bool)
     if t is int:
-        return isinstance(value, int) and not isinstance(value, bool)
+        return is_int(value)
     if t is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        return is_finite_number(value)
     if isinstance(t, type):
         return isinstance(value, t)
     origin = typing.get_origin(t)

@@ -16,6 +16,7 @@ from torch import nn
 from compress.errors import (BudgetUnreachableError, InvalidParameterError, MislabelledDataError,
                              NothingToSlimError, is_finite_number)
 from devices import device_options, get_device
+from compress.io import make_work_dir
 from compress.train.evaluate import take_batches
 from compress.subnet.extract import extract_subnet
 from compress.result import SlimResult, finish, path_point
@@ -95,15 +96,7 @@ def prepare(name: str, model: nn.Module, latency_ms: float | None, flops: float 
         raise InvalidParameterError(f"The budget must be a positive, finite number "
                                     f"({'milliseconds' if latency_ms is not None else 'FLOPs'}). Got {budget!r}.")
     device = _resolve_device(device, threads)
-    work = Path(work_dir) if work_dir is not None else Path(tempfile.mkdtemp(prefix=f"{name}-"))
-    if work.exists() and not work.is_dir():
-        raise InvalidParameterError(f"The work_dir of {name} must be a folder. Got {str(work)!r}, which is a file: "
-                                    f"pass a folder path (it is created if missing).")
-    try:
-        work.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise InvalidParameterError(f"Cannot create the work_dir {str(work)!r} of {name}: {e.strerror}. Pass a "
-                                    f"folder you can write to.") from e
+    work = make_work_dir(work_dir if work_dir is not None else tempfile.mkdtemp(prefix=f"{name}-"), name)
     if work_dir is None:
         log(f"work directory (checkpoints, search path, result): {work}")
 

@@ -639,6 +639,9 @@ def functional_batch_norm(p: PassState, n: fx.Node, args: tuple, kwargs: dict, v
     return out
 
 
+_PRELU_PER_CHANNEL = per_channel_layer(1, "prelu")
+
+
 def module_passthrough(p: PassState, n: fx.Node, mod: nn.Module, args: tuple, kwargs: dict, value: Any) -> Any:
     """An element-wise layer without per-channel tensors: channels in = channels out. A layer that holds
     per-channel parameters or buffers is refused (frozen, with the names): passing it through would leave them
@@ -657,7 +660,7 @@ def prelu(p: PassState, n: fx.Node, mod: nn.Module, args: tuple, kwargs: dict, v
     """PReLU: one shared slope passes channels through; one slope per channel is a per-channel layer."""
     if mod.num_parameters == 1:
         return passthrough(p, n, args, kwargs, value)
-    return per_channel_layer(1, "prelu")(p, n, mod, args, kwargs, value)
+    return _PRELU_PER_CHANNEL(p, n, mod, args, kwargs, value)
 
 
 def _module_fn(fn: FunctionHandler) -> ModuleHandler:
