@@ -74,7 +74,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import compress  # noqa: E402
 from bench_autoslim_budget import interleaved_ms  # noqa: E402
-from pretrain_cifar import MODEL_KWARGS  # noqa: E402
+from pretrain_cifar import PRESETS, build_preset  # noqa: E402
 from compress.deploy.closed_loop import HEADROOM, closed_loop  # noqa: E402
 from compress.deploy.timing import ReferenceTimer, measure_module  # noqa: E402
 from compress.io import atomic_write, load_checkpoint, save_checkpoint, save_json, weights_digest  # noqa: E402
@@ -84,7 +84,6 @@ from compress.search.objectives import LatencyCost, fit_latency_predictor  # noq
 from compress.train.data import SHIPPED_CIFAR, TensorLoader, load_image_folder  # noqa: E402
 from compress.train.evaluate import evaluate, take_batches  # noqa: E402
 from compress.train.finetune import finetune  # noqa: E402
-from compress.train.models import build_model  # noqa: E402
 from compress.train.supernet import sandwich_configs  # noqa: E402
 from devices import get_device  # noqa: E402
 
@@ -255,7 +254,7 @@ def n_params(m: nn.Module) -> int:
 
 def parse(argv):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="cifar_resnet20", choices=sorted(MODEL_KWARGS))
+    ap.add_argument("--model", default="cifar_resnet20", choices=sorted(PRESETS))
     ap.add_argument("--weights", default=None, help="state_dict of the pretrained model (default "
                     "data/weights/<model>.pt)")
     ap.add_argument("--data", default=None, help=f"CIFAR-10 ImageFolder .tar.gz (default {DEFAULT_DATA})")
@@ -305,7 +304,7 @@ def parse(argv):
 def load_pretrained(args) -> tuple[nn.Module, dict]:
     """The pretrained model and what is known of it (its pretrain record, or that it is random in a smoke run)."""
     torch.manual_seed(0)
-    model = build_model(args.model, **MODEL_KWARGS[args.model])
+    model = build_preset(args.model)
     path = Path(args.weights or ROOT / "data" / "weights" / f"{args.model}.pt")
     if path.exists():
         model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
@@ -458,11 +457,11 @@ def main(argv: list[str] | None = None) -> int:
     def rebuild(row: dict) -> nn.Module:
         arch = row["arch"]
         if arch["kind"] == "slim":
-            net = compress.SlimmableNetwork(build_model(args.model, **MODEL_KWARGS[args.model]), x,
+            net = compress.SlimmableNetwork(build_preset(args.model), x,
                                             divisor=args.divisor)
             sub = extract_with_depth(net, arch["config"], arch["removed_blocks"])
         else:
-            sub = with_shapes(build_model(args.model, **MODEL_KWARGS[args.model]), arch["shapes"])
+            sub = with_shapes(build_preset(args.model), arch["shapes"])
         sub.load_state_dict(load_checkpoint(row["weights"]))
         return sub.eval()
 

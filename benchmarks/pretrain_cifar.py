@@ -37,11 +37,25 @@ from compress.train.models import build_model  # noqa: E402
 from compress.train.schedule import cosine_lambda  # noqa: E402
 
 DEFAULT_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "cifar10-jpg.tar.gz"
-MODEL_KWARGS = {"cifar_resnet20": {}, "cifar_mobilenet_v2": {"width_mult": 0.5}}
+# preset name -> (built-in model, its keyword arguments). The preset names the weights file.
+PRESETS: dict[str, tuple[str, dict]] = {
+    "cifar_resnet20": ("cifar_resnet20", {}),
+    "cifar_resnet20_w1.5": ("cifar_resnet20", {"width": 1.5}),
+    "cifar_mobilenet_v2": ("cifar_mobilenet_v2", {"width_mult": 0.5}),
+    "cifar_mobilenet_v2_w1": ("cifar_mobilenet_v2", {"width_mult": 1.0}),
+}
+
+
+def build_preset(name: str) -> torch.nn.Module:
+    """The (untrained) network of preset ``name`` (see ``PRESETS``)."""
+    model, kwargs = PRESETS[name]
+    return build_model(model, **kwargs)
 
 
 def recipe(args: argparse.Namespace) -> dict:
-    return {"model": args.model, "model_kwargs": MODEL_KWARGS[args.model], "epochs": args.epochs,
+    model, kwargs = PRESETS[args.model]
+    preset = {} if args.model == model else {"preset": args.model}  # recipes written before presets had none
+    return {**preset, "model": model, "model_kwargs": kwargs, "epochs": args.epochs,
             "batch_size": 128, "lr": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4,
             "warmup_epochs": 1, "schedule": "cosine", "augment": "crop4+flip", "seed": args.seed,
             "train_images": 50_000}
@@ -49,7 +63,7 @@ def recipe(args: argparse.Namespace) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="cifar_resnet20", choices=sorted(MODEL_KWARGS))
+    ap.add_argument("--model", default="cifar_resnet20", choices=sorted(PRESETS))
     ap.add_argument("--epochs", type=int, default=40)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--data", default=str(DEFAULT_DATA))
@@ -66,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     loader = TensorLoader(train, rec["batch_size"], train=True, seed=args.seed)
     test_loader = TensorLoader(test, 500, train=False)
     torch.manual_seed(args.seed)
-    model = build_model(args.model, **rec["model_kwargs"])
+    model = build_preset(args.model)
     opt = torch.optim.SGD(model.parameters(), lr=rec["lr"], momentum=rec["momentum"], nesterov=True,
                           weight_decay=rec["weight_decay"])
     steps_per_epoch = len(loader)
