@@ -85,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epochs", type=float, default=3.0, help="supernet training epochs")
     ap.add_argument("--distill", default="kl", choices=["kl", "alpha", "none"])
     ap.add_argument("--data", default=str(SHIPPED_CIFAR), help="ImageFolder .tar.gz or folder with train/ and test/")
+    ap.add_argument("--search", default="{}", help='greedy search settings as JSON, e.g. \'{"eval_batches": 8}\' '
+                    "(fields of compress.SearchSettings)")
     ap.add_argument("--out", default="out/autoslim_demo")
     ap.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads of the measurements")
     args = ap.parse_args(argv)
@@ -110,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     lr = args.lr if args.lr is not None else (0.02 if pretrained else 0.1)
     settings = compress.AutoSlimSettings(train=compress.TrainSettings(epochs=args.epochs, distill=args.distill, lr=lr,
                                                                       warmup_epochs=0.0 if pretrained else 0.5),
+                                         search=compress.SearchSettings.from_json(args.search),
                                          threads=args.threads, pretrained=pretrained)
     result = compress.autoslim(model, latency_ms=budget_ms, device=device, train_loader=train_loader,
                                val_loader=val_loader, settings=settings, work_dir=out / "work")
