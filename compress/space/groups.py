@@ -142,7 +142,9 @@ def misaligned_grouped_convs(res: CouplingResult, ga: GroupAssignment) -> list[t
 def misaligned_tied_blocks(res: CouplingResult, ga: GroupAssignment) -> list[tuple[str, np.ndarray]]:
     """Tied runs of channels (``res.tied_blocks``: a PixelShuffle's sub-pixels, a view's H*W features) that
     first-k slimming would cut through: (the reason to freeze them, their atoms) for each."""
-    return [(f"{name}: its runs of {block} channels read as one are not aligned with the channel groups", atoms)
+    return [(f"{name}: reads its input in runs of {block} channels (one output channel each) that no channel "
+             "group holds whole and aligned (its output is coupled channel by channel to channels not in runs, "
+             "e.g. added to another layer's output)", atoms)
             for name, block, atoms in res.tied_blocks if not _blocks_aligned(ga, atoms, block)]
 
 
