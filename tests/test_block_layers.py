@@ -253,3 +253,24 @@ def test_runs_no_group_can_hold_freeze_with_the_reason():
     assert "runs of 4 channels" in net.summary()
     rep = verify_model(ShuffleThenAdd(), x, divisor=4)
     assert rep.ok, rep.error
+
+
+@pytest.mark.parametrize("make", [PixelShuffleNet, lambda: ConvTransposeNet(16, 4)], ids=["tied_runs", "grouped"])
+def test_dms_finalize_orders_channels_in_whole_blocks(make):
+    from compress.search.dms.masked import DMSNetwork
+
+    net = SlimmableNetwork(_randomize(make()), IMAGE, divisor=4)
+    with torch.no_grad():
+        before = net(IMAGE)
+    weights = {k: v.clone() for k, v in net.graph_module.state_dict().items()}
+    dms = DMSNetwork(net, depth=False)
+    torch.manual_seed(0)
+    for t in dms.channel_topk:  # learned importances that rank channels inside a block apart
+        t.importance.copy_(torch.rand(t.importance.shape))
+    cfg, removed = dms.finalize_()  # permute_groups_ refused a per-channel order of a block group before
+    assert removed == [] and set(cfg) == {g.name for g in net.space.free}
+    moved = [k for k, v in net.graph_module.state_dict().items() if k in weights and not torch.equal(v, weights[k])]
+    assert "c2.weight" in moved and "c1.weight" in moved  # channels were reordered
+    with torch.no_grad():
+        net.set_config(None)
+        torch.testing.assert_close(net(IMAGE), before, rtol=1e-5, atol=1e-5)
