@@ -194,6 +194,9 @@ def _count(spec_of, meta: TMeta) -> Poly:
 FLOP_FORMULAS = {
     "conv": lambda op, s: numel_poly(op.output, s) * op.params["kernel"]
     * (Poly.const(op.params["gs"]) if op.params["gs"] else _count(s, op.inputs[0])),
+    # fvcore: batch x prod(weight shape) x input spatial size = input elements x kernel x outputs per group
+    "conv_transpose": lambda op, s: numel_poly(op.inputs[0], s) * op.params["kernel"]
+    * (Poly.const(op.params["gs_out"]) if op.params["gs_out"] else _count(s, op.output)),
     "linear": lambda op, s: numel_poly(op.inputs[0], s) * _count(s, op.output),
     # fvcore: 2 / 1 per element with running statistics, 5 / 4 (a norm layer's) with batch statistics
     "batch_norm": lambda op, s: numel_poly(op.inputs[0], s) * ((5 if op.params["affine"] else 4)

@@ -168,6 +168,61 @@ def _conv_permute(mod: nn.Module, role: str, idx: torch.Tensor) -> None:
         mod.weight.data = torch.gather(w, 1, within.view(w.shape[0], gs, *([1] * (w.ndim - 2))).expand_as(w))
 
 
+def _is_conv_transpose(mod: nn.Module) -> bool:
+    return isinstance(mod, nn.modules.conv._ConvTransposeNd)
+
+
+_CONV_TRANSPOSE_FN = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
+
+
+def _conv_transpose_forward(mod: nn.Module, sel: Mapping[str, Selection], x: torch.Tensor,
+                            output_size: list[int] | None = None) -> torch.Tensor:
+    """A transposed conv on the selected channels. Its weight is (in, out / groups, *kernel): "in" cuts dim 0;
+    "out" cuts dim 1 of an ungrouped one, while a grouped one keeps whole groups (its outputs are tied to its
+    inputs by the op handler, so the "in" selection picks them)."""
+    s_in, s_out = sel.get("in"), sel.get("out")
+    if s_in is None and s_out is None:
+        return base_forward(mod, x, output_size)
+    weight = take(mod.weight, 0, s_in)
+    if mod.groups == 1:
+        weight, groups = take(weight, 1, s_out), 1
+    else:
+        groups = weight.shape[0] // (mod.in_channels // mod.groups)
+    nd = len(mod.kernel_size)
+    output_padding = mod._output_padding(x, output_size, mod.stride, mod.padding, mod.kernel_size, nd,
+                                         mod.dilation)
+    return _CONV_TRANSPOSE_FN[nd](x, weight, take(mod.bias, 0, s_out), mod.stride, mod.padding, output_padding,
+                                  groups, mod.dilation)
+
+
+def _conv_transpose_slice(mod: nn.Module, sel: Mapping[str, Selection]) -> None:
+    per_group_in, per_group_out = mod.in_channels // mod.groups, mod.out_channels // mod.groups
+    slice_tensor_(mod, "weight", 0, sel.get("in"))
+    if mod.groups == 1:
+        slice_tensor_(mod, "weight", 1, sel.get("out"))
+        mod.out_channels = mod.weight.shape[1]
+    else:  # whole groups kept
+        mod.groups = mod.weight.shape[0] // per_group_in
+        mod.out_channels = mod.groups * per_group_out
+    mod.in_channels = mod.weight.shape[0]
+    slice_tensor_(mod, "bias", 0, sel.get("out"))
+
+
+def _conv_transpose_permute(mod: nn.Module, role: str, idx: torch.Tensor) -> None:
+    if role == "out":
+        if mod.groups == 1:
+            permute_tensors_(mod, ("weight",), 1, idx)
+        permute_tensors_(mod, ("bias",), 0, idx)  # a grouped one: its outputs move with their inputs ("in")
+        return
+    permute_tensors_(mod, ("weight",), 0, idx)
+    gs = mod.in_channels // mod.groups
+    if mod.groups > 1 and gs > 1 and mod.out_channels // mod.groups == gs:  # grouped with in = out channels: a
+        # block-preserving permutation also reorders each block's outputs, dim 1 of the weight, by its order
+        within = (idx.view(-1, gs) % gs).repeat_interleave(gs, dim=0)  # (in channels, gs): one order per block
+        w = mod.weight.data
+        mod.weight.data = torch.gather(w, 1, within.view(w.shape[0], gs, *([1] * (w.ndim - 2))).expand_as(w))
+
+
 def _linear_forward(mod: nn.Module, sel: Mapping[str, Selection], x: torch.Tensor) -> torch.Tensor:
     s_in, s_out = sel.get("in"), sel.get("out")
     return F.linear(x, take(take(mod.weight, 0, s_out), 1, s_in), take(mod.bias, 0, s_out))
@@ -422,6 +477,8 @@ def register_layer_kind(kind: LayerKind, *, replace: bool = False) -> LayerKind:
 for _kind in (
     LayerKind("conv", _is_conv, ("in", "out"), _conv_forward, _conv_slice, _conv_permute),
     LayerKind("linear", nn.Linear, ("in", "out"), _linear_forward, _linear_slice, _linear_permute),
+    LayerKind("conv_transpose", _is_conv_transpose, ("in", "out"), _conv_transpose_forward, _conv_transpose_slice,
+              _conv_transpose_permute),
     LayerKind("batch_norm", nn.modules.batchnorm._BatchNorm, ("feat",), _batch_norm_forward, _batch_norm_slice,
               _per_channel_permute),
     LayerKind("layer_norm", lambda m: isinstance(m, nn.LayerNorm) and not _is_layer_norm2d(m), ("feat",),

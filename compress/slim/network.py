@@ -28,7 +28,8 @@ from compress.space.atoms import CouplingResult
 from compress.space.propagate import propagate
 from compress.cost.flops import FlopsModel
 from compress.errors import InvalidParameterError, UnsupportedOpError, check_parameter, is_int
-from compress.space.groups import GroupAssignment, build_groups, keep_split_parts_nonempty, misaligned_grouped_convs
+from compress.space.groups import (GroupAssignment, build_groups, keep_split_parts_nonempty, misaligned_grouped_convs,
+                                   misaligned_tied_blocks)
 from compress.slim.layers import (AttrSlice, ChannelPermute, ChannelSlice, ChannelSplit, find_layer_kind, make_slimmable,
                                   selection_of, set_slim_selection, slim_kind, slim_selection, take,
                                   unmake_slimmable)
@@ -206,12 +207,13 @@ class SlimmableNetwork(nn.Module):
         res, prop = propagate(gm, inputs, frozen_modules=set(ignore))
         ga = build_groups(res, divisor)
         for _ in range(10):  # freeze grouped convs that first-k slimming would cut through
-            bad = misaligned_grouped_convs(res, ga)
+            bad = [(f"{name}: conv groups not aligned with channel groups", atoms)
+                   for name, atoms in misaligned_grouped_convs(res, ga)] + misaligned_tied_blocks(res, ga)
             if not bad:
                 break
-            for name, atoms in bad:
+            for reason, atoms in bad:
                 for r in res.parent[atoms].tolist():
-                    res.frozen_reason.setdefault(r, f"{name}: conv groups not aligned with channel groups")
+                    res.frozen_reason.setdefault(r, reason)
             ga = build_groups(res, divisor)
         keep_split_parts_nonempty(res, ga)
         self.example_inputs = tuple(t.detach().clone() for t in inputs)
@@ -263,6 +265,12 @@ class SlimmableNetwork(nn.Module):
             graph.erase_node(n)
             sites.append(Site("slice", mod_name, None, atoms))
             self._slice_bounds[mod_name] = (start, stop)
+        for node_name, (dim, sizes) in res.unflattens.items():  # (B, C*H*W) -> (B, C, H, W) with C following
+            n = nodes[node_name]
+            with graph.inserting_after(n):
+                new = graph.call_method("unflatten", (n.args[0], dim, sizes))
+            n.replace_all_uses_with(new)
+            graph.erase_node(n)
         i = 0
         for n in list(graph.nodes):
             if n.op == "get_attr" and str(n.target) in res.attr_dims:

@@ -23,7 +23,10 @@ ATOL = 1e-4
 
 
 def _l1_rows(mod: nn.Module) -> torch.Tensor:
+    """L1 norm of each output channel's filter (a transposed conv's weight is (in, out / groups, *kernel))."""
     w = mod.weight.detach()
+    if isinstance(mod, nn.modules.conv._ConvTransposeNd):
+        return w.abs().reshape(mod.groups, w.shape[0] // mod.groups, w.shape[1], -1).sum((1, 3)).reshape(-1)
     return w.abs().reshape(w.shape[0], -1).sum(1)
 
 
@@ -39,18 +42,35 @@ IMPORTANCES: dict[str, tuple[str, Callable[[nn.Module], torch.Tensor | None]]] =
 
 
 def _complete_groups(net: SlimmableNetwork) -> set[int]:
-    """Groups that every dim holds whole (each index equally often): safe to permute."""
+    """Groups that every dim holds whole (each index equally often, or for a group in tied runs each run's first
+    index equally often and no other: a dim past a PixelShuffle holds one channel per run): safe to permute."""
     ga = net.assignment
     ok = {i for i, g in enumerate(ga.groups) if not g.frozen}
+    tied = tied_groups(net)
     for site in net.sites:
         g, i = ga.atom_group[site.atoms], ga.atom_index[site.atoms]
         for gid in np.unique(g).tolist():
             if gid not in ok:
                 continue
             counts = np.bincount(i[g == gid], minlength=ga.groups[gid].width)
+            b = tied.get(gid, 0)
+            if b and len(counts) % b == 0:
+                runs = counts.reshape(-1, b)
+                if not runs[:, 1:].any() and runs[:, 0].min() == runs[:, 0].max():
+                    continue  # the run heads only, each equally often
             if counts.min() != counts.max():
                 ok.discard(gid)
     return ok
+
+
+def tied_groups(net: SlimmableNetwork) -> dict[int, int]:
+    """Group id -> size of the tied runs it holds (``net.coupling.tied_blocks``: a PixelShuffle's sub-pixels, a
+    view's H*W features), which its permutations must move whole and in their order."""
+    runs: dict[int, int] = {}
+    for _, block, atoms in net.coupling.tied_blocks:
+        for gid in np.unique(net.positions(atoms)[0]).tolist():
+            runs[gid] = math.lcm(runs.get(gid, 1), block)
+    return runs
 
 
 def reorder_channels_(net: SlimmableNetwork, importance: str = "bn") -> dict[str, list[int]]:
@@ -99,30 +119,32 @@ def reorder_channels_(net: SlimmableNetwork, importance: str = "bn") -> dict[str
                     continue  # the chosen importance already ranks this group
                 sel = g == gid
                 np.add.at(scores[gid], i[sel], s.numpy()[sel])
-    blocks = channel_blocks(net)
-    perms = {gid: block_order(sc, blocks.get(gid, 1)) for gid, sc in scores.items()}
+    blocks, tied = channel_blocks(net), tied_groups(net)
+    perms = {gid: block_order(sc, blocks.get(gid, 1), keep_inner=gid in tied) for gid, sc in scores.items()}
     return permute_groups_(net, perms)
 
 
 def channel_blocks(net: SlimmableNetwork) -> dict[int, int]:
     """Group id -> block size its permutations must keep together: the channels per group of every grouped conv
-    (an output channel reads only its own block of input channels) and GroupNorm (statistics per block) it feeds."""
+    (an output channel reads only its own block of input channels) and GroupNorm (statistics per block) it feeds,
+    and its tied runs (:func:`tied_groups`)."""
     blocks: dict[int, int] = {}
-    for _, gs, atoms in net.coupling.grouped_convs:
+    for _, gs, atoms in [*net.coupling.grouped_convs, *net.coupling.tied_blocks]:
         for gid in np.unique(net.positions(atoms)[0]).tolist():
             blocks[gid] = math.lcm(blocks.get(gid, 1), gs)
     return blocks
 
 
-def block_order(scores: np.ndarray, block: int) -> np.ndarray:
+def block_order(scores: np.ndarray, block: int, keep_inner: bool = False) -> np.ndarray:
     """Most important first, moving whole blocks of ``block`` channels: blocks by their summed score, channels
-    inside a block by their own (a block-preserving permutation keeps a grouped conv's function)."""
+    inside a block by their own (a block-preserving permutation keeps a grouped conv's function), or in their
+    order with ``keep_inner`` (tied runs: a PixelShuffle's sub-pixels)."""
     if block <= 1:
         return np.argsort(-scores, kind="stable")
     nb = len(scores) // block
     by_block = scores[:nb * block].reshape(nb, block)
     order = np.argsort(-by_block.sum(1), kind="stable")
-    inner = np.argsort(-by_block, axis=1, kind="stable")
+    inner = np.tile(np.arange(block), (nb, 1)) if keep_inner else np.argsort(-by_block, axis=1, kind="stable")
     perm = (order[:, None] * block + inner[order]).reshape(-1)
     return np.concatenate([perm, np.arange(nb * block, len(scores))])
 
@@ -141,15 +163,18 @@ def permute_groups_(net: SlimmableNetwork, perms: dict[int, np.ndarray]) -> dict
     bad = set(perms) - _complete_groups(net)
     check_parameter(not bad, "perms", "permute_groups_", "permutations of permutable groups only",
                     sorted(ga.groups[g].name for g in bad))
-    blocks = channel_blocks(net)
+    blocks, tied = channel_blocks(net), tied_groups(net)
     for gid, p in perms.items():
         b = blocks.get(gid, 1)
         p = np.asarray(p)
         ok = sorted(p.tolist()) == list(range(ga.groups[gid].width)) and \
             (b == 1 or bool(np.all(p.reshape(-1, b) // b == (p.reshape(-1, b)[:, :1] // b))))
+        if ok and gid in tied:  # tied runs keep their inner order too
+            ok = bool(np.all(p.reshape(-1, b) - p.reshape(-1, b)[:, :1] == np.arange(b)))
+        what = "its tied runs, in their order" if gid in tied else "its grouped convs"
         check_parameter(ok, "perms", "permute_groups_",
                         f"a permutation of {ga.groups[gid].name!r} that moves whole blocks of {b} channels "
-                        f"(its grouped convs)" if b > 1 else "a permutation of the group's channels", p.tolist())
+                        f"({what})" if b > 1 else "a permutation of the group's channels", p.tolist())
     modules = dict(net.graph_module.named_modules())
     saved = {k: v.clone() for k, v in net.graph_module.state_dict(keep_vars=False).items()}
     was_training = net.training

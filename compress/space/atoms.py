@@ -90,6 +90,13 @@ class CouplingResult:
     # getitem node name -> (dim, start, stop, atoms of the input): a fixed channel slice ``x[:, a:b]`` that
     # becomes a ChannelSlice following the config; group boundaries are put at a and b
     channel_slices: dict[str, tuple[int, int, int, np.ndarray]] = field(default_factory=dict)
+    # (layer or node, block size, atoms): runs of ``block`` channels read as one unit in a fixed order (a
+    # PixelShuffle's r*r sub-pixels, the H*W features a view turns into one channel): cut whole (widths are
+    # multiples of the block, blocks aligned with the group) and moved whole, without reordering inside
+    tied_blocks: list[tuple[str, int, np.ndarray]] = field(default_factory=list)
+    # view / unflatten node name -> (dim, sizes with -1 for the channel count): a (B, C*H*W) -> (B, C, H, W)
+    # reshape, rewritten as ``x.unflatten(dim, sizes)`` so that a literal C in the traced graph follows the width
+    unflattens: dict[str, tuple[int, tuple[int, ...]]] = field(default_factory=dict)
 
 
 class CouplingContext:
@@ -108,6 +115,8 @@ class CouplingContext:
         self.flop_ops: list[FlopOp] = []
         self.unknown_ops: dict[str, str] = {}
         self.channel_slices: dict[str, tuple[int, int, int, np.ndarray]] = {}
+        self.tied_blocks: list[tuple[str, int, np.ndarray]] = []
+        self.unflattens: dict[str, tuple[int, tuple[int, ...]]] = {}
 
     # ---- atoms and union-find -------------------------------------------------
     def new_atoms(self, n: int, label: str, frozen_reason: str | None = None) -> np.ndarray:
@@ -221,6 +230,8 @@ class CouplingContext:
             flop_ops=self.flop_ops,
             unknown_ops=self.unknown_ops,
             channel_slices=self.channel_slices,
+            tied_blocks=self.tied_blocks,
+            unflattens=self.unflattens,
         )
 
 

@@ -126,17 +126,26 @@ def build_groups(res: CouplingResult, divisor: int) -> GroupAssignment:
     return GroupAssignment(groups, atom_group, atom_index)
 
 
+def _blocks_aligned(ga: GroupAssignment, atoms: np.ndarray, block: int) -> bool:
+    """Whether every run of ``block`` atoms lies in one group at indices b*block .. b*block + block - 1."""
+    g, i = ga.atom_group[atoms], ga.atom_index[atoms]
+    blocks_g, blocks_i = g.reshape(-1, block), i.reshape(-1, block)
+    return bool((blocks_g == blocks_g[:, :1]).all() and (blocks_i[:, 0] % block == 0).all()
+                and (np.diff(blocks_i, axis=1) == 1).all())
+
+
 def misaligned_grouped_convs(res: CouplingResult, ga: GroupAssignment) -> list[tuple[str, np.ndarray]]:
     """Grouped convs whose conv-groups would be cut through by first-k slimming."""
-    bad = []
-    for name, gs, atoms in res.grouped_convs:
-        g, i = ga.atom_group[atoms], ga.atom_index[atoms]
-        blocks_g, blocks_i = g.reshape(-1, gs), i.reshape(-1, gs)
-        ok = (blocks_g == blocks_g[:, :1]).all() and (blocks_i[:, 0] % gs == 0).all() \
-            and (np.diff(blocks_i, axis=1) == 1).all()
-        if not ok:
-            bad.append((name, atoms))
-    return bad
+    return [(name, atoms) for name, gs, atoms in res.grouped_convs if not _blocks_aligned(ga, atoms, gs)]
+
+
+def misaligned_tied_blocks(res: CouplingResult, ga: GroupAssignment) -> list[tuple[str, np.ndarray]]:
+    """Tied runs of channels (``res.tied_blocks``: a PixelShuffle's sub-pixels, a view's H*W features) that
+    first-k slimming would cut through: (the reason to freeze them, their atoms) for each."""
+    return [(f"{name}: reads its input in runs of {block} channels (one output channel each) that no channel "
+             "group holds whole and aligned (its output is coupled channel by channel to channels not in runs, "
+             "e.g. added to another layer's output)", atoms)
+            for name, block, atoms in res.tied_blocks if not _blocks_aligned(ga, atoms, block)]
 
 
 def keep_split_parts_nonempty(res: CouplingResult, ga: GroupAssignment) -> None:

@@ -307,6 +307,9 @@ def reshape(p: PassState, n: fx.Node, args: tuple, kwargs: dict, value: Any) -> 
                 p.ctx.freeze(m.atoms, f"{n.name}: reshape with a literal size {sargs[j]}")
             outer, inner = p0 // q[j], q[j + 1] // p1
             return TMeta(out, j, np.tile(np.repeat(m.atoms, inner), outer))
+    blocked = features_to_channels(p, n, m, out)
+    if blocked is not None:
+        return blocked
     ids = torch.arange(math.prod(shape)).view(shape)
     return _replay(p, n, (ids,) + tuple(args[1:]), kwargs, value, IdMeta(shape, n.args[0], m.atoms, ids))
 
@@ -506,24 +509,51 @@ def conv(p: PassState, n: fx.Node, mod: nn.Module, args: tuple, kwargs: dict, va
     in_atoms = p.ctx.module_atoms(name, "in", p.ctx.atoms_along(x, 1, name))
     g = mod.groups
     gs_in, gs_out = mod.in_channels // g, mod.out_channels // g
-    prev_out = p.ctx.module_dims[name].get("out")
-    if g == 1:
-        out_atoms = prev_out if prev_out is not None else p.ctx.new_atoms(mod.out_channels, name)
-    elif gs_in == gs_out:  # depthwise (gs 1) or grouped with equal group widths: out channel i reads in group i // gs
-        out_atoms = in_atoms
-        if gs_in > 1:
-            p.ctx.require_divisor(in_atoms, gs_in)
-            p.ctx.grouped_convs.append((name, gs_in, in_atoms))
-    else:
-        reason = f"{name}: grouped conv with {gs_in} in and {gs_out} out channels per group"
-        p.ctx.freeze(in_atoms, reason)
-        out_atoms = prev_out if prev_out is not None else p.ctx.new_atoms(mod.out_channels, name, reason)
-    out_atoms = p.ctx.module_atoms(name, "out", out_atoms)
+    out_atoms = p.ctx.module_atoms(name, "out", conv_out_atoms(p, name, mod, in_atoms))
     out = TMeta(tuple(value.shape), 1, out_atoms)
     in_meta = TMeta(x.shape, 1, in_atoms) if isinstance(x, (TMeta, IdMeta)) else None
     if in_meta is not None:
         _flop(p, "conv", n, [in_meta], out, kernel=math.prod(mod.kernel_size), gs=gs_in if g > 1 else None,
               kernel_size=tuple(mod.kernel_size), gs_out=gs_out, groups=g)
+    return out
+
+
+def conv_out_atoms(p: PassState, name: str, mod: nn.Module, in_atoms: np.ndarray) -> np.ndarray:
+    """The output channels of a conv or transposed conv (``in_channels``, ``out_channels``, ``groups``) reading
+    ``in_atoms``: new channels for an ordinary conv; for a grouped one, output block i (``out_channels / groups``
+    channels) reads input block i only, so the outputs are tied to their inputs: the input channels themselves
+    (depthwise, or equal group widths: widths then move in whole groups) or, with one input channel per group and
+    k outputs (a depthwise conv with channel multiplier k), input channel i repeated k times (its k outputs are
+    kept or cut with it). Other grouped shapes freeze with the reason."""
+    g = mod.groups
+    gs_in, gs_out = mod.in_channels // g, mod.out_channels // g
+    prev_out = p.ctx.module_dims[name].get("out")
+    if g == 1:
+        return prev_out if prev_out is not None else p.ctx.new_atoms(mod.out_channels, name)
+    if gs_in == gs_out:  # depthwise (gs 1) or grouped with equal group widths: out channel i reads in group i // gs
+        if gs_in > 1:
+            p.ctx.require_divisor(in_atoms, gs_in)
+            p.ctx.grouped_convs.append((name, gs_in, in_atoms))
+        return in_atoms
+    if gs_in == 1:  # depthwise with a channel multiplier: outputs i*k .. i*k+k-1 read input channel i
+        return np.repeat(in_atoms, gs_out)
+    reason = f"{name}: grouped conv with {gs_in} in and {gs_out} out channels per group"
+    p.ctx.freeze(in_atoms, reason)
+    return prev_out if prev_out is not None else p.ctx.new_atoms(mod.out_channels, name, reason)
+
+
+def conv_transpose(p: PassState, n: fx.Node, mod: nn.Module, args: tuple, kwargs: dict, value: Any) -> Any:
+    """ConvTranspose1d/2d/3d: channels flow as through a conv (roles "in" and "out", grouped and depthwise ones
+    tied the same way); its FLOPs are fvcore's for a transposed conv, input elements x kernel x outputs per group."""
+    name = str(n.target)
+    x = p.meta_of(n.args[0])
+    in_atoms = p.ctx.module_atoms(name, "in", p.ctx.atoms_along(x, 1, name))
+    out_atoms = p.ctx.module_atoms(name, "out", conv_out_atoms(p, name, mod, in_atoms))
+    out = TMeta(tuple(value.shape), 1, out_atoms)
+    if isinstance(x, (TMeta, IdMeta)):
+        g = mod.groups
+        _flop(p, "conv_transpose", n, [TMeta(x.shape, 1, in_atoms)], out, kernel=math.prod(mod.kernel_size),
+              gs_out=mod.out_channels // g if g > 1 else None)
     return out
 
 
@@ -667,6 +697,89 @@ def _module_fn(fn: FunctionHandler) -> ModuleHandler:
     return lambda p, n, mod, args, kwargs, value: fn(p, n, args, kwargs, value)
 
 
+# ---- channels read in blocks ------------------------------------------------------------
+def tied_block_heads(p: PassState, label: str, atoms: np.ndarray, block: int) -> np.ndarray:
+    """One channel per run of ``block`` channels of ``atoms`` read as one unit in a fixed order (a PixelShuffle's
+    r*r sub-pixels, the H*W features a view turns into one channel): the run's first atom, which stands for the
+    whole run. Runs of one repeated atom (e.g. made by a PixelUnshuffle) need nothing more; other runs are tied
+    (``ctx.tied_blocks``): widths become multiples of ``block``, runs that a channel group would cut through are
+    frozen (``groups.misaligned_tied_blocks``) and reordering moves runs whole, in their order."""
+    runs = atoms.reshape(-1, block)
+    if block > 1 and not (runs == runs[:, :1]).all():
+        p.ctx.require_divisor(atoms, block)
+        p.ctx.tied_blocks.append((label, block, atoms))
+    return runs[:, 0].copy()
+
+
+def features_to_channels(p: PassState, n: fx.Node, m: TMeta, out: tuple[int, ...]) -> TMeta | None:
+    """``(B, C*H*W) -> (B, C, H, W)``: a Linear's features turned into a feature map (a generator's first layer).
+    Output channel c is the run of H*W features c*H*W .. (c+1)*H*W - 1 in a fixed order, so the features are cut
+    and reordered in whole runs (:func:`tied_block_heads`); the node is recorded to be rewritten as
+    ``x.unflatten(1, (-1, H, W))``, so that a channel count written as a literal follows the width. None for any
+    other reshape (a 2-d input with its features on dim 1, split into the channel dim and one or more dims)."""
+    if len(m.shape) != 2 or m.cdim != 1 or len(out) < 3 or out[0] != m.shape[0]:
+        return None
+    block = math.prod(out[2:])
+    if block < 1 or out[1] * block != m.shape[1]:
+        return None
+    p.ctx.unflattens[n.name] = (1, (-1, *out[2:]))
+    return TMeta(tuple(out), 1, tied_block_heads(p, n.name, m.atoms, block))
+
+
+def unflatten(p: PassState, n: fx.Node, args: tuple, kwargs: dict, value: Any) -> Any:
+    """``x.unflatten(dim, sizes)`` / ``torch.unflatten`` / ``nn.Unflatten``: a dim other than the channels' keeps
+    them; the features of a 2-d input split into (C, H, W) as in :func:`features_to_channels`; any other split of
+    the channel dim is followed as a channel shuffle (replayed on channel ids, see ``reshape``)."""
+    m = p.meta_of(n.args[0])
+    if isinstance(m, IdMeta):
+        return _replay(p, n, args, kwargs, value, m)
+    if not isinstance(m, TMeta) or not isinstance(value, torch.Tensor):
+        return unknown(p, n, args, kwargs, value)
+    if m.cdim is None:
+        return untracked(value)
+    dim = p.modules[n.target].dim if n.op == "call_module" else _arg(n, args, kwargs, 1, "dim")
+    dim, out = _norm_dim(dim, len(m.shape)), tuple(value.shape)
+    if dim != m.cdim:
+        return TMeta(out, m.cdim + (len(out) - len(m.shape) if dim < m.cdim else 0), m.atoms)
+    blocked = features_to_channels(p, n, m, out)
+    if blocked is not None:
+        return blocked
+    ids = torch.arange(math.prod(m.shape)).view(m.shape)
+    return _replay(p, n, (ids,) + tuple(args[1:]), kwargs, value, IdMeta(m.shape, n.args[0], m.atoms, ids))
+
+
+def _pixel_op(p: PassState, n: fx.Node, args: tuple, kwargs: dict, value: Any, up: bool) -> Any:
+    m = p.meta_of(n.args[0])
+    if not isinstance(m, TMeta) or not isinstance(value, torch.Tensor):
+        return unknown(p, n, args, kwargs, value)
+    if m.cdim is None:
+        return untracked(value)
+    if m.cdim != len(m.shape) - 3:
+        return unknown(p, n, args, kwargs, value, " (channels not on dim -3)")
+    if n.op == "call_module":
+        mod = p.modules[n.target]
+        r = mod.upscale_factor if up else mod.downscale_factor
+    else:
+        r = _arg(n, args, kwargs, 1, "upscale_factor" if up else "downscale_factor")
+    if up:
+        label = str(n.target) if n.op == "call_module" else n.name
+        return TMeta(tuple(value.shape), m.cdim, tied_block_heads(p, label, m.atoms, r * r))
+    return TMeta(tuple(value.shape), m.cdim, np.repeat(m.atoms, r * r))
+
+
+def pixel_shuffle(p: PassState, n: fx.Node, args: tuple, kwargs: dict, value: Any) -> Any:
+    """PixelShuffle(r) (``nn.PixelShuffle``, ``F.pixel_shuffle``): output channel c is the r*r input channels
+    c*r*r .. (c+1)*r*r - 1 in a fixed order (its sub-pixels), so the input channels are cut and reordered in whole
+    runs of r*r (:func:`tied_block_heads`). No FLOPs (fvcore does not count it either)."""
+    return _pixel_op(p, n, args, kwargs, value, up=True)
+
+
+def pixel_unshuffle(p: PassState, n: fx.Node, args: tuple, kwargs: dict, value: Any) -> Any:
+    """PixelUnshuffle(r) (``nn.PixelUnshuffle``, ``F.pixel_unshuffle``): input channel c becomes the r*r output
+    channels c*r*r .., which are kept or cut with it (its atom repeated r*r times). No FLOPs."""
+    return _pixel_op(p, n, args, kwargs, value, up=False)
+
+
 # ---- the tables -----------------------------------------------------------------------
 _ACTIVATIONS = (
     nn.ReLU, nn.ReLU6, nn.SiLU, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.Tanh, nn.GELU, nn.LeakyReLU,
@@ -692,6 +805,9 @@ MODULE_HANDLERS: dict[Any, ModuleHandler] = {
     nn.Softmax: _module_fn(softmax), nn.LogSoftmax: _module_fn(softmax),
     **{cls: module_passthrough for cls in _ACTIVATIONS},
     nn.PReLU: prelu,
+    nn.ConvTranspose1d: conv_transpose, nn.ConvTranspose2d: conv_transpose, nn.ConvTranspose3d: conv_transpose,
+    nn.PixelShuffle: _module_fn(pixel_shuffle), nn.PixelUnshuffle: _module_fn(pixel_unshuffle),
+    nn.Unflatten: _module_fn(unflatten),
 }
 
 # timm's layers whose forward calls F.batch_norm / F.layer_norm / F.group_norm with their own parameters (keyed
@@ -742,6 +858,8 @@ FUNCTION_HANDLERS: dict[Any, FunctionHandler] = {
     F.max_pool2d: channel1_op("pool"), F.avg_pool2d: channel1_op("pool"),
     F.interpolate: channel1_op("upsample"),
     F.batch_norm: functional_batch_norm,
+    F.pixel_shuffle: pixel_shuffle, F.pixel_unshuffle: pixel_unshuffle,
+    torch.unflatten: unflatten,
 }
 
 METHOD_HANDLERS: dict[str, FunctionHandler] = {
@@ -757,6 +875,7 @@ METHOD_HANDLERS: dict[str, FunctionHandler] = {
     "softmax": softmax, "log_softmax": softmax,
     "unsqueeze": unsqueeze,
     "expand": expand,
+    "unflatten": unflatten,
 }
 
 

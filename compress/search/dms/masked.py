@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from compress.cost.flops import FLOP_FORMULAS, Poly
-from compress.slim.reorder import permutable_groups, permute_groups_
+from compress.slim.reorder import block_order, channel_blocks, permutable_groups, permute_groups_, tied_groups
 from compress.subnet.extract import extract_subnet
 from compress.search.dms.blocks import BlockGate, find_blocks, group_stages, insert_gates, remove_blocks_
 from compress.search.dms.topk import DifferentiableTopK
@@ -234,9 +234,11 @@ class DMSNetwork(nn.Module):
         Returns the config and the removed blocks; the wrapped network is left plain (gates inert).
         """
         perms = {}
+        blocks, tied = channel_blocks(self.net), tied_groups(self.net)
         for gid, t in zip(self.group_ids, self.channel_topk):
-            if gid in self.permutable:
-                perms[gid] = torch.argsort(t.importance + t._tiebreak, descending=True, stable=True).numpy()
+            if gid in self.permutable:  # whole blocks (grouped convs; tied runs in their order) by summed importance
+                scores = (t.importance + t._tiebreak).detach().numpy().astype(np.float64)
+                perms[gid] = block_order(scores, blocks.get(gid, 1), keep_inner=gid in tied)
         cfg, removed = self.hard_widths(), self.removed_blocks()
         for h in self._hooks:
             h.remove()
