@@ -203,7 +203,8 @@ class SlimmableNetwork(nn.Module):
                     f"The 'ignore' entry {name!r} names no module of {type(model).__name__}. "
                     f"Closest module names: {close or 'none'}. Use names from model.named_modules().")
         gm = trace_model(model, inputs, leaf_names=ignore)
-        res, prop = propagate(gm, inputs, frozen_modules=set(ignore))
+        kept_whole = {**{name: "ignored by the user" for name in ignore}, **gm.meta.get("opaque_modules", {})}
+        res, prop = propagate(gm, inputs, frozen_modules=kept_whole)
         ga = build_groups(res, divisor)
         for _ in range(10):  # freeze grouped convs that first-k slimming would cut through
             bad = misaligned_grouped_convs(res, ga)
