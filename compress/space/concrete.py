@@ -193,8 +193,9 @@ class ConcreteValuesMixin:
         shapes = [tuple(t.shape) for t in self.example_inputs if isinstance(t, torch.Tensor)]
         message = (f"this graph was traced at input shapes {shapes}, where the condition at {where} is {taken}; "
                    "on these inputs it is not: trace the model again at the input shape you run it at")
-        cond = obj if taken else self.create_proxy("call_function", operator.not_, (obj,), {})  # type: ignore[attr-defined]
-        self.create_proxy("call_function", torch._assert, (cond, message), {})  # type: ignore[attr-defined]
+        create_proxy = self.create_proxy  # type: ignore[attr-defined]  # fx.Tracer's
+        cond = obj if taken else create_proxy("call_function", operator.not_, (obj,), {})
+        create_proxy("call_function", torch._assert, (cond, message), {})
         self.guards += 1
         return taken
 

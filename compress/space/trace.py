@@ -28,7 +28,7 @@ from typing import Any, Sequence
 import torch
 from torch import fx, nn
 
-from compress.errors import InputShapeError, TraceError
+from compress.errors import InputShapeError, TraceError, UnsupportedModelError
 from compress.space.concrete import (CAUSE_DATA_DEPENDENT, CAUSE_NOT_COMPUTED, CAUSE_TENSOR_LOOP,
                                      ConcreteValuesMixin, user_frame_of)
 
@@ -45,6 +45,40 @@ def class_key(module: nn.Module) -> str:
     """Return the "module.qualname" key of a module's class."""
     cls = type(module)
     return f"{cls.__module__}.{cls.__qualname__}"
+
+
+_DETECTOR = ("a torchvision detection model: its forward takes a list of images, resizes and batches them, and "
+             "decodes a number of boxes that depends on the data (anchors, score thresholds, NMS), which torch.fx "
+             "cannot record in a graph")
+_PASS_BACKBONE = ("Slim its backbone and neck instead: compress.SlimmableNetwork(model.backbone, "
+                  "torch.randn(1, 3, H, W)) traces the feature extractor and FPN (it returns the feature maps as an "
+                  "OrderedDict; their channels stay at full width, so the heads still fit), then put the extracted "
+                  "subnet back as model.backbone")
+# Models refused up front, by class (subclasses included; keyed by "module.qualname", so nothing is imported):
+# class -> (why torch.fx cannot trace it, what to pass instead).
+UNTRACEABLE_MODELS: dict[str, tuple[str, str]] = {
+    # Faster, Mask and Keypoint R-CNN
+    "torchvision.models.detection.generalized_rcnn.GeneralizedRCNN": (_DETECTOR, _PASS_BACKBONE),
+    "torchvision.models.detection.retinanet.RetinaNet": (_DETECTOR, _PASS_BACKBONE),
+    "torchvision.models.detection.fcos.FCOS": (_DETECTOR, _PASS_BACKBONE),
+    "torchvision.models.detection.ssd.SSD": (_DETECTOR, _PASS_BACKBONE),  # SSD and SSDlite
+}
+
+
+def refuse_untraceable_model(model: nn.Module) -> None:
+    """Refuse a model whose class (or a base class) is in ``UNTRACEABLE_MODELS``, naming the part to pass instead.
+
+    Args:
+        model: the model about to be traced.
+
+    Raises:
+        UnsupportedModelError: the model is of a kind listed in ``UNTRACEABLE_MODELS``.
+    """
+    for cls in type(model).__mro__:
+        entry = UNTRACEABLE_MODELS.get(f"{cls.__module__}.{cls.__qualname__}")
+        if entry is not None:
+            why, instead = entry
+            raise UnsupportedModelError(f"{type(model).__name__} cannot be traced as a whole: it is {why}. {instead}.")
 
 
 class _ChannelTracer(fx.Tracer):
@@ -186,10 +220,13 @@ def trace_model(
         resolved at the example inputs' shapes (0: the graph runs at any input shape).
 
     Raises:
+        UnsupportedModelError: a kind of model refused up front (``UNTRACEABLE_MODELS``: torchvision detectors),
+            with the part to pass instead.
         InputShapeError: the model does not run on ``example_inputs``.
         TraceError: torch.fx cannot trace the model's own forward; the message names the module, the model code's
             file:line and the cause.
     """
+    refuse_untraceable_model(model)
     model = copy.deepcopy(model).eval()
     run_on_inputs(model, example_inputs)
     leaves = frozenset(leaf_names)
