@@ -172,10 +172,14 @@ class SlimmableNetwork(nn.Module):
         example_inputs: a tensor (e.g. 1 x C x H x W) or tuple of tensors the model accepts; kept (cloned) as
             ``net.example_inputs``.
         divisor: widths are multiples of this many channels (grouped convs raise it to their group width).
-        ignore: names of modules whose channels must not be cut (kept whole and frozen).
+        ignore: names of modules whose channels must not be cut (kept whole and frozen). A submodule torch.fx
+            cannot trace is kept whole the same way, without being named here (its frozen channels say
+            "not traceable: <cause> at <file>:<line>").
 
     Raises:
-        InputShapeError, TraceError: the model does not run or cannot be traced.
+        InputShapeError, TraceError: the model does not run or its own forward cannot be traced (the message names
+            the module, file:line and cause); ``UnsupportedModelError`` (a TraceError) for a torchvision detector,
+            naming the part to slim instead (``model.backbone``).
         UnsupportedOpError: an op's channel handler failed, or a layer has channels but no layer kind slices it.
         InvalidParameterError: ``model`` is not an ``nn.Module``, bad ``divisor``, or an ``ignore`` entry that
             names no module.
