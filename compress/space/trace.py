@@ -246,8 +246,9 @@ def trace_model(
                 advice = ADVICE.get(failure.cause, DEFAULT_ADVICE)
                 kept = f" ({len(opaque)} module(s) kept whole before: {sorted(opaque)[:5]})" if opaque else ""
                 raise TraceError(
-                    f"torch.fx could not trace {type(model).__name__}: {failure.describe()}{kept}. {advice}; "
-                    "torch.fx cannot record it in a graph.") from exc
+                    f"torch.fx could not trace {type(model).__name__}: {failure.describe()}{kept}. {advice}: a "
+                    "submodule torch.fx cannot trace is kept whole (its channels frozen) and the rest still slims."
+                ) from exc
             opaque[failure.module] = f"not traceable: {failure.cause} at {failure.location}"
     gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
     gm.meta["opaque_modules"] = opaque
