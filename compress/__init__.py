@@ -17,8 +17,8 @@ from compress.errors import (BudgetNotMetError, BudgetUnreachableError, Checkpoi
                              CompressError, ExportError, ExportMismatchError, FlopsMismatchError, InputShapeError,
                              InvalidConfigError, InvalidParameterError, MislabelledDataError, NothingToSlimError,
                              PredictorUnavailableError, ReorderError, ResultFileError, SearchResumeError,
-                             SettingsSchemaError, TraceError, UnsupportedOpError, WorkDirBusyError,
-                             WriteError)
+                             SettingsSchemaError, TraceError, UnsupportedModelError, UnsupportedOpError,
+                             WorkDirBusyError, WriteError)
 from compress.cost.flops import FlopReport, count_flops  # noqa: E402
 from compress.result import SlimResult  # noqa: E402
 from compress.settings import AutoSlimSettings, DMSSettings, SearchSettings, TrainSettings  # noqa: E402
@@ -56,6 +56,6 @@ __all__ = [
     "ExportReport", "FlopReport", "FlopsMismatchError", "InputShapeError", "InvalidConfigError",
     "InvalidParameterError", "MislabelledDataError", "NothingToSlimError", "PredictorUnavailableError",
     "ReorderError", "ResultFileError", "SearchResumeError", "SearchSettings", "SettingsSchemaError", "SlimResult",
-    "SlimmableNetwork", "TraceError", "TrainSettings", "UnsupportedOpError", "WorkDirBusyError", "WriteError", "autoslim",
+    "SlimmableNetwork", "TraceError", "TrainSettings", "UnsupportedModelError", "UnsupportedOpError", "WorkDirBusyError", "WriteError", "autoslim",
     "count_flops", "dms", "export_onnx", "extract_subnet", "recalibrate_bn", "reorder_channels_", "train_supernet",
 ]

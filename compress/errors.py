@@ -26,6 +26,11 @@ class UnsupportedOpError(TraceError):
     """An op at a named node cannot be handled and cannot be frozen safely."""
 
 
+class UnsupportedModelError(TraceError):
+    """A kind of model torch.fx cannot trace as a whole (a detector with its box post-processing); the message
+    names the part to pass instead (e.g. ``model.backbone``)."""
+
+
 class InputShapeError(CompressError, ValueError):
     """The example inputs do not fit the model (wrong shape, dtype or count)."""
 

@@ -164,6 +164,7 @@ ZOO_INPUTS: dict[str, dict[str, Any]] = {
     "maxvit_t": {"resolution": 224},
     **{f"vit_{v}": {"resolution": 64, "kwargs": {"image_size": 64}} for v in ("b_16", "b_32", "l_16", "l_32")},
     "vit_h_14": {"resolution": 56, "kwargs": {"image_size": 56}},
+    "ssd300_vgg16": {"resolution": 300},  # its extra layers end in 3x3 convs without padding on 3x3 maps
 }
 DEFAULT_ZOO_RESOLUTION = 64
 
@@ -183,13 +184,18 @@ def timm_zoo_model(name: str) -> tuple[nn.Module, torch.Tensor]:
 
 
 def zoo_model(name: str) -> tuple[nn.Module, torch.Tensor]:
-    """A randomly initialised torchvision model (classification or segmentation) and a small example input for it.
+    """A randomly initialised torchvision model and a small example input for it.
+
+    A detection model gives its backbone and neck (``model.backbone``: the feature extractor and, for most, the FPN;
+    it returns the feature maps as an OrderedDict): the full detector is refused by ``SlimmableNetwork`` with
+    ``UnsupportedModelError`` (its box post-processing cannot be traced), and the backbone is what one slims.
 
     Args:
-        name: a name from ``torchvision.models.list_models()`` (classification and segmentation modules).
+        name: a name from ``torchvision.models.list_models()`` (classification, segmentation and detection modules).
 
     Returns:
-        The model in eval mode and a 1 x 3 x H x W input (H = W = 64 unless ``ZOO_INPUTS`` says otherwise).
+        The model (for detection: ``model.backbone``) in eval mode and a 1 x 3 x H x W input (H = W = 64 unless
+        ``ZOO_INPUTS`` says otherwise).
 
     Raises:
         ValueError: torchvision knows no model of that name.
@@ -198,9 +204,10 @@ def zoo_model(name: str) -> tuple[nn.Module, torch.Tensor]:
 
     spec = ZOO_INPUTS.get(name, {})
     kwargs = dict(spec.get("kwargs", {}))
-    if name in torchvision.models.list_models(module=torchvision.models.segmentation):
+    detection = name in torchvision.models.list_models(module=torchvision.models.detection)
+    if detection or name in torchvision.models.list_models(module=torchvision.models.segmentation):
         kwargs.setdefault("weights_backbone", None)  # random init: nothing is downloaded
     torch.manual_seed(0)
     model = torchvision.models.get_model(name, weights=None, **kwargs).eval()
     res = spec.get("resolution", DEFAULT_ZOO_RESOLUTION)
-    return model, torch.randn(1, 3, res, res)
+    return (model.backbone if detection else model), torch.randn(1, 3, res, res)

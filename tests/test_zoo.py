@@ -1,13 +1,15 @@
 """The torchvision zoo: every independent check of compress.verify on real models nobody here wrote.
 
 The default run covers one model per family; `make test-slow` runs every model
-except the largest (the same list as tools/zoo_coverage.py).
+except the largest (the same list as tools/zoo_coverage.py). Detection models: their backbone + neck
+(``zoo_model`` gives ``model.backbone``); the full detector is refused by name.
 """
 
 import pytest
 import torch
 import torchvision
 
+import compress
 from compress.slim.network import SlimmableNetwork
 from compress.subnet.extract import extract_subnet
 
@@ -17,8 +19,9 @@ FAST = ["resnet18", "mobilenet_v2", "mobilenet_v3_small", "shufflenet_v2_x0_5", 
         "inception_v3", "efficientnet_b0", "regnet_x_400mf", "regnet_y_400mf", "resnext50_32x4d", "convnext_tiny",
         "squeezenet1_1", "mnasnet0_5", "alexnet", "vgg11_bn", "swin_t", "vit_b_32", "lraspp_mobilenet_v3_large"]
 SKIP = {"vit_h_14", "regnet_y_128gf"}  # regnet_y_128gf passes (docs) but takes ~10 min
+DETECTION = torchvision.models.list_models(module=torchvision.models.detection)
 ALL = [n for n in torchvision.models.list_models(module=torchvision.models)
-       + torchvision.models.list_models(module=torchvision.models.segmentation) if n not in SKIP]
+       + torchvision.models.list_models(module=torchvision.models.segmentation) + DETECTION if n not in SKIP]
 
 
 def _check(name: str) -> None:
@@ -39,6 +42,36 @@ def test_zoo_family(name):
 @pytest.mark.parametrize("name", [n for n in ALL if n not in FAST])
 def test_zoo_full(name):
     _check(name)
+
+
+@pytest.mark.parametrize("name, cls", [("fasterrcnn_mobilenet_v3_large_320_fpn", "FasterRCNN"),
+                                       ("ssdlite320_mobilenet_v3_large", "SSD")])
+def test_detection_model_is_refused_by_name(name, cls):
+    torch.manual_seed(0)
+    detector = torchvision.models.get_model(name, weights=None, weights_backbone=None).eval()
+    with pytest.raises(compress.UnsupportedModelError) as info:
+        SlimmableNetwork(detector, torch.randn(1, 3, 64, 64))
+    message = str(info.value)
+    assert message.startswith(f"{cls} cannot be traced as a whole: it is a torchvision detection model"), message
+    assert "NMS" in message and "compress.SlimmableNetwork(model.backbone, torch.randn(1, 3, H, W))" in message
+    assert isinstance(info.value, compress.TraceError)
+
+
+def test_detection_backbone_and_neck_slim():
+    backbone, x = zoo_model("fasterrcnn_mobilenet_v3_large_320_fpn")  # the coverage table's row
+    assert type(backbone).__name__ == "BackboneWithFPN"
+    net = SlimmableNetwork(backbone, x)
+    assert net.slimmable_share() >= 0.7, net.summary()
+    cfg = net.space.min_config()
+    with torch.no_grad():
+        ref = backbone(x)
+        net.set_config(cfg)
+        dyn = net(x)
+        out = extract_subnet(net, cfg)(x)
+    assert list(out) == list(ref) == ["0", "1", "pool"]  # the FPN's feature maps, at full width for the heads
+    for key in ref:
+        assert out[key].shape == ref[key].shape
+        assert float((out[key] - dyn[key]).abs().max()) <= 1e-5 * max(1.0, float(dyn[key].abs().max()))
 
 
 # ---- timm: one model per CNN family (tools/zoo_coverage.py --zoo timm, docs/zoo_coverage_timm.md) ----------

@@ -173,10 +173,14 @@ class SlimmableNetwork(nn.Module):
         example_inputs: a tensor (e.g. 1 x C x H x W) or tuple of tensors the model accepts; kept (cloned) as
             ``net.example_inputs``.
         divisor: widths are multiples of this many channels (grouped convs raise it to their group width).
-        ignore: names of modules whose channels must not be cut (kept whole and frozen).
+        ignore: names of modules whose channels must not be cut (kept whole and frozen). A submodule torch.fx
+            cannot trace is kept whole the same way, without being named here (its frozen channels say
+            "not traceable: <cause> at <file>:<line>").
 
     Raises:
-        InputShapeError, TraceError: the model does not run or cannot be traced.
+        InputShapeError, TraceError: the model does not run or its own forward cannot be traced (the message names
+            the module, file:line and cause); ``UnsupportedModelError`` (a TraceError) for a torchvision detector,
+            naming the part to slim instead (``model.backbone``).
         UnsupportedOpError: an op's channel handler failed, or a layer has channels but no layer kind slices it.
         InvalidParameterError: ``model`` is not an ``nn.Module``, bad ``divisor``, or an ``ignore`` entry that
             names no module.
@@ -204,7 +208,8 @@ class SlimmableNetwork(nn.Module):
                     f"The 'ignore' entry {name!r} names no module of {type(model).__name__}. "
                     f"Closest module names: {close or 'none'}. Use names from model.named_modules().")
         gm = trace_model(model, inputs, leaf_names=ignore)
-        res, prop = propagate(gm, inputs, frozen_modules=set(ignore))
+        kept_whole = {**{name: "ignored by the user" for name in ignore}, **gm.meta.get("opaque_modules", {})}
+        res, prop = propagate(gm, inputs, frozen_modules=kept_whole)
         ga = build_groups(res, divisor)
         for _ in range(10):  # freeze grouped convs that first-k slimming would cut through
             bad = [(f"{name}: conv groups not aligned with channel groups", atoms)

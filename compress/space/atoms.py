@@ -242,7 +242,7 @@ class PassState(Protocol):
     ctx: CouplingContext
     metas: dict[fx.Node, Any]
     modules: dict[str, nn.Module]
-    frozen_modules: set[str]
+    frozen_modules: dict[str, str]  # module name -> why it is kept whole (ignored by the user, not traceable)
 
     def meta_of(self, arg: Any) -> Any:
         """Meta of a node argument (recursing into lists); None for constants."""

@@ -399,6 +399,19 @@ def split(p: PassState, n: fx.Node, args: tuple, kwargs: dict, value: Any) -> An
     return [TMeta(tuple(v.shape), dim, a) for v, a in zip(value, parts)]
 
 
+def unbind(p: PassState, n: fx.Node, args: tuple, kwargs: dict, value: Any) -> Any:
+    """unbind along another dim than the channels: every part keeps the channels (one dim fewer before them)."""
+    m = p.meta_of(n.args[0])
+    if not isinstance(m, TMeta) or not isinstance(value, (list, tuple)):
+        return unknown(p, n, args, kwargs, value)
+    if m.cdim is None:
+        return untracked(value)
+    dim = _norm_dim(_arg(n, args, kwargs, 1, "dim", 0), len(m.shape))
+    if dim == m.cdim:
+        return unknown(p, n, args, kwargs, value, " (along the channel dim)")
+    return [TMeta(tuple(v.shape), m.cdim - (dim < m.cdim), m.atoms) for v in value]
+
+
 def getitem(p: PassState, n: fx.Node, args: tuple, kwargs: dict, value: Any) -> Any:
     obj, idx = args[0], args[1]
     m = p.meta_of(n.args[0])
@@ -846,6 +859,7 @@ FUNCTION_HANDLERS: dict[Any, FunctionHandler] = {
     torch.add: binary, torch.sub: binary, torch.mul: binary, torch.div: binary,
     torch.cat: cat, torch.concat: cat,
     torch.chunk: split, torch.split: split,
+    torch.unbind: unbind,
     operator.getitem: getitem,
     torch.flatten: flatten,
     torch.reshape: reshape,
@@ -871,6 +885,7 @@ METHOD_HANDLERS: dict[str, FunctionHandler] = {
     "flatten": flatten,
     "permute": permute, "transpose": transpose,
     "chunk": split, "split": split,
+    "unbind": unbind,
     "mean": reduction(True),
     "softmax": softmax, "log_softmax": softmax,
     "unsqueeze": unsqueeze,
@@ -1009,7 +1024,7 @@ def _handle_node(p: PassState, n: fx.Node, args: tuple, kwargs: dict, value: Any
     if n.op == "call_module":
         mod = p.modules[n.target]
         if n.target in p.frozen_modules:
-            return unknown(p, n, args, kwargs, value, " (ignored by the user)")
+            return unknown(p, n, args, kwargs, value, f" ({p.frozen_modules[n.target]})")
         h = module_handler(mod)
         if h is None:
             return unknown(p, n, args, kwargs, value, f" ({type(mod).__name__} has no channel handler)")

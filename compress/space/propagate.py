@@ -19,7 +19,7 @@ from compress.space.ops import handle_node
 class Propagator(fx.Interpreter):
     """Runs the graph on real inputs and lets the handler table propagate atoms."""
 
-    def __init__(self, gm: fx.GraphModule, frozen_modules: set[str]) -> None:
+    def __init__(self, gm: fx.GraphModule, frozen_modules: dict[str, str]) -> None:
         super().__init__(gm)
         self.ctx = CouplingContext()
         self.metas: dict[fx.Node, Any] = {}
@@ -45,8 +45,12 @@ class Propagator(fx.Interpreter):
         return value
 
 
-def propagate(gm: fx.GraphModule, inputs: tuple[torch.Tensor, ...], frozen_modules: set[str]) -> tuple[CouplingResult, Propagator]:
-    """Run the propagation pass over ``gm`` and return what it learned."""
+def propagate(gm: fx.GraphModule, inputs: tuple[torch.Tensor, ...],
+              frozen_modules: dict[str, str]) -> tuple[CouplingResult, Propagator]:
+    """Run the propagation pass over ``gm`` and return what it learned.
+
+    ``frozen_modules`` maps the modules kept whole (ignored by the user, or not traceable) to the reason, which
+    their frozen channels carry."""
     prop = Propagator(gm, frozen_modules)
     with torch.no_grad():
         prop.run(*inputs)

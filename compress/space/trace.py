@@ -7,19 +7,30 @@ names and the state dict of the slimmed network matches the original. fx keeps
 torch.export lowers everything to aten ops with functionalised parameters and
 takes seconds per model. torchvision keeps its models fx-traceable (its feature
 extractor is built on fx), which is the zoo we must cover. The price is that
-data-dependent Python control flow cannot be traced; we report the node or line
-where tracing stopped.
+data-dependent Python control flow cannot be traced. Tracing goes in three steps:
+
+1. plain torch.fx (the graph works at any input shape);
+2. if that fails, shape-specialised tracing (``compress.space.concrete``): branches and loops that depend on
+   shapes only are resolved at the example inputs' shapes and guarded in the graph;
+3. if that fails inside a submodule, the innermost module whose forward fails is kept whole (an opaque
+   ``call_module`` whose channels are frozen, reason "not traceable: <cause> at <file>:<line>") and tracing is
+   retried, so the rest of the network still slims; ``gm.meta["opaque_modules"]`` maps each such module to its
+   reason. Only a failure in the model's own forward is a TraceError, naming the module, file:line and cause.
 """
 
 from __future__ import annotations
 
 import copy
+import linecache
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
 from torch import fx, nn
 
-from compress.errors import InputShapeError, TraceError
+from compress.errors import InputShapeError, TraceError, UnsupportedModelError
+from compress.space.concrete import (CAUSE_DATA_DEPENDENT, CAUSE_NOT_COMPUTED, CAUSE_TENSOR_LOOP,
+                                     ConcreteValuesMixin, user_frame_of)
 
 # Modules outside torch.nn that we treat as single layers because the channel
 # handlers know their semantics (keyed by "module.qualname" so that importing
@@ -36,15 +47,115 @@ def class_key(module: nn.Module) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
+_DETECTOR = ("a torchvision detection model: its forward takes a list of images, resizes and batches them, and "
+             "decodes a number of boxes that depends on the data (anchors, score thresholds, NMS), which torch.fx "
+             "cannot record in a graph")
+_PASS_BACKBONE = ("Slim its backbone and neck instead: compress.SlimmableNetwork(model.backbone, "
+                  "torch.randn(1, 3, H, W)) traces the feature extractor and FPN (it returns the feature maps as an "
+                  "OrderedDict; their channels stay at full width, so the heads still fit), then put the extracted "
+                  "subnet back as model.backbone")
+# Models refused up front, by class (subclasses included; keyed by "module.qualname", so nothing is imported):
+# class -> (why torch.fx cannot trace it, what to pass instead).
+UNTRACEABLE_MODELS: dict[str, tuple[str, str]] = {
+    # Faster, Mask and Keypoint R-CNN
+    "torchvision.models.detection.generalized_rcnn.GeneralizedRCNN": (_DETECTOR, _PASS_BACKBONE),
+    "torchvision.models.detection.retinanet.RetinaNet": (_DETECTOR, _PASS_BACKBONE),
+    "torchvision.models.detection.fcos.FCOS": (_DETECTOR, _PASS_BACKBONE),
+    "torchvision.models.detection.ssd.SSD": (_DETECTOR, _PASS_BACKBONE),  # SSD and SSDlite
+}
+
+
+def refuse_untraceable_model(model: nn.Module) -> None:
+    """Refuse a model whose class (or a base class) is in ``UNTRACEABLE_MODELS``, naming the part to pass instead.
+
+    Args:
+        model: the model about to be traced.
+
+    Raises:
+        UnsupportedModelError: the model is of a kind listed in ``UNTRACEABLE_MODELS``.
+    """
+    for cls in type(model).__mro__:
+        entry = UNTRACEABLE_MODELS.get(f"{cls.__module__}.{cls.__qualname__}")
+        if entry is not None:
+            why, instead = entry
+            raise UnsupportedModelError(f"{type(model).__name__} cannot be traced as a whole: it is {why}. {instead}.")
+
+
 class _ChannelTracer(fx.Tracer):
+    """fx.Tracer with our leaf modules, which remembers the innermost module whose forward failed."""
+
     def __init__(self, leaf_names: frozenset[str] = frozenset()) -> None:
         super().__init__()
         self.leaf_names = leaf_names
+        self.failed_in: tuple[BaseException, str] | None = None  # (exception, module path) where it was raised
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         if qualname in self.leaf_names or class_key(m) in EXTRA_LEAF_MODULES:
             return True
         return super().is_leaf_module(m, qualname)
+
+    def call_module(self, m: nn.Module, forward: Any, args: tuple, kwargs: dict) -> Any:
+        try:
+            return super().call_module(m, forward, args, kwargs)
+        except Exception as exc:
+            if self.failed_in is None or self.failed_in[0] is not exc:  # the innermost module sees it first
+                try:
+                    path = self.path_of_module(m)
+                except NameError:  # a module that is not an attribute of the model: blame its caller
+                    path = None
+                if path is not None and not self.is_leaf_module(m, path):  # a leaf's call fails in its caller
+                    self.failed_in = (exc, path)
+            raise
+
+
+class _ShapeSpecialisingTracer(ConcreteValuesMixin, _ChannelTracer):
+    """Our tracer with shape-dependent control flow resolved at the example inputs (``compress.space.concrete``)."""
+
+
+# Causes of torch.fx's own errors, said in terms of the model's code (the first matching message wins).
+FX_CAUSES: tuple[tuple[str, str], ...] = (
+    ("symbolically traced variables cannot be used as inputs to control flow", CAUSE_DATA_DEPENDENT),
+    ("Proxy object cannot be iterated", CAUSE_TENSOR_LOOP),
+    ("'len' is not supported", CAUSE_TENSOR_LOOP),
+)
+# What to do about each cause, when the model's own forward holds it (no module left to keep whole).
+ADVICE: dict[str, str] = {
+    CAUSE_DATA_DEPENDENT: "Rewrite the branch with tensor ops (torch.where) or move it into a submodule",
+    CAUSE_TENSOR_LOOP: "Loop over a tuple of tensors (x.unbind(0), x.chunk(n)) or move the loop into a submodule",
+    CAUSE_NOT_COMPUTED: "Check that the forward runs on the example inputs, or move the code into a submodule",
+}
+DEFAULT_ADVICE = "Move that code into a submodule, or trace a part of the model that is traceable (e.g. its backbone)"
+MAX_OPAQUE_MODULES = 64
+
+
+@dataclass(frozen=True)
+class TraceFailure:
+    """Where and why torch.fx stopped: the module path ("" for the model itself), its class, the model code's
+    file:line with the line's text, and the cause in the model's terms."""
+
+    module: str
+    module_type: str
+    location: str
+    code: str
+    cause: str
+
+    def describe(self) -> str:
+        where = f"module {self.module!r} ({self.module_type})" if self.module else f"the forward of {self.module_type}"
+        code = f" `{self.code}`" if self.code else ""
+        return f"{self.cause} in {where} at {self.location}{code}"
+
+
+def _failure(exc: BaseException, tracer: _ChannelTracer, root: nn.Module) -> TraceFailure:
+    path = tracer.failed_in[1] if tracer.failed_in is not None and tracer.failed_in[0] is exc else ""
+    message = str(exc)
+    cause = next((c for pattern, c in FX_CAUSES if pattern in message), None)
+    if cause is None:
+        cause = message if isinstance(exc, fx.proxy.TraceError) else f"{type(exc).__name__}: {message}"
+    frame = user_frame_of(exc)
+    location = f"{frame.filename}:{frame.lineno}" if frame is not None else "unknown location"
+    code = (frame.line or linecache.getline(frame.filename, frame.lineno or 0)).strip() if frame is not None else ""
+    module_type = type(root.get_submodule(path)).__name__
+    return TraceFailure(path, module_type, location, code[:120], cause)
 
 
 def flatten_tensors(value: Any) -> list[torch.Tensor]:
@@ -93,26 +204,54 @@ def as_input_tuple(example_inputs: Any) -> tuple[torch.Tensor, ...]:
 def trace_model(
     model: nn.Module, example_inputs: tuple[torch.Tensor, ...], leaf_names: Sequence[str] = ()
 ) -> fx.GraphModule:
-    """Deep-copy ``model`` (left untouched), put the copy in eval mode and trace it.
+    """Deep-copy ``model`` (left untouched), put the copy in eval mode and trace it (the steps: module doc).
 
-    Modules named in ``leaf_names`` are kept whole (not traced into); the
-    channel analysis then treats them as opaque and freezes their channels.
+    Modules named in ``leaf_names`` are kept whole (not traced into); the channel analysis then treats them as
+    opaque and freezes their channels. So are the modules whose forward cannot be traced, listed with the reason
+    in ``gm.meta["opaque_modules"]`` (module name -> "not traceable: <cause> at <file>:<line>").
+
+    Args:
+        model: the network.
+        example_inputs: its positional inputs.
+        leaf_names: names of modules not to trace into.
+
+    Returns:
+        The traced graph module (eval mode). ``gm.meta["shape_guards"]`` counts the shape-dependent branches
+        resolved at the example inputs' shapes (0: the graph runs at any input shape).
 
     Raises:
+        UnsupportedModelError: a kind of model refused up front (``UNTRACEABLE_MODELS``: torchvision detectors),
+            with the part to pass instead.
         InputShapeError: the model does not run on ``example_inputs``.
-        TraceError: torch.fx cannot trace the model (the message names the node or line).
+        TraceError: torch.fx cannot trace the model's own forward; the message names the module, the model code's
+            file:line and the cause.
     """
+    refuse_untraceable_model(model)
     model = copy.deepcopy(model).eval()
     run_on_inputs(model, example_inputs)
+    leaves = frozenset(leaf_names)
+    tracer: _ChannelTracer = _ChannelTracer(leaves)
     try:
-        tracer = _ChannelTracer(frozenset(leaf_names))
         graph = tracer.trace(model)
-    except Exception as exc:
-        raise TraceError(
-            f"torch.fx could not trace {type(model).__name__}: {type(exc).__name__}: {exc}. "
-            "Data-dependent control flow (if/for on tensor values) cannot be traced; move it into a "
-            "leaf module or pass that module's name in `ignore`."
-        ) from exc
+    except Exception:  # noqa: BLE001 - retried below with shapes known, then with modules kept whole
+        graph = None
+    opaque: dict[str, str] = {}
+    while graph is None:
+        tracer = _ShapeSpecialisingTracer(leaves | set(opaque), example_inputs=example_inputs)
+        try:
+            graph = tracer.trace(model)
+        except Exception as exc:  # any error of the forward under tracing is located and named
+            failure = _failure(exc, tracer, model)
+            if not failure.module or failure.module in opaque or len(opaque) >= MAX_OPAQUE_MODULES:
+                advice = ADVICE.get(failure.cause, DEFAULT_ADVICE)
+                kept = f" ({len(opaque)} module(s) kept whole before: {sorted(opaque)[:5]})" if opaque else ""
+                raise TraceError(
+                    f"torch.fx could not trace {type(model).__name__}: {failure.describe()}{kept}. {advice}: a "
+                    "submodule torch.fx cannot trace is kept whole (its channels frozen) and the rest still slims."
+                ) from exc
+            opaque[failure.module] = f"not traceable: {failure.cause} at {failure.location}"
     gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
+    gm.meta["opaque_modules"] = opaque
+    gm.meta["shape_guards"] = getattr(tracer, "guards", 0)
     gm.eval()
     return gm
