@@ -44,8 +44,9 @@ class TMeta:
 class IdMeta:
     """A tensor whose channel dim was split by a reshape (e.g. channel shuffle).
 
-    ``ids`` has the tensor's shape and holds, for every element, the position of
-    its channel in ``origin``'s channel dim; shape ops are replayed on it until
+    ``ids`` has the tensor's shape and holds, for every element, its flat position in
+    ``origin``'s tensor (its channel is ``id // stride % channels``, stride the
+    product of origin's dims after the channel dim); shape ops are replayed on it until
     the channels come back together as one dim (see ``handlers.shape_op``).
     """
 
@@ -90,6 +91,9 @@ class CouplingResult:
     # getitem node name -> (dim, start, stop, atoms of the input): a fixed channel slice ``x[:, a:b]`` that
     # becomes a ChannelSlice following the config; group boundaries are put at a and b
     channel_slices: dict[str, tuple[int, int, int, np.ndarray]] = field(default_factory=dict)
+    # atoms whose order is part of the function (a Conv1d sliding over the channel axis, as in ECA attention),
+    # with the reason: they may be narrowed, but reordering them would change what the full network computes
+    ordered: list[tuple[np.ndarray, str]] = field(default_factory=list)
 
 
 class CouplingContext:
@@ -108,6 +112,7 @@ class CouplingContext:
         self.flop_ops: list[FlopOp] = []
         self.unknown_ops: dict[str, str] = {}
         self.channel_slices: dict[str, tuple[int, int, int, np.ndarray]] = {}
+        self.ordered: list[tuple[np.ndarray, str]] = []
 
     # ---- atoms and union-find -------------------------------------------------
     def new_atoms(self, n: int, label: str, frozen_reason: str | None = None) -> np.ndarray:
@@ -221,6 +226,7 @@ class CouplingContext:
             flop_ops=self.flop_ops,
             unknown_ops=self.unknown_ops,
             channel_slices=self.channel_slices,
+            ordered=self.ordered,
         )
 
 
