@@ -608,25 +608,20 @@ def _conv_over_channels(p: PassState, n: fx.Node, mod: nn.Module, args: tuple, k
                         x: TMeta) -> Any:
     """A conv whose input holds the network's channels along a spatial dim (ECA attention: a Conv1d over the
     channel axis of a (B, 1, C) tensor). Its weights do not depend on that dim, so nothing is sliced or tied:
-    the output keeps the channels where they were, provided the conv keeps that dim's length. Its own
-    in/out channels are not the network's (frozen). The conv mixes neighbouring channels, so their order is
-    part of the function: the channels are recorded as ordered (narrowed, never reordered)."""
-    name = str(n.target)
+    the output keeps the channels where they were, provided the conv keeps that dim's length, and the layer
+    itself stays whole (its own in/out channels are not the network's). The conv mixes neighbouring channels,
+    so their order is part of the function: the channels are recorded as ordered (narrowed, never
+    reordered)."""
     d = x.cdim
     stride = mod.stride[d - 2] if d - 2 < len(mod.stride) else 0
     if not isinstance(value, torch.Tensor) or value.ndim != len(x.shape) or stride != 1 \
-            or value.shape[d] != x.shape[d] or mod.padding_mode != "zeros":
+            or value.shape[d] != x.shape[d]:
         return unknown(p, n, args, kwargs, value, " (slides over the channel axis and changes its length)")
-    reason = f"{name}: its own channels are not the network's (it slides over the network's channel axis)"
-    in_atoms = p.ctx.module_atoms(name, "in", p.ctx.new_atoms(mod.in_channels, f"{name}:input", reason))
-    prev_out = p.ctx.module_dims[name].get("out")
-    p.ctx.module_atoms(name, "out", prev_out if prev_out is not None else p.ctx.new_atoms(mod.out_channels, name, reason))
-    p.ctx.ordered.append((x.atoms, f"{name}: a {type(mod).__name__} slides over these channels"))
+    p.ctx.ordered.append((x.atoms, f"{n.target}: a {type(mod).__name__} slides over these channels"))
     out = TMeta(tuple(value.shape), d, x.atoms)
-    g = mod.groups
-    _flop(p, "conv", n, [TMeta(x.shape, 1, in_atoms)], out, kernel=math.prod(mod.kernel_size),
-          gs=mod.in_channels // g if g > 1 else None, kernel_size=tuple(mod.kernel_size),
-          gs_out=mod.out_channels // g, groups=g)
+    g = mod.groups  # every output reads in_channels / groups of its own (fixed) channels: a constant count
+    _flop(p, "conv", n, [x], out, kernel=math.prod(mod.kernel_size), gs=mod.in_channels // g,
+          kernel_size=tuple(mod.kernel_size), gs_out=mod.out_channels // g, groups=g)
     return out
 
 
