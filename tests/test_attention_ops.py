@@ -266,22 +266,29 @@ def test_timm_linear_is_a_linear_layer():
 
 
 class DepthMultiplier(nn.Module):
-    """A depthwise conv with a channel multiplier: 2 filters per input channel (groups = in channels)."""
+    """A depthwise conv with a channel multiplier (2 filters per input channel, groups = in channels), then a
+    1x1 conv with a skip branch (FastViT's downsampling): the 1x1 conv's output follows the repeated channels."""
 
     def __init__(self):
         super().__init__()
         self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
         self.dw = nn.Conv2d(8, 16, 3, padding=1, groups=8)
         self.bn = nn.BatchNorm2d(16)
+        self.pw = nn.Conv2d(16, 16, 1)
+        self.skip = nn.BatchNorm2d(16)
         self.head = nn.Conv2d(16, 4, 1)
 
     def forward(self, x):
-        return self.head(torch.relu(self.bn(self.dw(torch.relu(self.conv1(x))))))
+        y = torch.relu(self.bn(self.dw(torch.relu(self.conv1(x)))))
+        return self.head(self.pw(y) + self.skip(y))
 
 
 def test_depthwise_conv_with_a_channel_multiplier_loses_whole_groups():
     net = _check(DepthMultiplier(), ["conv1"])
-    g, i = net.positions(net.site("module", "dw", "out").atoms)  # out channels 2j, 2j+1 read in channel j
-    assert {net.space.groups[x].name for x in g.tolist()} == {"conv1"} and i.tolist() == [j // 2 for j in range(16)]
+    for site in (("module", "dw", "out"), ("module", "pw", "out")):  # out channels 2j, 2j+1 read in channel j
+        g, i = net.positions(net.site(*site).atoms)
+        assert {net.space.groups[x].name for x in g.tolist()} == {"conv1"}
+        assert i.tolist() == [j // 2 for j in range(16)]
+    assert [g.name for g in net.space.free] == ["conv1"] and net.space.free[0].width == 8
     sub = extract_subnet(net, {"conv1": 4})
     assert (sub.dw.in_channels, sub.dw.out_channels, sub.dw.groups) == (4, 8, 4) and sub.head.in_channels == 8
