@@ -97,11 +97,14 @@ def test_depthwise_grouped_and_single_channel_convs():
     assert group_of(net, ("module", "grouped", "in")) == group_of(net, ("module", "grouped", "out")) == {"expand"}
     assert groups["expand"].divisor == 24 and groups["expand"].allowed_widths() == [24, 48]
     assert not groups["expand"].frozen
-    # grouped conv with unequal per-group widths freezes its input
-    assert groups["mid"].frozen and "grouped conv" in groups["mid"].frozen_reason
+    # grouped conv with unequal per-group widths keeps its 2 groups: each group's channels are tied to the
+    # other's (mid's 32 channels are 2 blocks of 16, uneven's 64 are 2 blocks of 32), each group narrows
+    assert not groups["mid[0:16]"].frozen and groups["mid[0:16]"].width == 16
+    assert group_of(net, ("module", "uneven", "out")) == {"uneven"} and groups["uneven"].width == 32
     sub = compress.extract_subnet(net, net.space.min_config())
     assert sub.dw.groups == sub.dw.out_channels == sub.stem.out_channels == 8
     assert (sub.grouped.in_channels, sub.grouped.out_channels, sub.grouped.groups) == (24, 24, 1)
+    assert (sub.uneven.in_channels, sub.uneven.out_channels, sub.uneven.groups) == (16, 16, 2)
     x = torch.randn(2, 3, 8, 8)
     net.set_config(net.space.min_config())
     torch.testing.assert_close(sub(x), net(x))

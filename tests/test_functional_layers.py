@@ -207,11 +207,13 @@ class SplitAttention(nn.Module):
         return self.head((parts * attn).sum(dim=1))
 
 
-def test_split_attention_builds_with_named_frozen_ops():
-    net = SlimmableNetwork(SplitAttention(), torch.randn(1, 3, 8, 8))  # used to raise on softmax of Long ids
-    reasons = " ".join(net.coupling.unknown_ops.values())
-    assert "softmax" in reasons and "channel-split" in reasons
-    assert net.space.groups[net.space.index["conv"]].frozen
+def test_split_attention_slims_with_its_radix_blocks_tied():
+    net = _check(SplitAttention(), ["conv[0:8]"])  # used to raise on softmax of Long ids, then to freeze
+    assert not net.coupling.unknown_ops
+    g, i = net.positions(net.site("module", "conv", "out").atoms)  # the 2 radix blocks are one channel set
+    assert len(set(g.tolist())) == 1 and i.tolist() == list(range(8)) * 2
+    sub = extract_subnet(net, {"conv[0:8]": 4})
+    assert sub.conv.out_channels == sub.fc.out_channels == 8 and sub.head.in_channels == 4
 
 
 class StdConvNet(nn.Module):

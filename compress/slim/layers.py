@@ -123,11 +123,32 @@ class LayerKind:
 _CONV_FN = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 
 
+def _fixed_groups(mod: nn.Module) -> bool:
+    """Whether a grouped conv keeps its group count when slimmed: groups with different in and out widths
+    (split attention's radix conv). The op handler ties every group's channels, so each group keeps the same
+    ones and each narrows. Grouped convs with equal widths (and depthwise ones) lose whole groups instead."""
+    g = mod.groups
+    return g > 1 and mod.in_channels // g > 1 and mod.in_channels // g != mod.out_channels // g
+
+
+def _in_per_group(mod: nn.Module, s_in: Selection) -> Selection:
+    """The selection within one group of a fixed-group conv, from the selection over all its in channels
+    (every group keeps the same positions; the first group's are the ones below the group width)."""
+    if s_in is None:
+        return None
+    gs = mod.in_channels // mod.groups
+    if isinstance(s_in, int):
+        s_in = torch.arange(s_in)
+    return s_in[s_in < gs]
+
+
 def _conv_forward(mod: nn.Module, sel: Mapping[str, Selection], x: torch.Tensor) -> torch.Tensor:
     s_in, s_out = sel.get("in"), sel.get("out")
     weight = take(mod.weight, 0, s_out)
     if mod.groups == 1:
         weight, groups = take(weight, 1, s_in), 1
+    elif _fixed_groups(mod):
+        weight, groups = take(weight, 1, _in_per_group(mod, s_in)), mod.groups
     else:
         groups = weight.shape[0] // (mod.out_channels // mod.groups)
     bias = take(mod.bias, 0, s_out)
@@ -144,6 +165,10 @@ def _conv_slice(mod: nn.Module, sel: Mapping[str, Selection]) -> None:
         slice_tensor_(mod, "weight", 1, sel.get("in"))
         slice_tensor_(mod, "weight", 0, s_out)
         mod.in_channels = mod.weight.shape[1]
+    elif _fixed_groups(mod):  # the group count stays, each group narrows
+        slice_tensor_(mod, "weight", 1, _in_per_group(mod, sel.get("in")))
+        slice_tensor_(mod, "weight", 0, s_out)
+        mod.in_channels = mod.groups * mod.weight.shape[1]
     else:  # grouped / depthwise: the in channels are the out channels, cut with "out"
         per_group_out = mod.out_channels // mod.groups
         per_group_in = mod.in_channels // mod.groups
@@ -158,8 +183,12 @@ def _conv_permute(mod: nn.Module, role: str, idx: torch.Tensor) -> None:
     if role == "in":
         if mod.groups == 1:
             permute_tensors_(mod, ("weight",), 1, idx)
+        elif _fixed_groups(mod):  # every group is permuted alike: the first group's order
+            permute_tensors_(mod, ("weight",), 1, idx[:mod.in_channels // mod.groups])
         return  # grouped / depthwise convs: the in dim is the out dim, permuted with "out"
     permute_tensors_(mod, ("weight", "bias"), 0, idx)
+    if _fixed_groups(mod):
+        return
     gs = mod.in_channels // mod.groups
     if mod.groups > 1 and gs > 1:  # grouped conv (in and out are the same channels): a block-preserving
         # permutation also reorders each block's input channels, dim 1 of the weight, by its order within the block
@@ -396,6 +425,9 @@ def _own_forward_conv_forward(mod: nn.Module, sel: Mapping[str, Selection], x: t
     groups = 1 if mod.groups == 1 else weight.shape[0] // per_group_out
     if mod.groups == 1:
         weight = take(weight, 1, s_in)
+    elif _fixed_groups(mod):
+        weight, groups = take(weight, 1, _in_per_group(mod, s_in)), mod.groups
+        per_group_in = weight.shape[1]
     swapped = {"weight": weight, "bias": take(mod.bias, 0, s_out)}
     if getattr(mod, "gain", None) is not None:
         swapped["gain"] = take(mod.gain, 0, s_out)
@@ -423,6 +455,32 @@ def _own_forward_conv_permute(mod: nn.Module, role: str, idx: torch.Tensor) -> N
     _conv_permute(mod, role, idx)
     if role == "out":
         permute_tensors_(mod, ("gain",), 0, idx)
+
+
+# timm's BlurPool2d with one filter per channel (``channels`` given): pad, then a depthwise conv with the buffer
+# ``filt`` (C, 1, k, k); the filters of the selected channels, as many groups as channels
+def _is_blur_pool(mod: nn.Module) -> bool:
+    cls = type(mod)
+    return cls.__module__.startswith("timm.") and cls.__name__ == "BlurPool2d" and \
+        getattr(mod, "channels", None) is not None
+
+
+def _blur_pool_forward(mod: nn.Module, sel: Mapping[str, Selection], x: torch.Tensor) -> torch.Tensor:
+    s = sel.get("feat")
+    if s is None:
+        return base_forward(mod, x)
+    weight = take(mod.filt, 0, s)
+    x = F.pad(x, mod.padding, mode=mod.pad_mode)
+    return F.conv2d(x, weight, stride=mod.stride, groups=weight.shape[0])
+
+
+def _blur_pool_slice(mod: nn.Module, sel: Mapping[str, Selection]) -> None:
+    slice_tensor_(mod, "filt", 0, sel.get("feat"))
+    mod.channels = mod.filt.shape[0]
+
+
+def _blur_pool_permute(mod: nn.Module, role: str, idx: torch.Tensor) -> None:
+    permute_tensors_(mod, ("filt",), 0, idx)
 
 
 # name -> entry; looked up newest first, so a kind registered later wins over the built-in ones
@@ -497,6 +555,7 @@ for _kind in (
               ("feat",), _with_act(_layer_norm_forward), _layer_norm_slice, _per_channel_permute),
     LayerKind("layer_norm2d_act", _is_kind_with_act(_is_layer_norm2d), ("feat",), _with_act(_layer_norm2d_forward),
               _layer_norm_slice, _per_channel_permute),
+    LayerKind("blur_pool", _is_blur_pool, ("feat",), _blur_pool_forward, _blur_pool_slice, _blur_pool_permute),
 ):
     register_layer_kind(_kind)
 

@@ -43,9 +43,12 @@ IMPORTANCES: dict[str, tuple[str, Callable[[nn.Module], torch.Tensor | None]]] =
 
 def _complete_groups(net: SlimmableNetwork) -> set[int]:
     """Groups that every dim holds whole (each index equally often, or for a group in tied runs each run's first
-    index equally often and no other: a dim past a PixelShuffle holds one channel per run): safe to permute."""
+    index equally often and no other: a dim past a PixelShuffle holds one channel per run) and whose channel order
+    no op depends on (a Conv1d sliding over the channel axis, ``coupling.ordered``): safe to permute."""
     ga = net.assignment
     ok = {i for i, g in enumerate(ga.groups) if not g.frozen}
+    for atoms, _reason in net.coupling.ordered:
+        ok.difference_update(np.unique(ga.atom_group[atoms]).tolist())
     tied = tied_groups(net)
     for site in net.sites:
         g, i = ga.atom_group[site.atoms], ga.atom_index[site.atoms]

@@ -44,8 +44,9 @@ class TMeta:
 class IdMeta:
     """A tensor whose channel dim was split by a reshape (e.g. channel shuffle).
 
-    ``ids`` has the tensor's shape and holds, for every element, the position of
-    its channel in ``origin``'s channel dim; shape ops are replayed on it until
+    ``ids`` has the tensor's shape and holds, for every element, its flat position in
+    ``origin``'s tensor (its channel is ``id // stride % channels``, stride the
+    product of origin's dims after the channel dim); shape ops are replayed on it until
     the channels come back together as one dim (see ``handlers.shape_op``).
     """
 
@@ -97,6 +98,9 @@ class CouplingResult:
     # view / unflatten node name -> (dim, sizes with -1 for the channel count): a (B, C*H*W) -> (B, C, H, W)
     # reshape, rewritten as ``x.unflatten(dim, sizes)`` so that a literal C in the traced graph follows the width
     unflattens: dict[str, tuple[int, tuple[int, ...]]] = field(default_factory=dict)
+    # atoms whose order is part of the function (a Conv1d sliding over the channel axis, as in ECA attention),
+    # with the reason: they may be narrowed, but reordering them would change what the full network computes
+    ordered: list[tuple[np.ndarray, str]] = field(default_factory=list)
 
 
 class CouplingContext:
@@ -117,6 +121,7 @@ class CouplingContext:
         self.channel_slices: dict[str, tuple[int, int, int, np.ndarray]] = {}
         self.tied_blocks: list[tuple[str, int, np.ndarray]] = []
         self.unflattens: dict[str, tuple[int, tuple[int, ...]]] = {}
+        self.ordered: list[tuple[np.ndarray, str]] = []
 
     # ---- atoms and union-find -------------------------------------------------
     def new_atoms(self, n: int, label: str, frozen_reason: str | None = None) -> np.ndarray:
@@ -232,6 +237,7 @@ class CouplingContext:
             channel_slices=self.channel_slices,
             tied_blocks=self.tied_blocks,
             unflattens=self.unflattens,
+            ordered=self.ordered,
         )
 
 

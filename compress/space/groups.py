@@ -83,13 +83,24 @@ def build_groups(res: CouplingResult, divisor: int) -> GroupAssignment:
             occ[c].append((len(res.sources) + j, pos))
     occ_set = {c: frozenset(v) for c, v in occ.items()}
 
+    def shifted(c: int) -> frozenset:
+        """Where the class after ``c`` in a group must appear: one position on, or, where ``c`` fills a run of
+        r positions (a depthwise conv with a channel multiplier r repeats each channel), r positions on."""
+        by_src: dict[int, list[int]] = defaultdict(list)
+        for s, q in occ_set[c]:
+            by_src[s].append(q)
+        out = set()
+        for s, qs in by_src.items():
+            step = len(qs) if max(qs) - min(qs) + 1 == len(qs) else 1
+            out.update((s, q + step) for q in qs)
+        return frozenset(out)
+
     def linked(c1: int, c2: int) -> bool:
         if (c1 in res.frozen_reason) != (c2 in res.frozen_reason):
             return False
         if res.divisor_of.get(c1, 1) != res.divisor_of.get(c2, 1):
             return False
-        shifted = frozenset((s, q + 1) for s, q in occ_set[c1])
-        return shifted == occ_set[c2]
+        return shifted(c1) == occ_set[c2]
 
     class_group: dict[int, tuple[int, int]] = {}
     groups: list[ChannelGroup] = []

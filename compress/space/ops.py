@@ -94,7 +94,9 @@ def passthrough(p: PassState, n: fx.Node, args: tuple, kwargs: dict, value: Any)
     if isinstance(m, IdMeta):  # a channel shuffle is rewritten as one gather: no value op may sit inside it
         if n.op == "call_method" and n.target in _COPY_METHODS:
             return _replay(p, n, args, kwargs, value, m)
-        return unknown(p, n, args, kwargs, value, " (on a channel-split tensor)")
+        m = _radix_meta(p, n.args[0], m)  # a value op on radix-split channels (split attention)
+        if m is None:
+            return unknown(p, n, args, kwargs, value, " (on a channel-split tensor)")
     if isinstance(m, TMeta) and isinstance(value, torch.Tensor) and tuple(value.shape) == m.shape:
         return TMeta(m.shape, m.cdim, m.atoms)
     return unknown(p, n, args, kwargs, value, " (shape changed)")
@@ -173,7 +175,9 @@ def binary(p: PassState, n: fx.Node, args: tuple, kwargs: dict, value: Any) -> A
         if not isinstance(v, torch.Tensor):
             continue
         m = p.meta_of(a)
-        if isinstance(m, IdMeta) or not isinstance(m, TMeta):
+        if isinstance(m, IdMeta):  # split attention's radix-split operands: the radix blocks are one channel set
+            m = _radix_meta(p, a, m)
+        if not isinstance(m, TMeta):
             return unknown(p, n, args, kwargs, value, " (operand with split channels)")
         if m.cdim is None:
             others.append((m, v))
@@ -249,6 +253,45 @@ def _replay(p: PassState, n: fx.Node, args: tuple, kwargs: dict, value: Any, m: 
             p.ctx.permutes.append((m.origin, n, cdim, perm_np, m.origin_atoms))
             return TMeta(shape, cdim, m.origin_atoms[perm_np])
     return IdMeta(tuple(ids.shape), m.origin, m.origin_atoms, ids)
+
+
+def _radix_meta(p: PassState, node: Any, m: IdMeta) -> TMeta | None:
+    """Read a channel-split tensor as radix blocks of one channel set (split attention), or None.
+
+    ResNeSt and SK attention reshape C = r x C' channels to (r, C') (or stack r branches) and then compute per
+    radix block: a softmax over r, a multiply, a sum over r. That works at any width only if every block keeps
+    the same channels, so the r blocks of the split channel dim are tied position by position and the tensor
+    is tracked along the dim of the within-block index. It applies when some dim d of the tensor holds
+    positions ``block * C' + i`` with i running along d (C' = its size); a reshape on the way with a literal size
+    for that index (it could not follow a narrower width) freezes the channels with the reason.
+    """
+    origin = p.metas[m.origin]
+    total = len(m.origin_atoms)
+    ids = (m.ids // math.prod(origin.shape[origin.cdim + 1:])) % total  # element -> its channel in the origin
+    best: tuple[int, int] | None = None
+    for d in range(ids.ndim):
+        size = ids.shape[d]
+        if size <= 1 or total % size or (best is not None and size <= best[1]):
+            continue
+        moved = ids.movedim(d, -1)
+        within, block = moved % size, moved // size
+        if torch.equal(within, torch.arange(size).expand_as(moved)) and torch.equal(block, block[..., :1].expand_as(block)):
+            best = (d, size)
+    if best is None:
+        return None
+    d, size = best
+    blocks = m.origin_atoms.reshape(-1, size)
+    for b in blocks[1:]:
+        p.ctx.unify(blocks[0], b)
+    cur = node
+    while isinstance(cur, fx.Node) and cur is not m.origin and isinstance(p.metas.get(cur), IdMeta):
+        if (cur.op == "call_method" and cur.target in ("view", "reshape")) or cur.target is torch.reshape:
+            within = (p.metas[cur].ids // math.prod(origin.shape[origin.cdim + 1:])) % size
+            for j, a in enumerate(_shape_args(cur)):
+                if _literal(a) and a > 1 and j < within.ndim and bool((within != within.narrow(j, 0, 1)).any()):
+                    p.ctx.freeze(blocks[0], f"{cur.name}: reshape with a literal size {a} for radix-split channels")
+        cur = cur.args[0] if cur.args else None
+    return TMeta(tuple(ids.shape), d, blocks[0])
 
 
 def _shape_args(n: fx.Node) -> list[Any]:
@@ -381,6 +424,27 @@ def cat(p: PassState, n: fx.Node, args: tuple, kwargs: dict, value: Any) -> Any:
     return unknown(p, n, args, kwargs, value, " (mixes tracked and untracked channels)")
 
 
+def stack(p: PassState, n: fx.Node, args: tuple, kwargs: dict, value: Any) -> Any:
+    """torch.stack: a new dim in front of, between or after the channels, never a concatenation of channels;
+    every input must keep the same channels (SK attention stacks its branches and sums them), so they are tied."""
+    metas = p.meta_of(_node_arg(n, 0, "tensors"))
+    if not isinstance(metas, list) or not isinstance(value, torch.Tensor):
+        return unknown(p, n, args, kwargs, value)
+    metas = [_radix_meta(p, a, m) if isinstance(m, IdMeta) else m for a, m in zip(_node_arg(n, 0, "tensors"), metas)]
+    if any(not isinstance(m, TMeta) for m in metas):
+        return unknown(p, n, args, kwargs, value, " (inputs with split channels)")
+    tracked = [m for m in metas if m.cdim is not None]
+    if not tracked:
+        return TMeta(tuple(value.shape))
+    first = tracked[0]
+    if len(tracked) < len(metas) or any(m.cdim != first.cdim or len(m.atoms) != len(first.atoms) for m in tracked):
+        return unknown(p, n, args, kwargs, value, " (stacks tensors whose channels differ)")
+    for m in tracked[1:]:
+        p.ctx.unify(first.atoms, m.atoms)
+    dim = _norm_dim(_arg(n, args, kwargs, 1, "dim", 0), value.ndim)
+    return TMeta(tuple(value.shape), first.cdim + (dim <= first.cdim), first.atoms)
+
+
 def split(p: PassState, n: fx.Node, args: tuple, kwargs: dict, value: Any) -> Any:
     """chunk / split: a split along the channel dim becomes a ChannelSplit layer."""
     m = p.meta_of(n.args[0])
@@ -465,6 +529,8 @@ def reduction(counted: bool) -> FunctionHandler:
 
     def handler(p: PassState, n: fx.Node, args: tuple, kwargs: dict, value: Any) -> Any:
         m = p.meta_of(n.args[0])
+        if isinstance(m, IdMeta):  # a sum over the radix of split channels (split attention)
+            m = _radix_meta(p, n.args[0], m)
         if not isinstance(m, TMeta) or not isinstance(value, torch.Tensor):
             return unknown(p, n, args, kwargs, value)
         if m.cdim is None:
@@ -489,9 +555,13 @@ def softmax(p: PassState, n: fx.Node, args: tuple, kwargs: dict, value: Any) -> 
     m = p.meta_of(n.args[0])
     dim = p.modules[n.target].dim if n.op == "call_module" else _arg(n, args, kwargs, 1, "dim")
     if isinstance(m, IdMeta):  # split attention's radix softmax; a shuffle's gather may not skip a value op
-        return unknown(p, n, args, kwargs, value, " (on a channel-split tensor)")
+        m = _radix_meta(p, n.args[0], m)
+        if m is None:
+            return unknown(p, n, args, kwargs, value, " (on a channel-split tensor)")
     if isinstance(m, TMeta) and m.cdim is not None and dim is not None and _norm_dim(dim, len(m.shape)) == m.cdim:
         return unknown(p, n, args, kwargs, value, " (normalises over channels)")
+    if isinstance(m, TMeta) and isinstance(value, torch.Tensor) and tuple(value.shape) == m.shape:
+        return TMeta(m.shape, m.cdim, m.atoms)
     return passthrough(p, n, args, kwargs, value)
 
 
@@ -519,25 +589,53 @@ def expand(p: PassState, n: fx.Node, args: tuple, kwargs: dict, value: Any) -> A
 def conv(p: PassState, n: fx.Node, mod: nn.Module, args: tuple, kwargs: dict, value: Any) -> Any:
     name = str(n.target)
     x = p.meta_of(n.args[0])
+    if isinstance(x, TMeta) and x.cdim is not None and x.cdim >= 2:
+        return _conv_over_channels(p, n, mod, args, kwargs, value, x)
     in_atoms = p.ctx.module_atoms(name, "in", p.ctx.atoms_along(x, 1, name))
     g = mod.groups
     gs_in, gs_out = mod.in_channels // g, mod.out_channels // g
-    out_atoms = p.ctx.module_atoms(name, "out", conv_out_atoms(p, name, mod, in_atoms))
+    out_atoms = p.ctx.module_atoms(name, "out", conv_out_atoms(p, name, mod, in_atoms, keep_groups=True))
     out = TMeta(tuple(value.shape), 1, out_atoms)
     in_meta = TMeta(x.shape, 1, in_atoms) if isinstance(x, (TMeta, IdMeta)) else None
+    if in_meta is not None and g > 1 and gs_in > 1 and gs_in != gs_out:  # per output: the live channels of one group
+        in_meta, gs_in, g = TMeta((x.shape[0], gs_in, *x.shape[2:]), 1, in_atoms[:gs_in]), None, 1
     if in_meta is not None:
         _flop(p, "conv", n, [in_meta], out, kernel=math.prod(mod.kernel_size), gs=gs_in if g > 1 else None,
-              kernel_size=tuple(mod.kernel_size), gs_out=gs_out, groups=g)
+              kernel_size=tuple(mod.kernel_size), gs_out=gs_out, groups=mod.groups)
     return out
 
 
-def conv_out_atoms(p: PassState, name: str, mod: nn.Module, in_atoms: np.ndarray) -> np.ndarray:
+def _conv_over_channels(p: PassState, n: fx.Node, mod: nn.Module, args: tuple, kwargs: dict, value: Any,
+                        x: TMeta) -> Any:
+    """A conv whose input holds the network's channels along a spatial dim (ECA attention: a Conv1d over the
+    channel axis of a (B, 1, C) tensor). Its weights do not depend on that dim, so nothing is sliced or tied:
+    the output keeps the channels where they were, provided the conv keeps that dim's length, and the layer
+    itself stays whole (its own in/out channels are not the network's). The conv mixes neighbouring channels,
+    so their order is part of the function: the channels are recorded as ordered (narrowed, never
+    reordered)."""
+    d = x.cdim
+    stride = mod.stride[d - 2] if d - 2 < len(mod.stride) else 0
+    if not isinstance(value, torch.Tensor) or value.ndim != len(x.shape) or stride != 1 \
+            or value.shape[d] != x.shape[d]:
+        return unknown(p, n, args, kwargs, value, " (slides over the channel axis and changes its length)")
+    p.ctx.ordered.append((x.atoms, f"{n.target}: a {type(mod).__name__} slides over these channels"))
+    out = TMeta(tuple(value.shape), d, x.atoms)
+    g = mod.groups  # every output reads in_channels / groups of its own (fixed) channels: a constant count
+    _flop(p, "conv", n, [x], out, kernel=math.prod(mod.kernel_size), gs=mod.in_channels // g,
+          kernel_size=tuple(mod.kernel_size), gs_out=mod.out_channels // g, groups=g)
+    return out
+
+
+def conv_out_atoms(p: PassState, name: str, mod: nn.Module, in_atoms: np.ndarray,
+                   keep_groups: bool = False) -> np.ndarray:
     """The output channels of a conv or transposed conv (``in_channels``, ``out_channels``, ``groups``) reading
     ``in_atoms``: new channels for an ordinary conv; for a grouped one, output block i (``out_channels / groups``
     channels) reads input block i only, so the outputs are tied to their inputs: the input channels themselves
     (depthwise, or equal group widths: widths then move in whole groups) or, with one input channel per group and
     k outputs (a depthwise conv with channel multiplier k), input channel i repeated k times (its k outputs are
-    kept or cut with it). Other grouped shapes freeze with the reason."""
+    kept or cut with it). Other grouped shapes (``keep_groups``: a conv, e.g. split attention's radix conv) keep
+    their group count, every group narrowed the same way (group i's channels tied to group 0's); otherwise they
+    freeze with the reason."""
     g = mod.groups
     gs_in, gs_out = mod.in_channels // g, mod.out_channels // g
     prev_out = p.ctx.module_dims[name].get("out")
@@ -550,6 +648,11 @@ def conv_out_atoms(p: PassState, name: str, mod: nn.Module, in_atoms: np.ndarray
         return in_atoms
     if gs_in == 1:  # depthwise with a channel multiplier: outputs i*k .. i*k+k-1 read input channel i
         return np.repeat(in_atoms, gs_out)
+    if keep_groups:
+        blocks = in_atoms.reshape(g, gs_in)
+        for b in blocks[1:]:
+            p.ctx.unify(blocks[0], b)
+        return prev_out if prev_out is not None else np.tile(p.ctx.new_atoms(gs_out, name), g)
     reason = f"{name}: grouped conv with {gs_in} in and {gs_out} out channels per group"
     p.ctx.freeze(in_atoms, reason)
     return prev_out if prev_out is not None else p.ctx.new_atoms(mod.out_channels, name, reason)
@@ -793,6 +896,99 @@ def pixel_unshuffle(p: PassState, n: fx.Node, args: tuple, kwargs: dict, value: 
     return _pixel_op(p, n, args, kwargs, value, up=False)
 
 
+# ---- functional depthwise convs, blur pooling, padding -----------------------------------------------
+def _expanded_from_one(p: PassState, node: Any, dim: int) -> bool:
+    """Whether ``node`` is ``t.expand(...)`` of a size-1 dim ``dim`` to a size computed in the graph (e.g.
+    ``filt.expand(x.shape[1], 1, k, k)``): it follows any width and holds nothing to slice."""
+    if not (isinstance(node, fx.Node) and node.op == "call_method" and node.target == "expand"):
+        return False
+    base = p.meta_of(node.args[0])
+    sizes = _shape_args(node)
+    return isinstance(base, TMeta) and len(base.shape) == len(sizes) and base.shape[dim] == 1 \
+        and isinstance(sizes[dim], fx.Node)
+
+
+def functional_conv(p: PassState, n: fx.Node, args: tuple, kwargs: dict, value: Any) -> Any:
+    """``F.conv1d/2d/3d(x, weight, bias, stride, padding, dilation, groups)`` called in a forward: understood when
+    depthwise (one filter per channel, ``groups`` = the channels, a blur or smoothing filter held in a buffer).
+    Channels pass through; a filter read from a parameter or buffer is sliced with them, one expanded from a
+    single filter follows any width. ``groups`` must be computed in the graph (``x.shape[1]``): a literal
+    count cannot run at a narrower width, so the channels are frozen with that reason."""
+    x = p.meta_of(n.args[0])
+    weight, groups = _arg(n, args, kwargs, 1, "weight"), _arg(n, args, kwargs, 6, "groups", 1)
+    if not isinstance(x, TMeta) or x.cdim != 1 or not isinstance(value, torch.Tensor) \
+            or not isinstance(weight, torch.Tensor):
+        return unknown(p, n, args, kwargs, value, " (channels not on dim 1)")
+    channels = x.shape[1]
+    if groups != channels or weight.shape[0] != channels or weight.shape[1] != 1:
+        return unknown(p, n, args, kwargs, value, f" (only a depthwise conv is understood: groups={groups}, "
+                                                  f"weight {tuple(weight.shape)}, {channels} input channels)")
+    out = TMeta(tuple(value.shape), 1, x.atoms)
+    _flop(p, "conv", n, [x], out, kernel=math.prod(weight.shape[2:]), gs=1, kernel_size=tuple(weight.shape[2:]),
+          gs_out=1, groups=channels)
+    if x.atoms is None:
+        return out
+    if not isinstance(_node_arg(n, 6, "groups"), fx.Node):
+        p.ctx.freeze(x.atoms, f"{n.name}: depthwise {_op_name(n)} with a literal groups={groups} (a narrower "
+                              "input cannot run; compute it as x.shape[1], or give the layer a handler)")
+    for i, what in ((1, "weight"), (2, "bias")):
+        node = _node_arg(n, i, what)
+        pm = p.meta_of(node) if isinstance(node, fx.Node) else None
+        if pm is None or (i == 1 and _expanded_from_one(p, node, 0)):
+            continue
+        if isinstance(pm, TMeta) and pm.attr is not None and pm.attr_axes is None:
+            _attr_follower(p, pm.attr, 0, x.atoms)
+        else:
+            p.ctx.freeze(x.atoms, f"{n.name}: depthwise {_op_name(n)} with a computed {what}")
+    return out
+
+
+def blur_pool(p: PassState, n: fx.Node, mod: nn.Module, args: tuple, kwargs: dict, value: Any) -> Any:
+    """timm's BlurPool2d: pad, then a depthwise conv with a fixed binomial filter. Channels pass through; a
+    filter held per channel (``channels`` given: the buffer ``filt`` is (C, 1, k, k) and ``groups`` = C) is
+    sliced with them (layer kind "blur_pool", role "feat"); a single expanded filter follows any width."""
+    x = p.meta_of(n.args[0])
+    if not isinstance(x, TMeta) or x.cdim != 1 or not isinstance(value, torch.Tensor):
+        return unknown(p, n, args, kwargs, value, " (channels not on dim 1)")
+    atoms = x.atoms
+    if mod.channels is not None and atoms is not None:
+        atoms = p.ctx.module_atoms(str(n.target), "feat", atoms)
+    out = TMeta(tuple(value.shape), 1, atoms)
+    k = tuple(mod.filt.shape[2:])
+    _flop(p, "conv", n, [TMeta(x.shape, 1, atoms)], out, kernel=math.prod(k), gs=1, kernel_size=k, gs_out=1,
+          groups=x.shape[1])
+    return out
+
+
+def _padded_dims(pad: Any, ndim: int) -> list[int]:
+    """Dims a ``F.pad``-style padding (last dim first, two numbers per dim) pads by a non-zero amount."""
+    pad = list(pad) if isinstance(pad, (list, tuple)) else [pad] * 2
+    return [ndim - 1 - i // 2 for i, amount in enumerate(pad) if amount]
+
+
+def _pad_meta(p: PassState, n: fx.Node, args: tuple, kwargs: dict, value: Any, pad: Any) -> Any:
+    m = p.meta_of(n.args[0])
+    if not isinstance(m, TMeta) or not isinstance(value, torch.Tensor):
+        return unknown(p, n, args, kwargs, value)
+    if m.cdim is None:
+        return untracked(value)
+    if m.cdim in _padded_dims(pad, len(m.shape)):  # new channels made of the padding value: not a pass-through
+        return unknown(p, n, args, kwargs, value, " (pads the channel dim)")
+    return TMeta(tuple(value.shape), m.cdim, m.atoms)
+
+
+def pad(p: PassState, n: fx.Node, args: tuple, kwargs: dict, value: Any) -> Any:
+    """``F.pad``: padding spatial dims passes channels through (any mode and value); padding the channel dim
+    adds channels that are not the input's, which is not understood (frozen)."""
+    return _pad_meta(p, n, args, kwargs, value, _arg(n, args, kwargs, 1, "pad"))
+
+
+def pad_layer(p: PassState, n: fx.Node, mod: nn.Module, args: tuple, kwargs: dict, value: Any) -> Any:
+    """``nn.ConstantPad2d``, ``nn.ZeroPad2d``, ``nn.ReflectionPad2d``, ... : as ``F.pad`` with the layer's
+    ``padding`` (a tuple, two numbers per padded dim, last dim first)."""
+    return _pad_meta(p, n, args, kwargs, value, mod.padding)
+
+
 # ---- the tables -----------------------------------------------------------------------
 _ACTIVATIONS = (
     nn.ReLU, nn.ReLU6, nn.SiLU, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.Tanh, nn.GELU, nn.LeakyReLU,
@@ -818,9 +1014,6 @@ MODULE_HANDLERS: dict[Any, ModuleHandler] = {
     nn.Softmax: _module_fn(softmax), nn.LogSoftmax: _module_fn(softmax),
     **{cls: module_passthrough for cls in _ACTIVATIONS},
     nn.PReLU: prelu,
-    nn.ConvTranspose1d: conv_transpose, nn.ConvTranspose2d: conv_transpose, nn.ConvTranspose3d: conv_transpose,
-    nn.PixelShuffle: _module_fn(pixel_shuffle), nn.PixelUnshuffle: _module_fn(pixel_unshuffle),
-    nn.Unflatten: _module_fn(unflatten),
 }
 
 # timm's layers whose forward calls F.batch_norm / F.layer_norm / F.group_norm with their own parameters (keyed
@@ -837,6 +1030,8 @@ TIMM_MODULE_HANDLERS: dict[str, ModuleHandler] = {
     _TIMM + "norm.LayerNorm": per_channel_layer(None, "layer_norm"),
     _TIMM + "norm.GroupNorm": group_norm_layer,
     _TIMM + "norm.GroupNorm1": group_norm_layer,
+    _TIMM + "linear.Linear": linear,  # nn.Linear whose forward calls F.linear with its own weight (AMP casting)
+    _TIMM + "blur_pool.BlurPool2d": blur_pool,
     **{_TIMM + conv_cls: std_conv for conv_cls in (
         "conv2d_same.Conv2dSame", "std_conv.StdConv2d", "std_conv.StdConv2dSame", "std_conv.ScaledStdConv2d",
         "std_conv.ScaledStdConv2dSame")},
@@ -866,6 +1061,10 @@ FUNCTION_HANDLERS: dict[Any, FunctionHandler] = {
     torch.permute: permute,
     torch.transpose: transpose,
     torch.mean: reduction(True),
+    torch.sum: reduction(False),  # fvcore counts no FLOPs for aten::sum
+    torch.stack: stack,
+    F.pad: pad,
+    F.conv1d: functional_conv, F.conv2d: functional_conv, F.conv3d: functional_conv,
     torch.softmax: softmax, F.softmax: softmax, F.log_softmax: softmax,
     torch.unsqueeze: unsqueeze,
     F.adaptive_avg_pool2d: channel1_op("adaptive_avg_pool"),
@@ -887,10 +1086,12 @@ METHOD_HANDLERS: dict[str, FunctionHandler] = {
     "chunk": split, "split": split,
     "unbind": unbind,
     "mean": reduction(True),
+    "sum": reduction(False),
     "softmax": softmax, "log_softmax": softmax,
     "unsqueeze": unsqueeze,
     "expand": expand,
     "unflatten": unflatten,
+    "expand": expand, "expand_as": expand,
 }
 
 
