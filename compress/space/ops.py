@@ -1014,6 +1014,11 @@ MODULE_HANDLERS: dict[Any, ModuleHandler] = {
     nn.Softmax: _module_fn(softmax), nn.LogSoftmax: _module_fn(softmax),
     **{cls: module_passthrough for cls in _ACTIVATIONS},
     nn.PReLU: prelu,
+    nn.ConvTranspose1d: conv_transpose, nn.ConvTranspose2d: conv_transpose, nn.ConvTranspose3d: conv_transpose,
+    nn.PixelShuffle: _module_fn(pixel_shuffle), nn.PixelUnshuffle: _module_fn(pixel_unshuffle),
+    nn.Unflatten: _module_fn(unflatten),
+    **{cls: pad_layer for cls in (getattr(nn, f"{kind}Pad{d}d", None) for kind in (
+        "Constant", "Zero", "Reflection", "Replication", "Circular") for d in (1, 2, 3)) if cls is not None},
 }
 
 # timm's layers whose forward calls F.batch_norm / F.layer_norm / F.group_norm with their own parameters (keyed
@@ -1089,9 +1094,8 @@ METHOD_HANDLERS: dict[str, FunctionHandler] = {
     "sum": reduction(False),
     "softmax": softmax, "log_softmax": softmax,
     "unsqueeze": unsqueeze,
-    "expand": expand,
-    "unflatten": unflatten,
     "expand": expand, "expand_as": expand,
+    "unflatten": unflatten,
 }
 
 
