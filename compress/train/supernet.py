@@ -153,8 +153,9 @@ def read_checkpoint(path: str | os.PathLike, ident: dict) -> dict:
     try:
         state = load_checkpoint(path)
     except Exception as exc:  # torch raises many types for a truncated or foreign file (IndexError, EOFError, ...)
-        raise CorruptFileError(f"The supernet checkpoint {path!r} cannot be read ({type(exc).__name__}: {exc}): it "
-                               f"is truncated or not a checkpoint compress wrote. {redo}") from None
+        first = (str(exc).strip().splitlines() or [""])[0][:120]  # torch's advice (weights_only=False) is not ours
+        raise CorruptFileError(f"The supernet checkpoint {path!r} cannot be read ({type(exc).__name__}: {first}): "
+                               f"it is truncated or not a checkpoint compress wrote. {redo}") from None
     if not isinstance(state, dict) or any(k not in state for k in CHECKPOINT_KEYS):
         got = sorted(state) if isinstance(state, dict) else type(state).__name__
         raise CorruptFileError(f"The supernet checkpoint {path!r} is not a checkpoint train_supernet wrote (entries "
