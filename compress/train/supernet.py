@@ -153,7 +153,7 @@ def read_checkpoint(path: str | os.PathLike, ident: dict) -> dict:
     try:
         state = load_checkpoint(path)
     except Exception as exc:  # torch raises many types for a truncated or foreign file (IndexError, EOFError, ...)
-        first = (str(exc).strip().splitlines() or [""])[0][:120]  # torch's advice (weights_only=False) is not ours
+        first = (str(exc).strip().splitlines() or [""])[0].split(". ")[0][:120]  # not torch's advice (weights_only)
         raise CorruptFileError(f"The supernet checkpoint {path!r} cannot be read ({type(exc).__name__}: {first}): "
                                f"it is truncated or not a checkpoint compress wrote. {redo}") from None
     if not isinstance(state, dict) or any(k not in state for k in CHECKPOINT_KEYS):
