@@ -325,3 +325,16 @@ def test_the_override_runs_the_search_with_a_foreign_predictor_and_says_so(relu_
                             progress=False, log=lambda s: None)
     assert res.predicted_ms <= 0.9 * full_ms
     assert any("check_predictor=False" in n for n in res.notes)
+
+
+def test_a_result_is_not_loaded_into_another_network(tmp_path):
+    """SlimResult.load of the ReLU network's result into its Hardswish twin: same config, same weight shapes."""
+    res = compress.autoslim(tiny(nn.ReLU), flops=4e5, train_loader=batches(), val_loader=batches(1),
+                            settings=compress.AutoSlimSettings(train=SETTINGS), work_dir=tmp_path, progress=False,
+                            log=lambda s: None)
+    again = compress.SlimResult.load(tmp_path, tiny(nn.ReLU), torch.zeros(2, 3, 16, 16))  # another batch size: fine
+    assert again.config == res.config
+    with pytest.raises(compress.ResultFileError, match=r"result\.json' was searched on another network than the "
+                                                       r"model given: op kinds differ \(in the file: ReLU x2; now: "
+                                                       r"Hardswish x2\)"):
+        compress.SlimResult.load(tmp_path, tiny(nn.Hardswish), X)
