@@ -338,3 +338,8 @@ def test_a_result_is_not_loaded_into_another_network(tmp_path):
                                                        r"model given: op kinds differ \(in the file: ReLU x2; now: "
                                                        r"Hardswish x2\)"):
         compress.SlimResult.load(tmp_path, tiny(nn.Hardswish), X)
+
+
+def test_the_divisor_is_a_search_setting_not_part_of_the_network():
+    """A predictor profiled on the divisor-8 space serves a divisor-16 search (benchmarks/bench_dms_cifar.py)."""
+    assert graph_digest(SlimmableNetwork(tiny(), X)) == graph_digest(SlimmableNetwork(tiny(), X, divisor=16))

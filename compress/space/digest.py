@@ -123,8 +123,9 @@ def network_identity(net: Any) -> dict:
 
     Returns:
         ``{"graph": digest of everything below, "ops": digest of the traced graph (op kinds, targets, arguments,
-        module settings and parameter shapes), "channels": digest of the channel groups (names, widths, divisors,
-        frozen reasons, members), "input": the example inputs' shapes, "op_kinds": {op kind: count}}``, JSON-able.
+        module settings and parameter shapes), "channels": digest of the channel groups (names, full widths, members;
+        not the divisor, a search setting), "input": the example inputs' shapes, "op_kinds": {op kind: count}}``,
+        JSON-able.
 
     Raises:
         Nothing of its own (reads what tracing recorded).
@@ -134,7 +135,9 @@ def network_identity(net: Any) -> dict:
         '3f2a9c0d1e4b5a67'
     """
     entries, kinds = _graph_nodes(net.graph_module)
-    groups = [[g.name, g.width, g.divisor, g.min_width, g.frozen_reason, sorted(g.members)] for g in net.space.groups]
+    # the groups' divisors (and what follows from them: minimum widths, grouped convs frozen for misalignment) are
+    # settings of a search, not of the network: a predictor or checkpoint made at divisor 8 fits a divisor-16 search
+    groups = [[g.name, g.width, sorted(g.members)] for g in net.space.groups]
     inputs = [[str(t.dtype), list(t.shape)] for t in net.example_inputs]
     ident = {"ops": _digest(entries), "channels": _digest(groups), "input": inputs,
              "op_kinds": dict(sorted(kinds.items()))}
