@@ -193,9 +193,14 @@ def identity_differences(saved: Mapping | None, now: Mapping) -> str:
     if old != new:
         only_old, only_new = old - new, new - old
 
-        def fmt(c: Counter) -> str:
-            return ", ".join(f"{k} x{v}" for k, v in sorted(c.items())) or "nothing more"
-        parts.append(f"op kinds differ (in the file: {fmt(only_old)}; now: {fmt(only_new)})")
+        def fmt(c: Counter, sign: str = "x") -> str:
+            return ", ".join(f"{k} {sign}{v}" for k, v in sorted(c.items()))
+        if only_old and only_new:
+            parts.append(f"op kinds differ (in the file: {fmt(only_old)}; now: {fmt(only_new)})")
+        elif only_new:
+            parts.append(f"the network now has more ops ({fmt(only_new, '+')})")
+        else:
+            parts.append(f"the network now has fewer ops ({fmt(only_old, '-')})")
     elif saved.get("ops") != now.get("ops"):
         parts.append("the traced graph differs (same op kinds, other connections, targets or layer settings)")
     if saved.get("channels") != now.get("channels"):
