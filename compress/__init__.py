@@ -14,16 +14,17 @@ from compress import moved
 moved.install()
 
 from compress.errors import (BudgetNotMetError, BudgetUnreachableError, CheckpointMismatchError,  # noqa: E402
-                             CompressError, ExportError, ExportMismatchError, FlopsMismatchError, InputShapeError,
-                             InvalidConfigError, InvalidParameterError, MislabelledDataError, NothingToSlimError,
-                             PredictorUnavailableError, ReorderError, ResultFileError, SearchResumeError,
-                             SettingsSchemaError, TraceError, UnsupportedModelError, UnsupportedOpError,
-                             WorkDirBusyError, WriteError)
+                             CompressError, CorruptFileError, ExportError, ExportMismatchError, FlopsMismatchError,
+                             InputShapeError, InvalidConfigError, InvalidParameterError, MislabelledDataError,
+                             NewerSchemaError, NothingToSlimError, PredictorMismatchError, PredictorUnavailableError,
+                             ReorderError, ResultFileError, SearchResumeError, SettingsSchemaError, TraceError,
+                             UnsupportedModelError, UnsupportedOpError, WorkDirBusyError, WorkDirMismatchError, WriteError)
 from compress.cost.flops import FlopReport, count_flops  # noqa: E402
 from compress.result import SlimResult  # noqa: E402
 from compress.settings import AutoSlimSettings, DMSSettings, SearchSettings, TrainSettings  # noqa: E402
 from compress.slim.network import SlimmableNetwork  # noqa: E402
 from compress.slim.reorder import reorder_channels_  # noqa: E402
+from compress.space.digest import graph_digest  # noqa: E402
 from compress.space.groups import ChannelGroup  # noqa: E402
 from compress.space.space import ChannelSpace, Config  # noqa: E402
 from compress.subnet.bn import recalibrate_bn  # noqa: E402
@@ -52,10 +53,11 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "AutoSlimSettings", "BudgetNotMetError", "BudgetUnreachableError", "ChannelGroup", "ChannelSpace",
-    "CheckpointMismatchError", "CompressError", "Config", "DMSSettings", "ExportError", "ExportMismatchError",
-    "ExportReport", "FlopReport", "FlopsMismatchError", "InputShapeError", "InvalidConfigError",
-    "InvalidParameterError", "MislabelledDataError", "NothingToSlimError", "PredictorUnavailableError",
-    "ReorderError", "ResultFileError", "SearchResumeError", "SearchSettings", "SettingsSchemaError", "SlimResult",
-    "SlimmableNetwork", "TraceError", "TrainSettings", "UnsupportedModelError", "UnsupportedOpError", "WorkDirBusyError", "WriteError", "autoslim",
-    "count_flops", "dms", "export_onnx", "extract_subnet", "recalibrate_bn", "reorder_channels_", "train_supernet",
+    "CheckpointMismatchError", "CompressError", "Config", "CorruptFileError", "DMSSettings", "ExportError",
+    "ExportMismatchError", "ExportReport", "FlopReport", "FlopsMismatchError", "InputShapeError",
+    "InvalidConfigError", "InvalidParameterError", "MislabelledDataError", "NewerSchemaError", "NothingToSlimError",
+    "PredictorMismatchError", "PredictorUnavailableError", "ReorderError", "ResultFileError", "SearchResumeError",
+    "SearchSettings", "SettingsSchemaError", "SlimResult", "SlimmableNetwork", "TraceError", "TrainSettings",
+    "UnsupportedModelError", "UnsupportedOpError", "WorkDirBusyError", "WorkDirMismatchError", "WriteError", "autoslim", "count_flops", "dms",
+    "export_onnx", "extract_subnet", "graph_digest", "recalibrate_bn", "reorder_channels_", "train_supernet",
 ]

@@ -79,8 +79,30 @@ class WriteError(CompressError, OSError):
         return str(self.args[0]) if self.args else ""
 
 
+# ---- work directories: files that know what they hold ----------------------------------------------------------
+class WorkDirMismatchError(CompressError, ValueError):
+    """A file in a work directory (its record ``network.json``, the supernet checkpoint, the search path, a latency
+    table or predictor) was written for another network, other starting weights or other settings. The message
+    names the file, what differs and what to do (another work_dir, or delete the file)."""
+
+
+class CorruptFileError(CompressError, ValueError):
+    """A file of a work directory (supernet checkpoint, search path, record) is truncated or not what compress
+    wrote; the message names the file and what to do."""
+
+
+class NewerSchemaError(CompressError, ValueError):
+    """A file was written by a newer version of compress (a higher schema version than this one reads). The file is
+    kept: upgrade compress to read it."""
+
+
+class PredictorMismatchError(CompressError, ValueError):
+    """A latency predictor passed to a search was fitted on another device (fingerprint) or for another network;
+    the message says what differs and how to override the check."""
+
+
 # ---- search, training and deployment (compress.search, compress.train, compress.deploy) ----------------------
-class SearchResumeError(CompressError, ValueError):
+class SearchResumeError(WorkDirMismatchError):
     """A saved search path belongs to another network, objective or target."""
 
 
@@ -92,7 +114,7 @@ class BudgetNotMetError(CompressError, RuntimeError):
     """No subnet on the search path measured under the latency budget."""
 
 
-class CheckpointMismatchError(CompressError, ValueError):
+class CheckpointMismatchError(WorkDirMismatchError):
     """A checkpoint on disk was written with other settings or for another network."""
 
 

@@ -28,6 +28,7 @@ from compress.deploy.timing import timed_ms
 from compress.errors import InvalidConfigError, ResultFileError
 from compress.io import load_checkpoint, save_checkpoint, save_json, weights_digest
 from compress.slim.network import SlimmableNetwork
+from compress.space.digest import identity_differences, network_identity
 from compress.subnet.bn import recalibrate_bn
 from compress.subnet.depth import remove_blocks_
 from compress.subnet.export import ExportReport, export_onnx
@@ -179,6 +180,8 @@ class SlimResult:
         save_checkpoint(state, work / WEIGHTS_FILE)
         doc = {"schema": RESULT_SCHEMA, **self.summary(), "path": self.path,
                "weights": {"file": WEIGHTS_FILE, "digest": weights_digest(self.subnet)}}
+        if self.supernet is not None:  # the network searched: load refuses another one (same groups or not)
+            doc["network"] = network_identity(self.supernet)
         return save_json(doc, work / RESULT_FILE)
 
     @classmethod
@@ -225,6 +228,13 @@ class SlimResult:
             raise ResultFileError(
                 f"The config in {str(rpath)!r} does not fit the given model ({e}). Give load the model (architecture "
                 "and input shape) the search was run on.") from None
+        saved = doc.get("network")
+        if isinstance(saved, dict):  # the graph and channel groups, not the input's batch size
+            ident = network_identity(net)
+            if any(saved.get(k) != ident[k] for k in ("ops", "channels")):
+                raise ResultFileError(
+                    f"{str(rpath)!r} was searched on another network than the model given: "
+                    f"{identity_differences(saved, ident)}. Give load the model the search was run on.")
         remove_blocks_(subnet, set(doc["removed_blocks"]))
         got = set(subnet.state_dict())
         if got != set(state) or any(subnet.state_dict()[k].shape != state[k].shape for k in got & set(state)):

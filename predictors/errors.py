@@ -1,6 +1,6 @@
 """Named errors of the predictors package."""
 
-from compress.errors import CompressError
+from compress.errors import CompressError, NewerSchemaError
 
 
 class CorruptTableError(CompressError, ValueError):
@@ -8,11 +8,23 @@ class CorruptTableError(CompressError, ValueError):
 
 
 class SchemaVersionError(CompressError, ValueError):
-    """A file written with a schema version this code does not read."""
+    """A file written with an older (or no valid) schema version than this code reads; a file of a newer version
+    gets :class:`NewerSchemaVersionError`, a subclass (upgrade to read it)."""
 
 
 class FingerprintMismatchError(CompressError, ValueError):
     """A table or predictor measured on another device used for this one."""
+
+
+class NewerSchemaVersionError(SchemaVersionError, NewerSchemaError):
+    """A table or predictor written by a newer version of compress (a higher schema version): upgrade to read it.
+    Both a SchemaVersionError and a ``compress.errors.NewerSchemaError``; code that remakes files of an older
+    version must not remake (or delete) these."""
+
+
+class NetworkMismatchError(CompressError, ValueError):
+    """A latency table or predictor made for another network than the one given (another traced graph under the
+    same family name)."""
 
 
 class NotFittedError(CompressError, ValueError, AttributeError):

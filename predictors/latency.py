@@ -23,13 +23,14 @@ import numpy as np
 from compress.cost.counts import SpecCounter
 from compress.cost.flops import numel_poly
 from compress.io import save_json
+from compress.space.digest import network_identity
 
-from .errors import CorruptTableError, NotFittedError, ReferenceMismatchError, SchemaVersionError
+from .errors import CorruptTableError, NotFittedError, ReferenceMismatchError
 from .features import FAMILIES, raw_from_kernel
 from .forest import ForestModel
 from .reference import anchor_scales, corrected_ms
 from .roofline import RooflineModel
-from .table import LatencyTable, check_fingerprint
+from .table import LatencyTable, check_fingerprint, check_schema_version
 
 PREDICTOR_KIND = "compress-latency-predictor"
 PREDICTOR_SCHEMA_VERSION = 3  # 3: weights (millions) joined the overhead features
@@ -268,7 +269,8 @@ class LatencyPredictor:
             fingerprint.
         ReferenceMismatchError: ``fit`` on tables timed beside different reference models.
         InvalidConfigError: ``predict_ms`` with a config the network's space refuses.
-        CorruptTableError, SchemaVersionError: ``load`` of a damaged file or another schema version.
+        CorruptTableError, SchemaVersionError: ``load`` of a damaged file or an older schema version.
+        NewerSchemaVersionError: ``load`` of a file written by a newer version of compress (a SchemaVersionError).
         WriteError: ``save`` could not write the file.
 
     Example:
@@ -276,7 +278,7 @@ class LatencyPredictor:
         >>> pred.predict_ms(net, [net.space.uniform_config(0.5)], family="resnet18")
     """
 
-    OPTIONAL_FIELDS = ("reference_ms", "anchors")  # fields of a saved file that older files lack
+    OPTIONAL_FIELDS = ("reference_ms", "anchors", "networks")  # fields of a saved file that older files lack
 
     def __init__(self, n_trees: int = 40, max_depth: int | None = 18, seed: int = 0, residual: bool = False,
                  suite_weight: float = 0.1) -> None:
@@ -330,6 +332,8 @@ class LatencyPredictor:
                     if not single:
                         exact[(fr[0],) + tuple(int(v) for v in fr[1])].append(k["us"] * scale)
         self.fingerprint_ = fp
+        # the networks whose overheads are fitted here: a predictor is refused for another network of that family
+        self.networks_ = {fam: network_identity(net) for fam, net in (nets or {}).items()}
         self.block_ = _channel_block(rows.get("conv", []))
         # exact hits come from kernels measured inside networks only: a single layer timed alone is a cold start
         self.exact_ = {key: float(np.median(v)) for key, v in exact.items()}
@@ -486,7 +490,8 @@ class LatencyPredictor:
             "block": self.block_, "reference_ms": self.reference_ms_, "anchors": self.anchors_,
             "forests": {k: f.to_dict() for k, f in self.forests_.items()},
             "exact": [[list(k), v] for k, v in self.exact_.items()],
-            "overhead": self.overhead_, "global_overhead": self.global_overhead_}, path, indent=None)
+            "overhead": self.overhead_, "global_overhead": self.global_overhead_,
+            "networks": getattr(self, "networks_", {})}, path, indent=None)
 
     @classmethod
     def load(cls, path: str | os.PathLike, fingerprint: dict | None = None) -> "LatencyPredictor":
@@ -495,7 +500,8 @@ class LatencyPredictor:
         Raises:
             CorruptTableError: not a complete predictor file (truncated, another kind, fields missing or of the
                 wrong type).
-            SchemaVersionError: written with another schema version.
+            SchemaVersionError: written with an older (or no valid) schema version: fit it again.
+            NewerSchemaVersionError: written by a newer version of compress (upgrade it to read the file).
             FingerprintMismatchError: ``fingerprint`` differs from the one the predictor was fitted for.
         """
         try:
@@ -505,9 +511,7 @@ class LatencyPredictor:
                                     "it again.") from exc
         if not isinstance(d, dict) or d.get("kind") != PREDICTOR_KIND:
             raise CorruptTableError(f"{str(path)!r} is not a latency predictor file.")
-        if d.get("schema_version") != PREDICTOR_SCHEMA_VERSION:
-            raise SchemaVersionError(f"{str(path)!r} has predictor schema version {d.get('schema_version')!r}; "
-                                     f"this version reads {PREDICTOR_SCHEMA_VERSION}. Fit it again.")
+        check_schema_version(path, d.get("schema_version"), PREDICTOR_SCHEMA_VERSION, "predictor", "Fit it again")
         for key, (types, what) in PREDICTOR_FIELDS.items():
             if key not in d and key in cls.OPTIONAL_FIELDS:
                 continue
@@ -523,11 +527,15 @@ class LatencyPredictor:
             p.block_ = int(d["block"])
             p.reference_ms_ = d.get("reference_ms")
             p.anchors_ = dict(d.get("anchors", {}))
-            p.forests_ = {k: ForestModel.from_dict(v) for k, v in d["forests"].items()}
+            # a split may only read features the family has: a forest is walked on rows of exactly that many
+            p.forests_ = {k: ForestModel.from_dict(v, n_features=n_features(k)) for k, v in d["forests"].items()}
             p.roofline_ = RooflineModel.from_dict(d["roofline"]) if d["roofline"] is not None else None
             p.exact_ = {tuple(k): float(v) for k, v in d["exact"]}
             p.overhead_ = {k: [float(c) for c in v] for k, v in d["overhead"].items()}
             p.global_overhead_ = [float(c) for c in d["global_overhead"]]
+            p.networks_ = {str(k): dict(v) for k, v in d.get("networks", {}).items()}
+            if any(not isinstance(v.get("graph"), str) for v in p.networks_.values()):
+                raise ValueError("every network identity must have a 'graph' digest (a string)")
             n_coef = 5  # _overhead_features' columns
             if any(len(c) != n_coef for c in [p.global_overhead_, *p.overhead_.values()]):
                 raise ValueError(f"overhead coefficients must be {n_coef} numbers each")
@@ -550,7 +558,25 @@ PREDICTOR_FIELDS: dict[str, tuple[tuple[type, ...], str]] = {
     "exact": ((list,), "a list of [kernel, us] pairs"),
     "overhead": ((dict,), "an object (family -> coefficients)"),
     "global_overhead": ((list,), "a list of coefficients"),
+    "networks": ((dict,), "an object (family -> network identity)"),
 }
+
+
+def n_features(family: str) -> int:
+    """Number of regressor features of a kernel family (the columns ``FAMILIES[family][1]`` makes).
+
+    Args:
+        family: a key of ``predictors.features.FAMILIES`` ("conv", "gemm").
+
+    Returns:
+        The feature count.
+
+    Raises:
+        KeyError: an unknown family (a damaged file: ``load`` reports it as CorruptTableError).
+    """
+    raw_names, rows = FAMILIES[family]
+    return int(rows(np.ones((1, len(raw_names)))).shape[1])
+
 
 
 # onnxruntime kernels that stream over their tensor once (their time is about proportional to its elements)

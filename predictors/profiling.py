@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import os
 import tempfile
+import warnings
 from collections import defaultdict
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
 
+from compress.space.digest import identity_differences, network_identity
 from compress.subnet.export import export_onnx
 from compress.subnet.extract import extract_subnet
 from devices import profile_device as pd
 from devices.board import write_bundle
 
+from .errors import NetworkMismatchError
 from .reference import export_reference, reference_input
 from .table import LatencyTable
 
@@ -75,12 +78,20 @@ def profile_configs(net, configs: Sequence[Mapping[str, int]], family: str, out:
             (``devices.profile_device``).
         CorruptTableError, SchemaVersionError: ``out`` exists but is not a readable table of this version.
         FingerprintMismatchError: ``out`` was profiled on another device or with other settings.
+        NetworkMismatchError: ``out`` holds records of ``family`` measured on another network.
+        NewerSchemaVersionError: ``out`` was written by a newer version of compress.
         WriteError: the table could not be written.
     """
     existing = LatencyTable.load(out) if Path(out).exists() else None
+    ident = network_identity(net)
+    if existing is not None:
+        check_table_network(existing, family, ident, out)
     done = {r["model"]: r.get("meta", {}).get("config") for r in existing.records} if existing else {}
     todo = [(i, dict(c)) for i, c in enumerate(configs, start) if done.get(f"{family}/{i:04d}") != dict(c)]
     if not todo:
+        if existing.meta.get("networks", {}).get(family) != ident:  # an older table: record whose it is
+            existing.meta["networks"] = {**existing.meta.get("networks", {}), family: ident}
+            existing.save(out)
         return existing
     shapes = {"input": list(net.example_inputs[0].shape)}
     with tempfile.TemporaryDirectory() as tmp:
@@ -97,9 +108,46 @@ def profile_configs(net, configs: Sequence[Mapping[str, int]], family: str, out:
         annotate_fused_activations(new.records, paths)
     if existing is not None:
         new = existing.merge(new)
+    new.meta["networks"] = {**new.meta.get("networks", {}), family: ident}
     new.save(out)
     part.unlink()
     return new
+
+
+def table_network(table: LatencyTable, family: str) -> dict | None:
+    """The network identity a table recorded for ``family`` (``compress.space.digest.network_identity``), or None
+    (a table of an older version, a board's table, or no records of that family)."""
+    ident = table.meta.get("networks", {}).get(family) if isinstance(table.meta.get("networks"), dict) else None
+    return ident if isinstance(ident, dict) else None
+
+
+def check_table_network(table: LatencyTable, family: str, ident: dict, path: str | os.PathLike) -> None:
+    """Refuse to add records of a network to a table whose records of ``family`` were measured on another one.
+
+    Args:
+        table: the table read from ``path``.
+        family: the family name the records carry.
+        ident: ``network_identity`` of the network about to be profiled.
+        path: the table's file (named in the message).
+
+    Returns:
+        None; a table with records of ``family`` but no recorded network (an older version) is accepted with a
+        warning (it cannot be checked) and records this network from its next save on.
+
+    Raises:
+        NetworkMismatchError: the table recorded another network for ``family`` (says what differs).
+    """
+    saved = table_network(table, family)
+    if saved is not None and saved.get("graph") != ident["graph"]:
+        raise NetworkMismatchError(
+            f"The latency table {str(path)!r} holds measurements of another network under the family name "
+            f"{family!r}: {identity_differences(saved, ident)}. Profile into another file (another family name or "
+            "work_dir), or delete it to profile this network.")
+    if saved is None and any(r.get("meta", {}).get("family") == family for r in table.records):
+        warnings.warn(f"The latency table {str(path)!r} has records of family {family!r} but no record of the "
+                      "network they were measured on (written by an older version of compress): it cannot be "
+                      "checked against this network and is taken as this network's. Delete it if it is not.",
+                      stacklevel=3)
 
 
 def annotate_fused_activations(records: Sequence[dict], onnx_paths: Mapping[str, str | os.PathLike]) -> None:
@@ -169,7 +217,8 @@ def profile_family(net, family: str, out: str | os.PathLike, n_initial: int = 40
 
     Raises:
         InvalidConfigError, ExportError, ExportMismatchError, ValueError, ProfileInputError, CorruptTableError,
-            SchemaVersionError, FingerprintMismatchError, WriteError: as :func:`profile_configs`.
+            SchemaVersionError, FingerprintMismatchError, NetworkMismatchError, NewerSchemaVersionError, WriteError: as
+            :func:`profile_configs`.
     """
     from .latency import LatencyPredictor
 

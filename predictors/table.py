@@ -12,11 +12,12 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from compress.io import save_json
 from devices import profile_device as pd
 
-from .errors import CorruptTableError, FingerprintMismatchError, SchemaVersionError
+from .errors import CorruptTableError, FingerprintMismatchError, NewerSchemaVersionError, SchemaVersionError
 
 # Fields of the fingerprint that must agree for two measurements to be comparable.
 FINGERPRINT_KEYS = ("cpu", "machine", "cores", "runtime", "runtime_version", "opt_level", "threads")
@@ -29,6 +30,34 @@ def check_fingerprint(expected: dict, got: dict, what: str) -> None:
         raise FingerprintMismatchError(
             f"{what} was measured on another device or setting ({detail}). Profile this device, or use the "
             "table that was measured on it.")
+
+
+def check_schema_version(path: str | os.PathLike, version: Any, reads: int, what: str, redo: str) -> None:
+    """Refuse a file of a schema version other than ``reads``: a newer one asks for an upgrade (the file is kept),
+    an older one says how to remake it.
+
+    Args:
+        path: the file (named in the message).
+        version: the file's "schema_version".
+        reads: the version this code reads.
+        what: "predictor" or "table".
+        redo: what to do with an older file ("Fit it again", "Profile again").
+
+    Returns:
+        None.
+
+    Raises:
+        NewerSchemaVersionError: ``version`` is an int above ``reads`` (a SchemaVersionError too).
+        SchemaVersionError: any other version.
+    """
+    if version == reads and not isinstance(version, bool):
+        return
+    if isinstance(version, int) and not isinstance(version, bool) and version > reads:
+        raise NewerSchemaVersionError(f"{str(path)!r} was written by a newer version of compress ({what} schema "
+                                      f"version {version}; this version reads {reads}). Upgrade compress to read it; "
+                                      "the file is kept.")
+    raise SchemaVersionError(f"{str(path)!r} has {what} schema version {version!r}; this version reads {reads}. "
+                             f"{redo}.")
 
 
 @dataclass
@@ -47,7 +76,8 @@ class LatencyTable:
 
     Raises:
         Nothing in the constructor (the fields are taken as given). ``load`` raises CorruptTableError (not a
-        complete table) and SchemaVersionError (another schema version); ``merge`` and ``check_device`` raise
+        complete table), SchemaVersionError (an older or unknown schema version) and NewerSchemaVersionError (written
+        by a newer compress: upgrade); ``merge`` and ``check_device`` raise
         FingerprintMismatchError for another device; ``save`` raises WriteError.
 
     Example:
@@ -69,9 +99,7 @@ class LatencyTable:
                                     "been truncated. Profile again or restore the file.") from exc
         if not isinstance(data, dict) or data.get("kind") != pd.TABLE_KIND:
             raise CorruptTableError(f"{str(path)!r} is not a latency table (kind {data.get('kind') if isinstance(data, dict) else None!r}).")
-        if data.get("schema_version") != pd.TABLE_SCHEMA_VERSION:
-            raise SchemaVersionError(f"{str(path)!r} has table schema version {data.get('schema_version')!r}; "
-                                     f"this version reads {pd.TABLE_SCHEMA_VERSION}. Profile again.")
+        check_schema_version(path, data.get("schema_version"), pd.TABLE_SCHEMA_VERSION, "table", "Profile again")
         try:
             table = cls(dict(data["fingerprint"]), list(data["records"]), dict(data.get("bundle_meta", {})))
             for r in table.records:

@@ -142,5 +142,6 @@ def test_a_path_searched_on_other_weights_is_not_resumed(tmp_path):
     target = 0.6 * cost([net.space.max_config()])[0]
     f = tmp_path / "path.json"
     greedy_slim(net, KnownScore(net), cost, target, path_file=f, identity={"weights": before}, progress=False)
-    with pytest.raises(SearchResumeError, match="its weights"):
+    with pytest.raises(SearchResumeError, match=rf"what differs: the supernet's weights \(digest\): '{before}' in "
+                                                rf"the file, '{after}' now\. Delete it"):
         greedy_slim(net, KnownScore(net), cost, target, path_file=f, identity={"weights": after}, progress=False)

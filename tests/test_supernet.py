@@ -96,10 +96,11 @@ def test_interrupted_training_resumes_to_identical_weights(small_data, tmp_path,
         train_supernet(net, _StopAfter(TensorLoader(small_data, 50, train=True), 5), settings, checkpoint=ck,
                        progress=False)
     assert ck.exists() and not list(tmp_path.glob(".*tmp"))
-    resumed = _net(seed=123)  # different init: everything must come from the checkpoint
-    hist = train_supernet(resumed, TensorLoader(small_data, 50, train=True), settings, checkpoint=ck,
-                          progress=False)
+    resumed = _net()  # built as before (another init is refused: tests/test_work_dir_identity.py)
+    counted = _StopAfter(TensorLoader(small_data, 50, train=True), 10**6)
+    hist = train_supernet(resumed, counted, settings, checkpoint=ck, progress=False)
     assert hist["steps"] == 8
+    assert counted.count == 4  # resumed at the end of epoch 0 (saved at the epoch's end): only epoch 1 is run
     for (k, a), b in zip(ref.state_dict().items(), resumed.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=k)
 
@@ -108,7 +109,8 @@ def test_checkpoint_from_other_settings_is_refused(small_data, tmp_path):
     ck = tmp_path / "ck.pt"
     train_supernet(_net(), TensorLoader(small_data, 100, train=True), TrainSettings(epochs=1), checkpoint=ck,
                    progress=False)
-    with pytest.raises(CheckpointMismatchError, match="Delete it or use another work directory"):
+    with pytest.raises(CheckpointMismatchError, match=r"ck\.pt' does not fit this run: the training settings "
+                                                      r"differ \(epochs: 1 in the file, 2 now\)\. Delete"):
         train_supernet(_net(), TensorLoader(small_data, 100, train=True), TrainSettings(epochs=2), checkpoint=ck,
                        progress=False)
 

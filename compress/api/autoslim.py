@@ -18,13 +18,14 @@ from compress.io import weights_digest, locks_work_dir
 from compress.deploy.closed_loop import closed_loop
 from compress.train.evaluate import CalibratedScorer, take_batches
 from compress.subnet.extract import extract_subnet
-from compress.search.greedy import first_within, greedy_slim
-from compress.search.objectives import FlopsCost, LatencyCost, fit_latency_predictor
+from compress.search.greedy import check_path_file, first_within, greedy_slim
+from compress.search.objectives import FlopsCost, LatencyCost, fit_latency_predictor, verify_predictor
+from compress.space.digest import graph_digest
 from compress.search.prepare import BudgetUnreachableError, full_model_result, prepare
 from compress.slim.reorder import reorder_channels_
 from compress.result import MeasurementRecord, SlimResult, finish, measurement_record, path_point
 from compress.settings import AutoSlimSettings
-from compress.train.supernet import train_supernet
+from compress.train.supernet import check_checkpoint, train_supernet
 from compress.deploy.timing import ReferenceTimer
 
 
@@ -33,7 +34,7 @@ def autoslim(model: nn.Module, *, latency_ms: float | None = None, flops: float 
              device: Any = "cpu", train_loader: Iterable, val_loader: Iterable,
              settings: AutoSlimSettings | None = None, predictor: Any = None, work_dir: str | Path | None = None,
              train: bool = True, progress: bool = True, log: Callable[[str], None] = print,
-             timer: ReferenceTimer | None = None) -> SlimResult:
+             timer: ReferenceTimer | None = None, check_predictor: bool = True) -> SlimResult:
     """Find the most accurate slimmed network of ``model`` under a latency (or FLOPs) budget.
 
     Follows AutoSlim (Yu & Huang 2019, "AutoSlim: Towards One-Shot Architecture Search for Channel Numbers"): a
@@ -51,14 +52,19 @@ def autoslim(model: nn.Module, *, latency_ms: float | None = None, flops: float 
         train_loader, val_loader: (images, labels) batches, images N x C x H x W, labels N class indices (int64);
             val_loader scores candidates and the result.
         settings: training, search and closed-loop settings (JSON-round-tripping).
-        predictor: a fitted ``predictors.LatencyPredictor`` for the device (otherwise profiled here).
+        predictor: a fitted ``predictors.LatencyPredictor`` for the device (otherwise profiled here). It is checked
+            against the device's fingerprint and the network (see ``check_predictor``).
         work_dir: checkpoints, latency table, search path and result are kept here; rerunning resumes. None: a
-            new temporary folder.
+            new temporary folder. Its files record the network (and the supernet checkpoint the starting weights)
+            they were made for: a work_dir of another network is refused, never reused.
         train: train the slimmable supernet first (False: ``model`` is a trained supernet already).
         progress: show progress bars.
         log: called with each line of progress text.
         timer: a ``compress.timing.ReferenceTimer`` of the full model to share between searches (optionally with
             its reference latency pinned); by default one is made and the full model measured here.
+        check_predictor: refuse a ``predictor`` fitted on another device (fingerprint: CPU, cores, runtime,
+            threads, ...) or for another network with PredictorMismatchError. False: use it anyway (e.g. a
+            predictor of a sibling CPU you trust); the result's notes say it was not checked.
 
     Returns:
         A SlimResult: subnet, config, FLOPs, predicted and measured latency (ms), top-1 (%), path;
@@ -73,8 +79,14 @@ def autoslim(model: nn.Module, *, latency_ms: float | None = None, flops: float 
         NothingToSlimError: the model has no slimmable channel group.
         BudgetUnreachableError: the budget is below the smallest subnet.
         PredictorUnavailableError: a latency budget on a device that cannot be profiled here and no ``predictor``.
-        CheckpointMismatchError: the supernet checkpoint in ``work_dir`` belongs to other settings or another network.
-        SearchResumeError: the search path in ``work_dir`` was written for another network, weights or settings.
+        PredictorMismatchError: ``predictor`` was fitted on another device or for another network (and
+            ``check_predictor`` is True).
+        WorkDirMismatchError: ``work_dir`` (its ``network.json``, latency table or predictor) holds the files of
+            another network; CheckpointMismatchError / SearchResumeError (both WorkDirMismatchErrors): the supernet
+            checkpoint / search path there belongs to another network, starting weights or settings. Checked
+            before anything is trained.
+        CorruptFileError: supernet.pt or path.json in ``work_dir`` is truncated or foreign (checked before training).
+        NewerSchemaError: a file in ``work_dir`` was written by a newer version of compress (kept).
         BudgetNotMetError: no subnet on the path measured under the latency budget.
     """
     settings = settings or AutoSlimSettings()
@@ -87,6 +99,20 @@ def autoslim(model: nn.Module, *, latency_ms: float | None = None, flops: float 
     latency_ms = budget if prep.latency else None
     space = net.space
     full_cfg = space.max_config()
+
+    # ---- what work_dir holds, checked before anything is profiled or trained -----------------------------------
+    notes: list[str] = []
+    if latency_ms is not None and predictor is not None:
+        if check_predictor:
+            verify_predictor(predictor, net, device, "model")
+        else:
+            notes.append("predictor= was not checked against the device and the network (check_predictor=False)")
+    if train:
+        if settings.pretrained:
+            reorder_channels_(net, "bn")
+        check_checkpoint(net, train_loader, settings.train, work / "supernet.pt")
+    digest = graph_digest(net)
+    check_path_file(work / "path.json", {"graph": digest})
 
     # ---- cost model ---------------------------------------------------------------------------------------------
     if latency_ms is not None:
@@ -109,8 +135,6 @@ def autoslim(model: nn.Module, *, latency_ms: float | None = None, flops: float 
     # ---- supernet ---------------------------------------------------------------------------------------------
     seconds: dict[str, float] = {}
     if train:
-        if settings.pretrained:
-            reorder_channels_(net, "bn")
         t0 = time.perf_counter()
         train_supernet(net, train_loader, settings.train, checkpoint=work / "supernet.pt", progress=progress)
         seconds["supernet"] = time.perf_counter() - t0
@@ -120,10 +144,10 @@ def autoslim(model: nn.Module, *, latency_ms: float | None = None, flops: float 
     scorer = CalibratedScorer(net, calib, held)
 
     # ---- search and closed loop -------------------------------------------------------------------------------
-    notes: list[str] = []
     measurements: list[MeasurementRecord] = []
     # the weights are part of what was searched: a path scored on another supernet must not be resumed
-    ident = {"objective": cost.name, "groups": {g.name: g.width for g in space.free}, "weights": weights_digest(net)}
+    ident = {"objective": cost.name, "groups": {g.name: g.width for g in space.free}, "weights": weights_digest(net),
+             "graph": digest}
     search_target = budget
     if latency_ms is not None and measurable:  # the predictor may run low: search deep enough for the device
         worst = max(full["measured_ms"] / full_cost, floor_ms / floor_cost, 1.0)

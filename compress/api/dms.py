@@ -24,7 +24,7 @@ from compress.deploy.timing import ReferenceTimer, timed_ms
 from compress.errors import InvalidParameterError, check_parameter
 from compress.train.evaluate import take_batches
 from compress.cost.flops import count_flops
-from compress.search.objectives import LatencyCost, fit_latency_predictor
+from compress.search.objectives import LatencyCost, fit_latency_predictor, verify_predictor
 from compress.search.prepare import prepare
 from compress.io import locks_work_dir
 from compress.result import MeasurementRecord, SlimResult, finish, measurement_record, path_point
@@ -69,7 +69,8 @@ def settings_with_deprecated(settings: DMSSettings | None, loose: dict[str, Any]
     if unknown:
         raise InvalidParameterError(
             f"dms() got unexpected keyword argument(s) {unknown}. It takes model, latency_ms / flops, device, "
-            "train_loader, val_loader, settings, predictor, work_dir, progress, log and timer; everything else is "
+            "train_loader, val_loader, settings, predictor, work_dir, progress, log, timer and check_predictor; "
+            "everything else is "
             f"a field of DMSSettings ({', '.join(f.name for f in dataclasses.fields(DMSSettings))}).")
     if not loose:
         return settings
@@ -84,7 +85,7 @@ def settings_with_deprecated(settings: DMSSettings | None, loose: dict[str, Any]
 def dms(model: nn.Module, *, latency_ms: float | None = None, flops: float | None = None, device: Any = "cpu",
         train_loader: Iterable, val_loader: Iterable, settings: DMSSettings | None = None, predictor: Any = None,
         work_dir: str | Path | None = None, progress: bool = True, log: Callable[[str], None] = print,
-        timer: ReferenceTimer | None = None, **deprecated: Any) -> SlimResult:
+        timer: ReferenceTimer | None = None, check_predictor: bool = True, **deprecated: Any) -> SlimResult:
     """Search widths and depths by gradient descent under a latency (or FLOPs) budget.
 
     Follows DMS (Liu et al., "Differentiable Model Scaling using Differentiable Topk", ICML 2024): every channel
@@ -113,6 +114,8 @@ def dms(model: nn.Module, *, latency_ms: float | None = None, flops: float | Non
         log: called with each line of progress text.
         timer: a ``compress.deploy.timing.ReferenceTimer`` of the full model to share between searches (see
             autoslim).
+        check_predictor: refuse a ``predictor`` fitted on another device or for another network with
+            PredictorMismatchError (see autoslim); False: use it anyway (noted in the result).
         **deprecated: the loose arguments dms took before (pipeline, train_epochs, threads, divisor,
             max_measurements, min_use): mapped into ``settings`` with a DeprecationWarning (min_use is
             min_budget_use).
@@ -131,6 +134,9 @@ def dms(model: nn.Module, *, latency_ms: float | None = None, flops: float | Non
         NothingToSlimError: the model has no slimmable channel group.
         BudgetUnreachableError: the budget is below the smallest subnet.
         PredictorUnavailableError: a latency budget on a device that cannot be profiled here and no ``predictor``.
+        PredictorMismatchError: ``predictor`` was fitted on another device or for another network.
+        WorkDirMismatchError: ``work_dir`` holds the files (record, latency table or predictor) of another network.
+        NewerSchemaError: a file in ``work_dir`` was written by a newer version of compress (kept).
         BudgetNotMetError: no scaling of the searched shape measured under the budget.
     """
     settings = settings_with_deprecated(settings, deprecated)
@@ -141,6 +147,11 @@ def dms(model: nn.Module, *, latency_ms: float | None = None, flops: float | Non
         return prep.full_result
     net, x1, device, budget = prep.net, prep.x1, prep.device, prep.budget
     notes: list[str] = []
+    if prep.latency and predictor is not None:
+        if check_predictor:
+            verify_predictor(predictor, net, device, "model")
+        else:
+            notes.append("predictor= was not checked against the device and the network (check_predictor=False)")
     dmsnet = DMSNetwork(net, settings.min_ratio, settings.depth)
     if settings.depth and not dmsnet.stages:
         notes.append("no residual stage of x + f(x) blocks found: depth search skipped, widths searched")

@@ -19,7 +19,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 from compress.io import save_json
-from compress.errors import SearchResumeError
+from compress.errors import CorruptFileError, SearchResumeError
 from compress.settings import SearchSettings
 
 CostFn = Callable[[Sequence[Mapping[str, int]]], np.ndarray]
@@ -85,6 +85,91 @@ def cheapest_useful_cuts(space, config: Mapping[str, int], cur_cost: float, cost
     return out
 
 
+# What each entry of a search identity means, for the message when a saved path does not fit.
+# Entries a path written by an older version may lack (its weights' digest already ties it to one trained network).
+IDENTITY_OPTIONAL = ("graph",)
+IDENTITY_WORDS = {"graph": "the network (digest of its traced graph)", "weights": "the supernet's weights (digest)",
+                  "objective": "the objective", "groups": "the channel groups"}
+
+
+def read_path_file(path_file: str | os.PathLike) -> dict:
+    """Read a search path saved by :func:`greedy_slim`, checked for its shape (not for what it was searched on).
+
+    Args:
+        path_file: the JSON file.
+
+    Returns:
+        The saved document: "identity", "settings", "target" and "path" (a list of points with "config" and "cost").
+
+    Raises:
+        CorruptFileError: the file is not complete JSON, or not a search path (names the file and what to do).
+    """
+    redo = f"Delete {str(path_file)!r} to search again from the start (the supernet is kept), or restore it."
+    try:
+        saved = json.loads(Path(path_file).read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CorruptFileError(f"The search path {str(path_file)!r} is not complete JSON ({exc}): it was truncated "
+                               f"or written by something else. {redo}") from None
+    ok = isinstance(saved, dict) and isinstance(saved.get("identity"), dict) and isinstance(saved.get("path"), list)
+    if ok:
+        ok = all(isinstance(p, dict) and isinstance(p.get("config"), dict) and isinstance(p.get("cost"), (int, float))
+                 and isinstance(p.get("seconds", 0.0), (int, float)) for p in saved["path"])
+    if not ok:
+        raise CorruptFileError(f"The search path {str(path_file)!r} is not a search path greedy_slim wrote (it needs "
+                               f"'identity' and a 'path' of points with 'config' and 'cost'). {redo}")
+    return saved
+
+
+def path_mismatch(saved: dict, ident: dict) -> str:
+    """What differs between a saved search path's identity and ``ident`` (``{"identity": ..., "settings": ...}``),
+    in words; empty when they agree.
+
+    Args:
+        saved: the document :func:`read_path_file` returned.
+        ident: the identity of the search about to run.
+
+    Returns:
+        A phrase naming each differing entry, or "".
+
+    Raises:
+        Nothing.
+    """
+    old, new = saved.get("identity") or {}, ident.get("identity") or {}
+    why = [f"{IDENTITY_WORDS.get(k, k)}: {old.get(k)!r:.80} in the file, {new.get(k)!r:.80} now"
+           for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)
+           and not (k in IDENTITY_OPTIONAL and k not in old)]
+    if saved.get("settings") != ident.get("settings"):
+        so, sn = saved.get("settings") or {}, ident.get("settings") or {}
+        keys = sorted(k for k in set(so) | set(sn) if so.get(k) != sn.get(k))
+        why.append(f"the search settings ({', '.join(keys)})")
+    return "; ".join(why)
+
+
+def check_path_file(path_file: str | os.PathLike, known: Mapping) -> None:
+    """Before a supernet is trained: a saved search path is readable, and the identity entries known already (e.g.
+    ``{"graph": graph_digest(net)}``) are the saved ones. A missing file is fine.
+
+    Args:
+        path_file: the search path's JSON file.
+        known: identity entries to compare (entries the file lacks are not compared).
+
+    Returns:
+        None.
+
+    Raises:
+        CorruptFileError: the file is not a readable search path.
+        SearchResumeError: a known entry differs (names it, both values and what to do).
+    """
+    if not Path(path_file).exists():
+        return
+    old = read_path_file(path_file)["identity"]
+    why = [f"{IDENTITY_WORDS.get(k, k)}: {old[k]!r:.80} in the file, {v!r:.80} now" for k, v in known.items()
+           if k in old and old[k] != v]
+    if why:
+        raise SearchResumeError(f"The search path {str(path_file)!r} was written for another search; what differs: "
+                                f"{'; '.join(why)}. Delete it to search again, or pass another work_dir.")
+
+
 def greedy_slim(net, score: ScoreFn, cost: CostFn, target: float, settings: SearchSettings | None = None,
                 path_file: str | os.PathLike | None = None, identity: dict | None = None,
                 progress: bool = True) -> list[dict]:
@@ -101,6 +186,11 @@ def greedy_slim(net, score: ScoreFn, cost: CostFn, target: float, settings: Sear
 
     Returns:
         The path: dicts with step, config, cost, flops, top1, loss, seconds.
+
+    Raises:
+        CorruptFileError: ``path_file`` exists but is not a readable search path.
+        SearchResumeError: ``path_file`` was written for another network, weights, objective or settings (the
+            message says which).
     """
     settings = settings or SearchSettings()
     space = net.space
@@ -110,11 +200,12 @@ def greedy_slim(net, score: ScoreFn, cost: CostFn, target: float, settings: Sear
     ident = {"identity": identity or {}, "settings": settings.to_dict()}
     path: list[dict] = []
     if path_file is not None and Path(path_file).exists():
-        saved = json.loads(Path(path_file).read_text())
-        if {k: saved.get(k) for k in ident} != ident:
+        saved = read_path_file(path_file)
+        why = path_mismatch(saved, ident)
+        if why:
             raise SearchResumeError(
-                f"The search path {str(path_file)!r} was written for another network, its weights, objective or "
-                "settings. Delete it or use another work directory.")
+                f"The search path {str(path_file)!r} was written for another search; what differs: {why}. Delete "
+                "it to search again (the supernet is kept), or pass another work_dir.")
         path = saved["path"]
         stop = next((i for i, p in enumerate(path) if p["cost"] <= settings.overshoot * target), None)
         if stop is not None:

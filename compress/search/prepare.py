@@ -21,6 +21,7 @@ from compress.train.evaluate import take_batches
 from compress.subnet.extract import extract_subnet
 from compress.result import SlimResult, finish, path_point
 from compress.slim.network import SlimmableNetwork
+from compress.search.work_record import check_work_dir
 from compress.deploy.timing import ReferenceTimer, can_measure
 
 
@@ -125,6 +126,8 @@ def prepare(name: str, model: nn.Module, latency_ms: float | None, flops: float 
                       f"and the search has little to choose from. Most frequent frozen reasons: {top}. Register a "
                       f"handler for the layers named (compress.space.register_module) or report the model.",
                       stacklevel=3)
+
+    check_work_dir(work, net, name)  # a work_dir of another network is refused before anything is measured
 
     # ---- budget checks (measured first: no predictor needed to refuse an impossible budget) ---------------------
     space = net.space

@@ -5,8 +5,10 @@ freezes channel atoms, ``atoms``) -> ``groups`` (union-find classes -> named cha
 (configs over the groups).
 """
 
+from compress.space.digest import graph_digest, network_identity
 from compress.space.groups import ChannelGroup
 from compress.space.ops import register_function, register_method, register_module
 from compress.space.space import ChannelSpace, Config
 
-__all__ = ["ChannelGroup", "ChannelSpace", "Config", "register_function", "register_method", "register_module"]
+__all__ = ["ChannelGroup", "ChannelSpace", "Config", "graph_digest", "network_identity", "register_function",
+           "register_method", "register_module"]

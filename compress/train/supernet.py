@@ -17,6 +17,7 @@ import os
 import signal
 import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Iterable
 
@@ -25,11 +26,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from compress.io import load_checkpoint, save_checkpoint
-from compress.errors import CheckpointMismatchError, InvalidParameterError
+from compress.io import load_checkpoint, save_checkpoint, weights_digest
+from compress.errors import CheckpointMismatchError, CorruptFileError, InvalidParameterError, NewerSchemaError
+from compress.space.digest import identity_differences, network_identity
 from compress.train.losses import adaptive_alpha_divergence, kl_distill
 from compress.train.schedule import cosine_lambda, set_loader_epoch
 from compress.settings import TrainSettings
+
+CHECKPOINT_SCHEMA = 2  # 2: the network's identity (traced graph) and the digest of the starting weights
+CHECKPOINT_KEYS = ("identity", "model", "optimizer", "scheduler", "history", "step")
 
 
 @contextlib.contextmanager
@@ -84,6 +89,124 @@ def _identity(net) -> dict:
     return {"groups": {g.name: g.width for g in net.space.free}, "params": sum(p.numel() for p in net.parameters())}
 
 
+def supernet_identity(net, settings: TrainSettings, steps_per_epoch: int) -> dict:
+    """What a supernet checkpoint must match to be resumed: the training settings, the loader's length, the
+    network (its traced graph: :func:`compress.space.digest.network_identity`) and the weights training starts from.
+
+    Args:
+        net: the slimmable network, with the weights training starts from (call before training).
+        settings: the training settings.
+        steps_per_epoch: the training loader's length.
+
+    Returns:
+        A JSON-able dict ("settings", "net", "steps_per_epoch", "network", "start_weights").
+
+    Raises:
+        Nothing of its own.
+    """
+    return {"settings": settings.to_dict(), "net": _identity(net), "steps_per_epoch": steps_per_epoch,
+            "network": network_identity(net), "start_weights": weights_digest(net)}
+
+
+def _identity_mismatch(saved: dict, now: dict) -> str:
+    """Why a checkpoint's identity is not ``now``'s, in words (empty when they agree)."""
+    why = []
+    if saved.get("network", {}).get("graph") != now["network"]["graph"] or saved.get("net") != now["net"]:
+        why.append(f"it was trained for another network: {identity_differences(saved.get('network'), now['network'])}")
+    elif saved.get("start_weights") != now["start_weights"]:
+        why.append(f"training started from other weights (digest {saved.get('start_weights')} in the file, "
+                   f"{now['start_weights']} now): the model was initialised with another seed or loaded with other "
+                   "pretrained weights. Build it as before (e.g. torch.manual_seed before building it) to resume")
+    old_settings, new_settings = saved.get("settings") or {}, now["settings"]
+    if old_settings != new_settings:
+        keys = sorted(k for k in set(old_settings) | set(new_settings) if old_settings.get(k) != new_settings.get(k))
+        changes = ", ".join(f"{k}: {old_settings.get(k)!r} in the file, {new_settings.get(k)!r} now" for k in keys)
+        why.append(f"the training settings differ ({changes})")
+    if saved.get("steps_per_epoch") != now["steps_per_epoch"]:
+        why.append(f"the training loader has another length ({saved.get('steps_per_epoch')} batches per epoch in "
+                   f"the file, {now['steps_per_epoch']} now)")
+    return "; ".join(why)
+
+
+def read_checkpoint(path: str | os.PathLike, ident: dict) -> dict:
+    """Read a supernet checkpoint written by :func:`train_supernet` and check that it was written for ``ident``.
+
+    A checkpoint of an older schema (no network identity) is accepted, with a warning, when everything it recorded
+    matches (it is rewritten with the identity at the next save); a newer one is refused and kept.
+
+    Args:
+        path: the checkpoint file.
+        ident: :func:`supernet_identity` of the network about to be trained.
+
+    Returns:
+        The checkpoint's state dict ("identity", "model", "optimizer", "scheduler", "history", "step").
+
+    Raises:
+        CorruptFileError: the file cannot be read as a checkpoint, or misses entries (names the file).
+        NewerSchemaError: written by a newer version of compress (the file is kept).
+        CheckpointMismatchError: written for another network, starting weights, settings or loader length (says
+            what differs and what to do).
+    """
+    path = str(path)
+    redo = (f"Delete {path!r} to train the supernet from the start (or restore it from a backup), or pass another "
+            "work_dir.")
+    try:
+        state = load_checkpoint(path)
+    except Exception as exc:  # torch raises many types for a truncated or foreign file (IndexError, EOFError, ...)
+        first = (str(exc).strip().splitlines() or [""])[0].split(". ")[0][:120]  # not torch's advice (weights_only)
+        raise CorruptFileError(f"The supernet checkpoint {path!r} cannot be read ({type(exc).__name__}: {first}): "
+                               f"it is truncated or not a checkpoint compress wrote. {redo}") from None
+    if not isinstance(state, dict) or any(k not in state for k in CHECKPOINT_KEYS):
+        got = sorted(state) if isinstance(state, dict) else type(state).__name__
+        raise CorruptFileError(f"The supernet checkpoint {path!r} is not a checkpoint train_supernet wrote (entries "
+                               f"{got}; expected {list(CHECKPOINT_KEYS)}). {redo}")
+    schema = state.get("schema", 1)
+    if not isinstance(schema, int) or isinstance(schema, bool) or schema > CHECKPOINT_SCHEMA:
+        raise NewerSchemaError(
+            f"The supernet checkpoint {path!r} was written by a newer version of compress (checkpoint schema "
+            f"{schema!r}; this version reads up to {CHECKPOINT_SCHEMA}). Upgrade compress to resume from it; the "
+            "file is kept. Or pass another work_dir to train anew with this version.")
+    saved = state["identity"] if isinstance(state["identity"], dict) else {}
+    if schema < 2:  # no network identity, no starting weights: check what it recorded, say what cannot be checked
+        old = {k: ident[k] for k in ("settings", "net", "steps_per_epoch")}
+        if saved != old:
+            why = _identity_mismatch({**saved, "network": ident["network"],
+                                            "start_weights": ident["start_weights"]}, ident)
+            raise CheckpointMismatchError(f"The supernet checkpoint {path!r} does not fit this run: "
+                                          f"{why or 'its identity differs'}. {redo}")
+        warnings.warn(f"The supernet checkpoint {path!r} was written by an older version of compress, without the "
+                      "network's traced graph or the starting weights: only the channel groups, parameter count and "
+                      "settings could be checked (they match). Resuming; delete it to retrain if the network changed.",
+                      stacklevel=3)
+        state["identity"] = ident
+        return state
+    why = _identity_mismatch(saved, ident)
+    if why:
+        raise CheckpointMismatchError(f"The supernet checkpoint {path!r} does not fit this run: {why}. {redo}")
+    return state
+
+
+def check_checkpoint(net, train_loader: Iterable, settings: TrainSettings | None, checkpoint: str | os.PathLike
+                     ) -> None:
+    """Check before any other work that :func:`train_supernet` can resume from ``checkpoint`` (a missing file is
+    fine: training starts anew).
+
+    Args:
+        net: the slimmable network, with the weights training will start from.
+        train_loader: the training loader (its length is part of the identity).
+        settings: the training settings (None: the defaults).
+        checkpoint: the checkpoint file.
+
+    Returns:
+        None.
+
+    Raises:
+        CorruptFileError, NewerSchemaError, CheckpointMismatchError: as :func:`read_checkpoint`.
+    """
+    if Path(checkpoint).exists() and hasattr(train_loader, "__len__"):
+        read_checkpoint(checkpoint, supernet_identity(net, settings or TrainSettings(), len(train_loader)))
+
+
 def train_supernet(net, train_loader: Iterable, settings: TrainSettings | None = None,
                    checkpoint: str | os.PathLike | None = None, progress: bool = True) -> dict:
     """Train ``net`` (a SlimmableNetwork) in place as a slimmable supernet.
@@ -109,7 +232,11 @@ def train_supernet(net, train_loader: Iterable, settings: TrainSettings | None =
         total) and "seconds" (wall-clock training time, resumed runs included).
 
     Raises:
-        CheckpointMismatchError: the checkpoint was written with other settings or another network.
+        CheckpointMismatchError: the checkpoint was written with other settings, for another network (its traced
+            graph: op kinds, targets, channel groups) or from other starting weights (names the file and what
+            differs).
+        CorruptFileError: the checkpoint is truncated or not one train_supernet wrote.
+        NewerSchemaError: the checkpoint was written by a newer version of compress (kept).
         InvalidParameterError: the loader has no length, or yields nothing.
         WriteError: a checkpoint could not be written.
     """
@@ -133,23 +260,27 @@ def train_supernet(net, train_loader: Iterable, settings: TrainSettings | None =
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lam)
     history = {"epochs": [], "steps": 0, "seconds": 0.0}
     step = 0
-    ident = {"settings": settings.to_dict(), "net": _identity(net), "steps_per_epoch": steps_per_epoch}
+    ident = supernet_identity(net, settings, steps_per_epoch)
     if checkpoint is not None and Path(checkpoint).exists():
-        state = load_checkpoint(checkpoint)
-        if state.get("identity") != ident:
-            raise CheckpointMismatchError(
-                f"The checkpoint {str(checkpoint)!r} was written for other settings or another network "
-                f"(saved: {state.get('identity')}; now: {ident}). Delete it or use another work directory.")
-        net.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        history = state["history"]
-        step = int(state["step"])
+        state = read_checkpoint(checkpoint, ident)
+        try:
+            net.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+            sched.load_state_dict(state["scheduler"])
+            history = dict(state["history"])
+            step = int(state["step"])
+            history["seconds"] = float(history["seconds"])
+        except (RuntimeError, ValueError, KeyError, TypeError) as exc:
+            raise CorruptFileError(
+                f"The supernet checkpoint {str(checkpoint)!r} has damaged entries ({type(exc).__name__}: "
+                f"{str(exc)[:200]}). Delete it to train the supernet from the start, or restore it from a backup."
+            ) from None
 
     def save() -> None:
         if checkpoint is not None and rank == 0:
-            save_checkpoint({"identity": ident, "model": net.state_dict(), "optimizer": opt.state_dict(),
-                             "scheduler": sched.state_dict(), "history": history, "step": step}, checkpoint)
+            save_checkpoint({"schema": CHECKPOINT_SCHEMA, "identity": ident, "model": net.state_dict(),
+                             "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "history": history,
+                             "step": step}, checkpoint)
 
     distill = _distill_fn(settings)
     bar = None
