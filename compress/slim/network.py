@@ -28,6 +28,7 @@ from compress.space.atoms import CouplingResult
 from compress.space.propagate import propagate
 from compress.cost.flops import FlopsModel
 from compress.errors import InvalidParameterError, UnsupportedOpError, check_parameter, is_int
+from compress.space.inplace import eliminate_dead_code
 from compress.space.groups import GroupAssignment, build_groups, keep_split_parts_nonempty, misaligned_grouped_convs
 from compress.slim.layers import (AttrSlice, ChannelPermute, ChannelSlice, ChannelSplit, find_layer_kind, make_slimmable,
                                   selection_of, set_slim_selection, slim_kind, slim_selection, take,
@@ -274,7 +275,7 @@ class SlimmableNetwork(nn.Module):
                     new = graph.call_module(mod_name, (n,))
                 n.replace_all_uses_with(new, delete_user_cb=lambda user: user is not new)
                 sites.append(Site("attr", mod_name, str(n.target), atoms))
-        graph.eliminate_dead_code()
+        eliminate_dead_code(gm)  # keeps in-place ops whose result is unused (they act on their input)
         graph.lint()
         gm.recompile()
         modules = dict(gm.named_modules())

@@ -722,6 +722,7 @@ _UNARY_FUNCTIONS = (
     torch.relu, torch.relu_, F.relu, F.relu6, F.silu, F.hardswish, F.hardsigmoid, F.gelu, F.leaky_relu,
     torch.sigmoid, F.sigmoid, torch.tanh, F.tanh, F.dropout, F.dropout2d, F.elu, F.mish, F.hardtanh,
     torch.nn.functional.softplus,
+    torch.sigmoid_, torch.tanh_, F.relu_, F.elu_, F.leaky_relu_, F.hardtanh_,  # in-place forms
 )
 FUNCTION_HANDLERS: dict[Any, FunctionHandler] = {
     **{f: passthrough for f in _UNARY_FUNCTIONS},
@@ -746,7 +747,7 @@ FUNCTION_HANDLERS: dict[Any, FunctionHandler] = {
 
 METHOD_HANDLERS: dict[str, FunctionHandler] = {
     **{m: passthrough for m in (
-        "relu", "relu_", "sigmoid", "sigmoid_", "tanh", "contiguous", "clone", "float", "to", "detach",
+        "relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "contiguous", "clone", "float", "to", "detach",
         "type_as")},
     **{m: binary for m in ("add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_")},
     "view": reshape, "reshape": reshape,

