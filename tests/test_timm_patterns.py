@@ -87,3 +87,86 @@ def test_removing_a_block_keeps_the_inplace_ops_of_the_others():
     with torch.no_grad():
         assert torch.allclose(gm(x), reference(x), atol=1e-6)
     assert "mul_" in gm.code
+
+
+# ---- a channel count read from a shape sizes a dim holding other channels (timm EdgeNeXt's XCA) ------------
+class CountFromInput(nn.Module):
+    """Tokens (B, N, C) through a branch whose channels are not tracked (cumsum has no handler), reshaped with the
+    count C read from the tokens: at a narrower C the reshape of the full-width branch fails."""
+
+    def __init__(self, own_count: bool = False) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.fc, self.proj = nn.Linear(16, 16), nn.Linear(16, 16)
+        self.mlp1, self.mlp2 = nn.Linear(16, 64), nn.Linear(64, 16)
+        self.own_count = own_count
+
+    def forward(self, x):
+        t = self.stem(x).flatten(2).transpose(1, 2)  # (B, N, C)
+        B, N, C = t.shape
+        h = self.fc(t)
+        if not self.own_count:
+            h = torch.cumsum(h, dim=-1)  # not understood: h stays at full width
+        t = t + self.proj(h.reshape(B, N, C))
+        return self.mlp2(F.gelu(self.mlp1(t))).mean(1)
+
+
+def test_a_count_read_from_a_shape_freezes_the_channels_it_counts_when_it_sizes_others():
+    torch.manual_seed(0)
+    model, x = CountFromInput().eval(), torch.randn(1, 3, 8, 8)
+    net = compress.SlimmableNetwork(model, x)
+    stream = net.space.groups[net.space.index["stem"]]
+    assert stream.frozen
+    assert "reshape at node" in stream.frozen_reason and "takes the channel count read at node" in \
+        stream.frozen_reason and "does not hold those channels" in stream.frozen_reason
+    rep = verify_model(model, x, n_random=1, onnx=False)
+    assert rep.ok, rep.error
+    assert rep.slimmable_share > 0.3  # the MLP's hidden channels still slim
+
+
+def test_a_count_read_from_a_shape_that_sizes_its_own_channels_stays_slimmable():
+    torch.manual_seed(0)
+    model, x = CountFromInput(own_count=True).eval(), torch.randn(1, 3, 8, 8)
+    net = compress.SlimmableNetwork(model, x)
+    assert not net.space.groups[net.space.index["stem"]].frozen
+    rep = verify_model(model, x, n_random=2, onnx=False)
+    assert rep.ok, rep.error
+    assert rep.slimmable_share > 0.7
+
+
+class FixedScale(nn.Module):
+    """A leaf layer scaling by a per-channel tensor: with a (wrong) pass-through handler it cannot run narrower."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("scale", torch.linspace(0.5, 1.5, 16).view(1, 16, 1, 1))
+
+    def forward(self, x):
+        return x * self.scale
+
+
+class WithFixedScale(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.s, self.c2 = nn.Conv2d(3, 16, 3), FixedScale(), nn.Conv2d(16, 4, 1)
+
+    def forward(self, x):
+        return self.c2(self.s(self.c1(x))).mean((2, 3))
+
+
+def test_a_network_that_cannot_run_narrower_names_the_node_not_the_inputs():
+    from compress.space import ops
+    from compress.space.trace import EXTRA_LEAF_MODULES, class_key
+
+    key = class_key(FixedScale())
+    ops.register_module(key, lambda p, n, mod, args, kwargs, value: ops.passthrough(p, n, args, kwargs, value))
+    try:
+        net = compress.SlimmableNetwork(WithFixedScale().eval(), torch.randn(1, 3, 8, 8))
+        with pytest.raises(compress.errors.UnsupportedOpError) as info:
+            net.flops_model()
+    finally:
+        ops.MODULE_HANDLERS.pop(key)
+        EXTRA_LEAF_MODULES.discard(key)
+    msg = str(info.value)
+    assert "At the smallest config" in msg and "node 's'" in msg and "FixedScale 's'" in msg
+    assert "must match the size" in msg and "ignore=" in msg and "count_flops" not in msg

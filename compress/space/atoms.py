@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Any, Protocol
 
 import numpy as np
@@ -53,6 +54,21 @@ class IdMeta:
     origin: fx.Node
     origin_atoms: np.ndarray
     ids: torch.Tensor
+
+
+@dataclass
+class SizeMeta:
+    """An int the graph computed from the size of a tracked channel dim (``B, C, H, W = x.shape``; ``C // 2``).
+
+    Its value follows the config at run time, so every op that takes it must size a dim holding the same
+    channels (``compress.space.sizes``). ``scale``: the value is ``scale`` x the width of ``atoms`` (a size read,
+    or one multiplied or divided by constants); None when it was computed otherwise (an offset, a product of two
+    channel counts). ``source`` names the node that read the size.
+    """
+
+    atoms: np.ndarray
+    scale: Fraction | None
+    source: str
 
 
 @dataclass
@@ -162,11 +178,13 @@ class CouplingContext:
 
     # ---- metas ------------------------------------------------------------------
     def freeze_meta(self, meta: Any, reason: str) -> None:
-        """Freeze every tracked atom inside ``meta`` (a TMeta, IdMeta or a nest of them)."""
+        """Freeze every tracked atom inside ``meta`` (a TMeta, IdMeta, SizeMeta or a nest of them)."""
         if isinstance(meta, TMeta):
             self.freeze(meta.atoms, reason)
         elif isinstance(meta, IdMeta):
             self.freeze(meta.origin_atoms, reason)
+        elif isinstance(meta, SizeMeta):
+            self.freeze(meta.atoms, reason)
         elif isinstance(meta, (list, tuple)):
             for m in meta:
                 self.freeze_meta(m, reason)
@@ -237,4 +255,4 @@ class PassState(Protocol):
         """Meta of a node argument (recursing into lists); None for constants."""
 
 
-__all__ = ["PassState", "TMeta", "IdMeta", "Source", "FlopOp", "CouplingResult", "CouplingContext"]
+__all__ = ["PassState", "TMeta", "IdMeta", "SizeMeta", "Source", "FlopOp", "CouplingResult", "CouplingContext"]

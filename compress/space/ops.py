@@ -21,6 +21,7 @@ from torch import fx, nn
 
 from compress.space.atoms import FlopOp, IdMeta, PassState, TMeta
 from compress.errors import CompressError, UnsupportedOpError, check_parameter
+from compress.space.sizes import check_size_consumers, size_arith, size_read
 from compress.space.trace import EXTRA_LEAF_MODULES, class_key
 
 ModuleHandler = Callable[[PassState, fx.Node, nn.Module, tuple, dict, Any], Any]
@@ -164,7 +165,7 @@ def _pool_params(p: PassState, n: fx.Node, args: tuple, kwargs: dict, kind: str)
 def binary(p: PassState, n: fx.Node, args: tuple, kwargs: dict, value: Any) -> Any:
     """Add, subtract, multiply, divide with broadcasting: operands' channels are coupled."""
     if not isinstance(value, torch.Tensor):
-        return None
+        return size_arith(p, n, args, kwargs, value)  # arithmetic on ints: carries a channel count on
     out_nd = value.ndim
     nodes = list(n.args[:2]) + ([n.kwargs["other"]] if "other" in n.kwargs else [])
     vals = list(args[:2]) + ([kwargs["other"]] if "other" in kwargs else [])
@@ -867,7 +868,9 @@ def handle_node(p: PassState, n: fx.Node, args: tuple, kwargs: dict, value: Any)
             handler may have coupled some of them already; the message names the node, the op and the handler.
     """
     try:
-        return _handle_node(p, n, args, kwargs, value)
+        meta = _handle_node(p, n, args, kwargs, value)
+        check_size_consumers(p, n, args, kwargs, meta, value)  # a channel count read as a size must fit
+        return meta
     except CompressError:
         raise
     except Exception as exc:
@@ -900,9 +903,9 @@ def _handle_node(p: PassState, n: fx.Node, args: tuple, kwargs: dict, value: Any
     if table_handler is not None:
         return table_handler(p, n, args, kwargs, value)
     if not _contains_tensor(value) and not _contains_tensor(args) and not _contains_tensor(kwargs):
-        return None
+        return size_arith(p, n, args, kwargs, value)
     if not _contains_tensor(value) and n.op == "call_method" and n.target in ("size", "dim", "numel"):
-        return None
+        return size_read(p, n, args, kwargs, value)
     if not _contains_tensor(value) and n.op == "call_function" and n.target is getattr:
-        return None
+        return size_read(p, n, args, kwargs, value)
     return unknown(p, n, args, kwargs, value)
