@@ -170,3 +170,54 @@ def test_a_network_that_cannot_run_narrower_names_the_node_not_the_inputs():
     msg = str(info.value)
     assert "At the smallest config" in msg and "node 's'" in msg and "FixedScale 's'" in msg
     assert "must match the size" in msg and "ignore=" in msg and "count_flops" not in msg
+
+
+# ---- a channels-last F.layer_norm with the module's own weight, and x ** 2 (timm MetaFormer / ConvFormer) -----
+class ChannelsLastNorm(nn.Module):
+    """timm's LayerNorm2dNoBias pattern: traced into, F.layer_norm over the last dim of a permuted tensor."""
+
+    def __init__(self, channels: int, keywords: bool) -> None:
+        super().__init__()
+        self.normalized_shape = (channels,)
+        self.weight = nn.Parameter(torch.rand(channels) + 0.5)
+        self.bias = nn.Parameter(torch.randn(channels) * 0.1)
+        self.keywords = keywords
+
+    def forward(self, x):
+        x = x.permute(0, 2, 3, 1)
+        if self.keywords:
+            x = F.layer_norm(x, normalized_shape=self.normalized_shape, weight=self.weight, bias=None, eps=1e-6)
+        else:
+            x = F.layer_norm(x, self.normalized_shape, self.weight, self.bias, 1e-6)
+        return x.permute(0, 3, 1, 2)
+
+
+class MetaFormerBlock(nn.Module):
+    def __init__(self, keywords: bool) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.norm = ChannelsLastNorm(16, keywords)
+        self.fc1, self.fc2 = nn.Conv2d(16, 48, 1), nn.Conv2d(48, 16, 1)
+        self.scale = nn.Parameter(torch.tensor(0.8))
+        self.head = nn.Linear(16, 5)
+
+    def forward(self, x):
+        x = self.stem(x)
+        h = self.fc1(self.norm(x))
+        h = self.scale * F.relu(h) ** 2 + torch.square(h) * 0.1  # StarReLU / SquaredReLU
+        x = x + self.fc2(h)
+        return self.head(x.mean((2, 3)))
+
+
+@pytest.mark.parametrize("keywords", [False, True], ids=["positional", "keywords"])
+def test_a_channels_last_functional_layer_norm_slims_with_its_weight(keywords):
+    torch.manual_seed(0)
+    model, x = MetaFormerBlock(keywords).eval(), torch.randn(1, 3, 8, 8)
+    net = compress.SlimmableNetwork(model, x)
+    assert net.coupling.unknown_ops == {}
+    assert not net.space.groups[net.space.index["stem"]].frozen
+    rep = verify_model(model, x, n_random=2, onnx=True)
+    assert rep.ok, rep.error
+    assert rep.slimmable_share > 0.7
+    sub = compress.extract_subnet(net, net.space.min_config())
+    assert sub.norm.weight.shape[0] == net.space.min_config()["stem"]  # the parameter itself is cut

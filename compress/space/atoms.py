@@ -106,6 +106,9 @@ class CouplingResult:
     # getitem node name -> (dim, start, stop, atoms of the input): a fixed channel slice ``x[:, a:b]`` that
     # becomes a ChannelSlice following the config; group boundaries are put at a and b
     channel_slices: dict[str, tuple[int, int, int, np.ndarray]] = field(default_factory=dict)
+    # F.layer_norm node name -> the atoms of the channels it normalises over (its last dim): the literal
+    # normalized_shape ``(C,)`` becomes a NormShape whose size follows the config
+    norm_shapes: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 class CouplingContext:
@@ -124,6 +127,7 @@ class CouplingContext:
         self.flop_ops: list[FlopOp] = []
         self.unknown_ops: dict[str, str] = {}
         self.channel_slices: dict[str, tuple[int, int, int, np.ndarray]] = {}
+        self.norm_shapes: dict[str, np.ndarray] = {}
 
     # ---- atoms and union-find -------------------------------------------------
     def new_atoms(self, n: int, label: str, frozen_reason: str | None = None) -> np.ndarray:
@@ -239,6 +243,7 @@ class CouplingContext:
             flop_ops=self.flop_ops,
             unknown_ops=self.unknown_ops,
             channel_slices=self.channel_slices,
+            norm_shapes=self.norm_shapes,
         )
 
 

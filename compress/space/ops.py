@@ -206,6 +206,15 @@ def binary(p: PassState, n: fx.Node, args: tuple, kwargs: dict, value: Any) -> A
     return out
 
 
+def power(p: PassState, n: fx.Node, args: tuple, kwargs: dict, value: Any) -> Any:
+    """``x ** k`` / ``torch.pow(x, k)`` (timm's StarReLU, SquaredReLU): element-wise for a number ``k``; a tensor
+    exponent is a binary op (channels coupled)."""
+    exponent = _arg(n, args, kwargs, 1, "exponent")
+    if isinstance(exponent, (int, float)) and isinstance(args[0], torch.Tensor):
+        return passthrough(p, n, args, kwargs, value)
+    return binary(p, n, args, kwargs, value)
+
+
 def _attr_follower(p: PassState, attr: fx.Node, dim: int, atoms: np.ndarray) -> None:
     key = str(attr.target)
     prev = p.ctx.attr_dims.get(key)
@@ -640,6 +649,33 @@ def functional_batch_norm(p: PassState, n: fx.Node, args: tuple, kwargs: dict, v
     return out
 
 
+def functional_layer_norm(p: PassState, n: fx.Node, args: tuple, kwargs: dict, value: Any) -> Any:
+    """``F.layer_norm(x, (C,), weight, bias)`` over a last dim holding channels (a channels-last LayerNorm written
+    out in a forward, timm's MetaFormer norms): channels pass through, the weight and bias read from the graph are
+    sliced with them, and the network replaces the literal ``(C,)`` by a NormShape following the config."""
+    m = p.meta_of(n.args[0])
+    shape = _arg(n, args, kwargs, 1, "normalized_shape")
+    if not isinstance(m, TMeta) or not isinstance(value, torch.Tensor):
+        return unknown(p, n, args, kwargs, value)
+    if m.cdim is None:
+        return TMeta(tuple(value.shape))
+    if len(shape) != 1 or m.cdim != len(m.shape) - 1:
+        return unknown(p, n, args, kwargs, value, " (normalises over several dims, or channels not on the last dim)")
+    for i, name in ((2, "weight"), (3, "bias")):
+        node = _node_arg(n, i, name)
+        pm = p.meta_of(node) if isinstance(node, fx.Node) else None
+        if pm is None:
+            continue
+        if isinstance(pm, TMeta) and pm.attr is not None and pm.attr_axes is None and len(pm.shape) == 1:
+            _attr_follower(p, pm.attr, 0, m.atoms)
+        else:
+            p.ctx.freeze(m.atoms, f"{n.name}: layer_norm with a computed {name}")
+    p.ctx.norm_shapes[n.name] = m.atoms
+    out = TMeta(tuple(value.shape), m.cdim, m.atoms)
+    _flop(p, "layer_norm", n, [m], out, affine=_arg(n, args, kwargs, 2, "weight") is not None, batch_stats=False)
+    return out
+
+
 _PRELU_PER_CHANNEL = per_channel_layer(1, "prelu")
 
 
@@ -730,6 +766,7 @@ FUNCTION_HANDLERS: dict[Any, FunctionHandler] = {
     operator.add: binary, operator.iadd: binary, operator.sub: binary, operator.isub: binary,
     operator.mul: binary, operator.imul: binary, operator.truediv: binary, operator.itruediv: binary,
     torch.add: binary, torch.sub: binary, torch.mul: binary, torch.div: binary,
+    operator.pow: power, torch.pow: power, torch.square: passthrough,
     torch.cat: cat, torch.concat: cat,
     torch.chunk: split, torch.split: split,
     operator.getitem: getitem,
@@ -743,7 +780,7 @@ FUNCTION_HANDLERS: dict[Any, FunctionHandler] = {
     F.adaptive_avg_pool2d: channel1_op("adaptive_avg_pool"),
     F.max_pool2d: channel1_op("pool"), F.avg_pool2d: channel1_op("pool"),
     F.interpolate: channel1_op("upsample"),
-    F.batch_norm: functional_batch_norm,
+    F.batch_norm: functional_batch_norm, F.layer_norm: functional_layer_norm,
 }
 
 METHOD_HANDLERS: dict[str, FunctionHandler] = {
@@ -751,6 +788,7 @@ METHOD_HANDLERS: dict[str, FunctionHandler] = {
         "relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "contiguous", "clone", "float", "to", "detach",
         "type_as")},
     **{m: binary for m in ("add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_")},
+    "pow": power, "square": passthrough,
     "view": reshape, "reshape": reshape,
     "flatten": flatten,
     "permute": permute, "transpose": transpose,
