@@ -221,3 +221,16 @@ def test_a_channels_last_functional_layer_norm_slims_with_its_weight(keywords):
     assert rep.slimmable_share > 0.7
     sub = compress.extract_subnet(net, net.space.min_config())
     assert sub.norm.weight.shape[0] == net.space.min_config()["stem"]  # the parameter itself is cut
+
+
+# ---- a model built for one input size (timm Visformer's position tables) -------------------------------------
+def test_the_timm_zoo_builds_a_model_for_its_input_size():
+    pytest.importorskip("timm")
+    from compress.verify import timm_zoo_model
+
+    model, x = timm_zoo_model("visformer_tiny")  # built for 224 by default: "Input height (32) doesn't match"
+    assert model.img_size == (64, 64) and x.shape == (1, 3, 64, 64)
+    with torch.no_grad():
+        assert model(x).shape == (1, 10)
+    model, x = timm_zoo_model("resnet18")  # a class without img_size is built as before
+    assert x.shape == (1, 3, 64, 64)
