@@ -104,7 +104,7 @@ class CountFromInput(nn.Module):
     def forward(self, x):
         t = self.stem(x).flatten(2).transpose(1, 2)  # (B, N, C)
         B, N, C = t.shape
-        h = self.fc(t)
+        h = self.fc(t) * C ** -0.5  # the count as a number (an attention scale): follows the config, no size
         if not self.own_count:
             h = torch.cumsum(h, dim=-1)  # not understood: h stays at full width
         t = t + self.proj(h.reshape(B, N, C))

@@ -5,9 +5,10 @@ reshape asks for the narrower count. That is right when the dim it sizes holds t
 together) and wrong otherwise: EdgeNeXt's cross-covariance attention reshapes its full-width output with the
 narrowed count of its input ("shape '[1, 16, 24]' is invalid"). The propagation pass tracks such ints as
 :class:`SizeMeta` through arithmetic; a reshape keeps one only where the dim it sizes holds those channels, and
-any other op that takes one (a reshape of other channels, ``torch.zeros(B, C)``, ``expand``, a scale
-``C ** -0.5``) freezes the channels it counts and those the op touches, with the node named. Ops the network
-rewrites so that they follow the config (a channel split, a fixed channel slice, a channel shuffle) are left alone.
+any other op that takes one as a size (a reshape of other channels, ``torch.zeros(B, C)``, ``expand``) freezes
+the channels it counts and those the op touches, with the node named. Element-wise arithmetic that uses a count as
+a number (``q * (C // heads) ** -0.5``) and ops the network rewrites so that they follow the config (a channel
+split, a fixed channel slice, a channel shuffle) are left alone.
 """
 
 from __future__ import annotations
@@ -25,6 +26,11 @@ from compress.space.trace import flatten_tensors
 
 RESHAPE_METHODS = frozenset({"view", "reshape"})
 RESHAPE_FUNCTIONS = frozenset({torch.reshape})
+# element-wise arithmetic with a number: a count used as a value (a scale ``q * (C // heads) ** -0.5``), not as a
+# size; the in-place network and the extracted subnet compute the same number at every config
+VALUE_FUNCTIONS = frozenset({operator.add, operator.sub, operator.mul, operator.truediv, operator.pow, torch.add,
+                             torch.sub, torch.mul, torch.div, torch.pow})
+VALUE_METHODS = frozenset({"add", "sub", "mul", "div", "pow"})
 # int arithmetic that keeps a size proportional to the channel count: op -> scale of the result (for the size
 # operand in position ``i`` and a constant ``k``), None when the result is not proportional
 _SCALE_RULES = {
@@ -148,6 +154,11 @@ def _rewritten(p: PassState, n: fx.Node, out: Any) -> bool:
             or any(end is n for _, end, *_ in ctx.permutes[-1:]))
 
 
+def _is_value_op(n: fx.Node) -> bool:
+    return (n.op == "call_method" and n.target in VALUE_METHODS) or \
+        (n.op == "call_function" and n.target in VALUE_FUNCTIONS)
+
+
 def _is_reshape(n: fx.Node) -> bool:
     return (n.op == "call_method" and n.target in RESHAPE_METHODS) or \
         (n.op == "call_function" and n.target in RESHAPE_FUNCTIONS)
@@ -156,8 +167,8 @@ def _is_reshape(n: fx.Node) -> bool:
 def check_size_consumers(p: PassState, n: fx.Node, args: tuple, kwargs: dict, out: Any, value: Any) -> None:
     """Freeze what a tensor op that takes a channel count would get wrong at a narrower config.
 
-    A reshape may size a dim by the count of the channels that dim holds; anything else taking a count (a
-    reshape of other channels, a new tensor, an expand, a scale) freezes the counted channels, the channels of
+    A reshape may size a dim by the count of the channels that dim holds, and element-wise arithmetic may use a
+    count as a number; anything else taking a count (a reshape of other channels, a new tensor, an expand) freezes the counted channels, the channels of
     every tensor the op reads and those of its output, with the node named in the reason.
 
     Args:
@@ -171,7 +182,7 @@ def check_size_consumers(p: PassState, n: fx.Node, args: tuple, kwargs: dict, ou
     if not flatten_tensors(value):
         return  # arithmetic on sizes or indexing of a shape: the result carries the count on
     sizes = _metas(p, n)
-    if not sizes or _rewritten(p, n, out):
+    if not sizes or _rewritten(p, n, out) or _is_value_op(n):
         return
     where = ""
     if _is_reshape(n):
@@ -189,4 +200,4 @@ def check_size_consumers(p: PassState, n: fx.Node, args: tuple, kwargs: dict, ou
     p.ctx.freeze_meta(out, reason)
 
 
-__all__ = ["RESHAPE_FUNCTIONS", "RESHAPE_METHODS", "check_size_consumers", "size_arith", "size_read"]
+__all__ = ["RESHAPE_FUNCTIONS", "RESHAPE_METHODS", "VALUE_FUNCTIONS", "VALUE_METHODS", "check_size_consumers", "size_arith", "size_read"]
