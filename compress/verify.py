@@ -10,6 +10,7 @@ and ``tools/zoo_coverage.py``; useful to users before they slim a new model.
 
 from __future__ import annotations
 
+import inspect
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -173,13 +174,36 @@ DEFAULT_ZOO_RESOLUTION = 64
 TIMM_ZOO_INPUTS: dict[str, int] = {"inception_v3": 96, "inception_v4": 96, "inception_resnet_v2": 96}
 
 
+def _takes_img_size(timm: Any, name: str) -> bool:
+    """Whether the model's class is built for an input size (``img_size``: position tables, attention over a
+    fixed feature size); built on the meta device, so nothing is allocated or initialised."""
+    try:
+        with torch.device("meta"):
+            model = timm.create_model(name, pretrained=False, num_classes=10)
+    except Exception:  # noqa: BLE001 - a model that cannot be built on the meta device is built as it is
+        return False
+    return "img_size" in inspect.signature(type(model).__init__).parameters
+
+
 def timm_zoo_model(name: str) -> tuple[nn.Module, torch.Tensor]:
-    """A randomly initialised timm model (10 classes) and a small example input for it."""
+    """A randomly initialised timm model (10 classes) and a small example input for it.
+
+    Args:
+        name: a name from ``timm.list_models()``.
+
+    Returns:
+        The model in eval mode and a 1 x 3 x H x W input (H = W = 64 unless ``TIMM_ZOO_INPUTS`` says otherwise);
+        a model whose class takes ``img_size`` is built for that size.
+
+    Raises:
+        RuntimeError: timm knows no model of that name.
+    """
     import timm
 
-    torch.manual_seed(0)
-    model = timm.create_model(name, pretrained=False, num_classes=10).eval()
     res = TIMM_ZOO_INPUTS.get(name, DEFAULT_ZOO_RESOLUTION)
+    kwargs = {"img_size": res} if _takes_img_size(timm, name) else {}
+    torch.manual_seed(0)
+    model = timm.create_model(name, pretrained=False, num_classes=10, **kwargs).eval()
     return model, torch.randn(1, 3, res, res)
 
 

@@ -30,7 +30,7 @@ from torch import nn
 from compress.cost.counts import SpecCounter
 from compress.errors import FlopsMismatchError
 from compress.space.atoms import FlopOp, TMeta
-from compress.space.trace import as_input_tuple, run_on_inputs
+from compress.space.trace import as_input_tuple, run_graph, run_on_inputs
 
 
 # ---- fvcore with our extra handlers ------------------------------------------------------
@@ -228,6 +228,10 @@ class FlopsModel:
     operations. The part that no config changes is taken once from fvcore on the
     full-width subnet, so the total equals :func:`count_flops` of the extracted
     subnet at every config.
+
+    Raises:
+        UnsupportedOpError: the network does not run at its smallest config (names the node that fails).
+        FlopsMismatchError: the analytic count differs from fvcore's at the smallest config (names the op).
     """
 
     def __init__(self, net) -> None:
@@ -265,6 +269,7 @@ class FlopsModel:
         saved = dict(net.config)
         try:
             net.set_config(smallest)
+            run_graph(net.graph_module, net.example_inputs, "At the smallest config")  # names a failing op
             report = count_flops(net, net.example_inputs)
         finally:
             net.set_config(saved)

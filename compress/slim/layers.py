@@ -711,6 +711,24 @@ class ChannelPermute(nn.Module):
         return f"dim={self.dim}, channels={self.index.numel()}"
 
 
+class NormShape(nn.Module):
+    """The ``normalized_shape`` ``(C,)`` of a functional layer norm over channels, with C following the config.
+
+    It replaces the literal shape of ``F.layer_norm(x, (C,), weight, bias)`` in the traced graph (which would not
+    fit a narrower x); called with no inputs, it returns a tuple of ints, which exporters see as a constant.
+    """
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = size
+
+    def forward(self) -> tuple[int]:
+        return (self.size,)
+
+    def extra_repr(self) -> str:
+        return f"size={self.size}"
+
+
 class AttrSlice(nn.Module):
     """Slices a parameter read straight from the graph (e.g. ConvNeXt's layer scale)."""
 

@@ -28,10 +28,11 @@ from compress.space.atoms import CouplingResult
 from compress.space.propagate import propagate
 from compress.cost.flops import FlopsModel
 from compress.errors import InvalidParameterError, UnsupportedOpError, check_parameter, is_int
+from compress.space.inplace import eliminate_dead_code
 from compress.space.groups import (GroupAssignment, build_groups, keep_split_parts_nonempty, misaligned_grouped_convs,
                                    misaligned_tied_blocks)
-from compress.slim.layers import (AttrSlice, ChannelPermute, ChannelSlice, ChannelSplit, find_layer_kind, make_slimmable,
-                                  selection_of, set_slim_selection, slim_kind, slim_selection, take,
+from compress.slim.layers import (AttrSlice, ChannelPermute, ChannelSlice, ChannelSplit, NormShape, find_layer_kind,
+                                  make_slimmable, selection_of, set_slim_selection, slim_kind, slim_selection, take,
                                   unmake_slimmable)
 from compress.space.space import ChannelSpace, Config
 from compress.space.trace import as_input_tuple, trace_model
@@ -44,12 +45,13 @@ class Site:
     Attributes:
         kind: what narrows it: "module" (a weight layer's channel role), "split" (one part of a
             ``ChannelSplit``), "attr" (a parameter read straight from the graph, cut by an ``AttrSlice``),
-            "permute" (the channels a ``ChannelPermute`` shuffles) or "slice" (the input channels of a
-            ``ChannelSlice``, a fixed ``x[:, a:b]``).
+            "permute" (the channels a ``ChannelPermute`` shuffles), "slice" (the input channels of a
+            ``ChannelSlice``, a fixed ``x[:, a:b]``) or "norm_shape" (the channels a functional layer norm
+            normalises over, counted by a ``NormShape``).
         module: name of the module that applies it, in ``net.graph_module``.
         role: for "module" the channel role ("in", "out", "feat", see ``compress.slim.layers.LayerKind``); for
             "split" the part index (int); for "attr" the parameter's target in the graph (e.g.
-            "features.1.0.layer_scale"); None for "permute" and "slice".
+            "features.1.0.layer_scale"); None for "permute", "slice" and "norm_shape".
         atoms: (n,) int64 channel atom of each position along the dim (``net.positions(atoms)`` gives the group
             and the index within the group). Not part of equality: a site is identified by kind, module, role.
     """
@@ -148,6 +150,10 @@ def _apply_permute(net: "SlimmableNetwork", mod: nn.Module, site: Site, live: np
     mod.index = torch.from_numpy(rank[perm[live[perm]]].astype(np.int64))
 
 
+def _apply_norm_shape(net: "SlimmableNetwork", mod: nn.Module, site: Site, live: np.ndarray) -> None:
+    mod.size = int(live.sum())
+
+
 # site kind -> how it is narrowed in place, made permanent, permuted. Splits and permutes are already what a
 # standalone network has once applied, and they move no weights when channels are reordered.
 SITE_KINDS: dict[str, SiteKind] = {
@@ -156,6 +162,7 @@ SITE_KINDS: dict[str, SiteKind] = {
     "attr": SiteKind(_apply_attr, _attr_permanent, _attr_permute),
     "permute": SiteKind(_apply_permute, _nothing, _nothing),
     "slice": SiteKind(_apply_slice, _nothing, _nothing),
+    "norm_shape": SiteKind(_apply_norm_shape, _nothing, _nothing),
 }
 
 
@@ -276,6 +283,17 @@ class SlimmableNetwork(nn.Module):
                 new = graph.call_method("unflatten", (n.args[0], dim, sizes))
             n.replace_all_uses_with(new)
             graph.erase_node(n)
+        for i, (node_name, atoms) in enumerate(res.norm_shapes.items()):  # F.layer_norm(x, (C,)): C follows
+            n = nodes[node_name]
+            mod_name = f"_slim_norm_shape_{i}"
+            gm.add_submodule(mod_name, NormShape(len(atoms)))
+            with graph.inserting_before(n):
+                shape = graph.call_module(mod_name, ())
+            if len(n.args) > 1:
+                n.update_arg(1, shape)
+            else:
+                n.update_kwarg("normalized_shape", shape)
+            sites.append(Site("norm_shape", mod_name, None, atoms))
         i = 0
         for n in list(graph.nodes):
             if n.op == "get_attr" and str(n.target) in res.attr_dims:
@@ -287,7 +305,7 @@ class SlimmableNetwork(nn.Module):
                     new = graph.call_module(mod_name, (n,))
                 n.replace_all_uses_with(new, delete_user_cb=lambda user: user is not new)
                 sites.append(Site("attr", mod_name, str(n.target), atoms))
-        graph.eliminate_dead_code()
+        eliminate_dead_code(gm)  # keeps in-place ops whose result is unused (they act on their input)
         graph.lint()
         gm.recompile()
         modules = dict(gm.named_modules())

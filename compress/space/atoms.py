@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Any, Protocol
 
 import numpy as np
@@ -54,6 +55,21 @@ class IdMeta:
     origin: fx.Node
     origin_atoms: np.ndarray
     ids: torch.Tensor
+
+
+@dataclass
+class SizeMeta:
+    """An int the graph computed from the size of a tracked channel dim (``B, C, H, W = x.shape``; ``C // 2``).
+
+    Its value follows the config at run time, so every op that takes it must size a dim holding the same
+    channels (``compress.space.sizes``). ``scale``: the value is ``scale`` x the width of ``atoms`` (a size read,
+    or one multiplied or divided by constants); None when it was computed otherwise (an offset, a product of two
+    channel counts). ``source`` names the node that read the size.
+    """
+
+    atoms: np.ndarray
+    scale: Fraction | None
+    source: str
 
 
 @dataclass
@@ -101,6 +117,9 @@ class CouplingResult:
     # atoms whose order is part of the function (a Conv1d sliding over the channel axis, as in ECA attention),
     # with the reason: they may be narrowed, but reordering them would change what the full network computes
     ordered: list[tuple[np.ndarray, str]] = field(default_factory=list)
+    # F.layer_norm node name -> the atoms of the channels it normalises over (its last dim): the literal
+    # normalized_shape ``(C,)`` becomes a NormShape whose size follows the config
+    norm_shapes: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 class CouplingContext:
@@ -122,6 +141,7 @@ class CouplingContext:
         self.tied_blocks: list[tuple[str, int, np.ndarray]] = []
         self.unflattens: dict[str, tuple[int, tuple[int, ...]]] = {}
         self.ordered: list[tuple[np.ndarray, str]] = []
+        self.norm_shapes: dict[str, np.ndarray] = {}
 
     # ---- atoms and union-find -------------------------------------------------
     def new_atoms(self, n: int, label: str, frozen_reason: str | None = None) -> np.ndarray:
@@ -176,11 +196,13 @@ class CouplingContext:
 
     # ---- metas ------------------------------------------------------------------
     def freeze_meta(self, meta: Any, reason: str) -> None:
-        """Freeze every tracked atom inside ``meta`` (a TMeta, IdMeta or a nest of them)."""
+        """Freeze every tracked atom inside ``meta`` (a TMeta, IdMeta, SizeMeta or a nest of them)."""
         if isinstance(meta, TMeta):
             self.freeze(meta.atoms, reason)
         elif isinstance(meta, IdMeta):
             self.freeze(meta.origin_atoms, reason)
+        elif isinstance(meta, SizeMeta):
+            self.freeze(meta.atoms, reason)
         elif isinstance(meta, (list, tuple)):
             for m in meta:
                 self.freeze_meta(m, reason)
@@ -238,6 +260,7 @@ class CouplingContext:
             tied_blocks=self.tied_blocks,
             unflattens=self.unflattens,
             ordered=self.ordered,
+            norm_shapes=self.norm_shapes,
         )
 
 
@@ -254,4 +277,4 @@ class PassState(Protocol):
         """Meta of a node argument (recursing into lists); None for constants."""
 
 
-__all__ = ["PassState", "TMeta", "IdMeta", "Source", "FlopOp", "CouplingResult", "CouplingContext"]
+__all__ = ["PassState", "TMeta", "IdMeta", "SizeMeta", "Source", "FlopOp", "CouplingResult", "CouplingContext"]

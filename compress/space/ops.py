@@ -21,6 +21,7 @@ from torch import fx, nn
 
 from compress.space.atoms import FlopOp, IdMeta, PassState, TMeta
 from compress.errors import CompressError, UnsupportedOpError, check_parameter
+from compress.space.sizes import check_size_consumers, size_arith, size_read
 from compress.space.trace import EXTRA_LEAF_MODULES, class_key
 
 ModuleHandler = Callable[[PassState, fx.Node, nn.Module, tuple, dict, Any], Any]
@@ -166,7 +167,7 @@ def _pool_params(p: PassState, n: fx.Node, args: tuple, kwargs: dict, kind: str)
 def binary(p: PassState, n: fx.Node, args: tuple, kwargs: dict, value: Any) -> Any:
     """Add, subtract, multiply, divide with broadcasting: operands' channels are coupled."""
     if not isinstance(value, torch.Tensor):
-        return None
+        return size_arith(p, n, args, kwargs, value)  # arithmetic on ints: carries a channel count on
     out_nd = value.ndim
     nodes = list(n.args[:2]) + ([n.kwargs["other"]] if "other" in n.kwargs else [])
     vals = list(args[:2]) + ([kwargs["other"]] if "other" in kwargs else [])
@@ -207,6 +208,15 @@ def binary(p: PassState, n: fx.Node, args: tuple, kwargs: dict, value: Any) -> A
     out = TMeta(tuple(value.shape), d, first.atoms)
     _flop(p, "elementwise", n, [], out)
     return out
+
+
+def power(p: PassState, n: fx.Node, args: tuple, kwargs: dict, value: Any) -> Any:
+    """``x ** k`` / ``torch.pow(x, k)`` (timm's StarReLU, SquaredReLU): element-wise for a number ``k``; a tensor
+    exponent is a binary op (channels coupled)."""
+    exponent = _arg(n, args, kwargs, 1, "exponent")
+    if isinstance(exponent, (int, float)) and isinstance(args[0], torch.Tensor):
+        return passthrough(p, n, args, kwargs, value)
+    return binary(p, n, args, kwargs, value)
 
 
 def _attr_follower(p: PassState, attr: fx.Node, dim: int, atoms: np.ndarray) -> None:
@@ -785,6 +795,33 @@ def functional_batch_norm(p: PassState, n: fx.Node, args: tuple, kwargs: dict, v
     return out
 
 
+def functional_layer_norm(p: PassState, n: fx.Node, args: tuple, kwargs: dict, value: Any) -> Any:
+    """``F.layer_norm(x, (C,), weight, bias)`` over a last dim holding channels (a channels-last LayerNorm written
+    out in a forward, timm's MetaFormer norms): channels pass through, the weight and bias read from the graph are
+    sliced with them, and the network replaces the literal ``(C,)`` by a NormShape following the config."""
+    m = p.meta_of(n.args[0])
+    shape = _arg(n, args, kwargs, 1, "normalized_shape")
+    if not isinstance(m, TMeta) or not isinstance(value, torch.Tensor):
+        return unknown(p, n, args, kwargs, value)
+    if m.cdim is None:
+        return TMeta(tuple(value.shape))
+    if len(shape) != 1 or m.cdim != len(m.shape) - 1:
+        return unknown(p, n, args, kwargs, value, " (normalises over several dims, or channels not on the last dim)")
+    for i, name in ((2, "weight"), (3, "bias")):
+        node = _node_arg(n, i, name)
+        pm = p.meta_of(node) if isinstance(node, fx.Node) else None
+        if pm is None:
+            continue
+        if isinstance(pm, TMeta) and pm.attr is not None and pm.attr_axes is None and len(pm.shape) == 1:
+            _attr_follower(p, pm.attr, 0, m.atoms)
+        else:
+            p.ctx.freeze(m.atoms, f"{n.name}: layer_norm with a computed {name}")
+    p.ctx.norm_shapes[n.name] = m.atoms
+    out = TMeta(tuple(value.shape), m.cdim, m.atoms)
+    _flop(p, "layer_norm", n, [m], out, affine=_arg(n, args, kwargs, 2, "weight") is not None, batch_stats=False)
+    return out
+
+
 _PRELU_PER_CHANNEL = per_channel_layer(1, "prelu")
 
 
@@ -1051,12 +1088,14 @@ _UNARY_FUNCTIONS = (
     torch.relu, torch.relu_, F.relu, F.relu6, F.silu, F.hardswish, F.hardsigmoid, F.gelu, F.leaky_relu,
     torch.sigmoid, F.sigmoid, torch.tanh, F.tanh, F.dropout, F.dropout2d, F.elu, F.mish, F.hardtanh,
     torch.nn.functional.softplus,
+    torch.sigmoid_, torch.tanh_, F.relu_, F.elu_, F.leaky_relu_, F.hardtanh_,  # in-place forms
 )
 FUNCTION_HANDLERS: dict[Any, FunctionHandler] = {
     **{f: passthrough for f in _UNARY_FUNCTIONS},
     operator.add: binary, operator.iadd: binary, operator.sub: binary, operator.isub: binary,
     operator.mul: binary, operator.imul: binary, operator.truediv: binary, operator.itruediv: binary,
     torch.add: binary, torch.sub: binary, torch.mul: binary, torch.div: binary,
+    operator.pow: power, torch.pow: power, torch.square: passthrough,
     torch.cat: cat, torch.concat: cat,
     torch.chunk: split, torch.split: split,
     torch.unbind: unbind,
@@ -1075,16 +1114,17 @@ FUNCTION_HANDLERS: dict[Any, FunctionHandler] = {
     F.adaptive_avg_pool2d: channel1_op("adaptive_avg_pool"),
     F.max_pool2d: channel1_op("pool"), F.avg_pool2d: channel1_op("pool"),
     F.interpolate: channel1_op("upsample"),
-    F.batch_norm: functional_batch_norm,
+    F.batch_norm: functional_batch_norm, F.layer_norm: functional_layer_norm,
     F.pixel_shuffle: pixel_shuffle, F.pixel_unshuffle: pixel_unshuffle,
     torch.unflatten: unflatten,
 }
 
 METHOD_HANDLERS: dict[str, FunctionHandler] = {
     **{m: passthrough for m in (
-        "relu", "relu_", "sigmoid", "sigmoid_", "tanh", "contiguous", "clone", "float", "to", "detach",
+        "relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "contiguous", "clone", "float", "to", "detach",
         "type_as")},
     **{m: binary for m in ("add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_")},
+    "pow": power, "square": passthrough,
     "view": reshape, "reshape": reshape,
     "flatten": flatten,
     "permute": permute, "transpose": transpose,
@@ -1205,7 +1245,9 @@ def handle_node(p: PassState, n: fx.Node, args: tuple, kwargs: dict, value: Any)
             handler may have coupled some of them already; the message names the node, the op and the handler.
     """
     try:
-        return _handle_node(p, n, args, kwargs, value)
+        meta = _handle_node(p, n, args, kwargs, value)
+        check_size_consumers(p, n, args, kwargs, meta, value)  # a channel count read as a size must fit
+        return meta
     except CompressError:
         raise
     except Exception as exc:
@@ -1238,9 +1280,9 @@ def _handle_node(p: PassState, n: fx.Node, args: tuple, kwargs: dict, value: Any
     if table_handler is not None:
         return table_handler(p, n, args, kwargs, value)
     if not _contains_tensor(value) and not _contains_tensor(args) and not _contains_tensor(kwargs):
-        return None
+        return size_arith(p, n, args, kwargs, value)
     if not _contains_tensor(value) and n.op == "call_method" and n.target in ("size", "dim", "numel"):
-        return None
+        return size_read(p, n, args, kwargs, value)
     if not _contains_tensor(value) and n.op == "call_function" and n.target is getattr:
-        return None
+        return size_read(p, n, args, kwargs, value)
     return unknown(p, n, args, kwargs, value)

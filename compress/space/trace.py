@@ -28,7 +28,7 @@ from typing import Any, Sequence
 import torch
 from torch import fx, nn
 
-from compress.errors import InputShapeError, TraceError, UnsupportedModelError
+from compress.errors import InputShapeError, TraceError, UnsupportedModelError, UnsupportedOpError
 from compress.space.concrete import (CAUSE_DATA_DEPENDENT, CAUSE_NOT_COMPUTED, CAUSE_TENSOR_LOOP,
                                      ConcreteValuesMixin, user_frame_of)
 
@@ -187,6 +187,50 @@ def run_on_inputs(model: nn.Module, inputs: tuple[torch.Tensor, ...], where: str
             f"{type(model).__name__} does not run on {'the inputs of ' + where if where else 'example inputs'} of "
             f"shape {shapes}: {type(exc).__name__}: {exc}. Pass inputs the model accepts, e.g. "
             f"torch.randn(1, 3, 224, 224).") from exc
+
+
+class _NodeLocator(fx.Interpreter):
+    """Runs a graph node by node; the first node that fails is named in an UnsupportedOpError."""
+
+    def __init__(self, gm: fx.GraphModule, where: str) -> None:
+        super().__init__(gm)
+        self.where = where
+
+    def run_node(self, n: fx.Node) -> Any:
+        try:
+            return super().run_node(n)
+        except Exception as exc:
+            op = f"{type(self.module.get_submodule(n.target)).__name__} {n.target!r}" if n.op == "call_module" \
+                else f"{getattr(n.target, '__name__', n.target)}"
+            raise UnsupportedOpError(
+                f"{self.where}, the network fails at node {n.name!r} ({n.op} {op}): {type(exc).__name__}: {exc}. "
+                "The inputs are fine (the full-width network runs on them): an op there does not follow the "
+                "narrower channel widths, e.g. a channel count fixed in the model's code or a channel handler "
+                "that does not fit the op. Pass the layer around it in `ignore=` to keep it at full width, and "
+                "please report it with the model.") from exc
+
+
+def run_graph(gm: fx.GraphModule, inputs: tuple[torch.Tensor, ...], where: str) -> Any:
+    """Run a traced graph (e.g. a slimmable network at a narrower config) without gradients; a failure names the
+    node where it happened.
+
+    Args:
+        gm: the graph module.
+        inputs: its positional inputs (ones the full-width network runs on).
+        where: how the message starts, e.g. "At the smallest config".
+
+    Returns:
+        The graph's output.
+
+    Raises:
+        UnsupportedOpError: a node of the graph failed (names the node, its op and the error).
+    """
+    with torch.no_grad():
+        try:
+            return gm(*inputs)
+        except Exception:  # noqa: BLE001 - run again node by node to name the op that fails
+            pass
+        return _NodeLocator(gm, where).run(*inputs)
 
 
 def as_input_tuple(example_inputs: Any) -> tuple[torch.Tensor, ...]:

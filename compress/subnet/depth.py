@@ -13,6 +13,8 @@ import operator
 import torch
 from torch import fx
 
+from compress.space.inplace import eliminate_dead_code
+
 ADD_TARGETS = {operator.add, operator.iadd, torch.add}
 
 
@@ -64,7 +66,7 @@ def remove_blocks_(gm: fx.GraphModule, removed: set[str]) -> int:
         for m in gm.modules():
             if getattr(m, "inplace", False) is True:
                 m.inplace = False
-    gm.graph.eliminate_dead_code()
+    eliminate_dead_code(gm)  # an in-place op whose result is unused still acts on its input: kept
     gm.delete_all_unused_submodules()
     gm.graph.lint()
     gm.recompile()
