@@ -142,6 +142,9 @@ class CouplingContext:
         self.unflattens: dict[str, tuple[int, tuple[int, ...]]] = {}
         self.ordered: list[tuple[np.ndarray, str]] = []
         self.norm_shapes: dict[str, np.ndarray] = {}
+        # nodes whose handler checked that the channel counts they take as arguments count the channels they act
+        # on (a depthwise F.conv2d with groups=x.shape[1]): those sizes follow the config, nothing to freeze
+        self.size_args_followed: set[str] = set()
 
     # ---- atoms and union-find -------------------------------------------------
     def new_atoms(self, n: int, label: str, frozen_reason: str | None = None) -> np.ndarray:

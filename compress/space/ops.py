@@ -21,7 +21,7 @@ from torch import fx, nn
 
 from compress.space.atoms import FlopOp, IdMeta, PassState, TMeta
 from compress.errors import CompressError, UnsupportedOpError, check_parameter
-from compress.space.sizes import check_size_consumers, size_arith, size_read
+from compress.space.sizes import broadcast_count_dim, check_size_consumers, counts_channels, size_arith, size_read
 from compress.space.trace import EXTRA_LEAF_MODULES, class_key
 
 ModuleHandler = Callable[[PassState, fx.Node, nn.Module, tuple, dict, Any], Any]
@@ -586,7 +586,15 @@ def unsqueeze(p: PassState, n: fx.Node, args: tuple, kwargs: dict, value: Any) -
 
 
 def expand(p: PassState, n: fx.Node, args: tuple, kwargs: dict, value: Any) -> Any:
+    """``x.expand(...)`` / ``expand_as``: the channels stay on their dim (moved by the dims added in front). A
+    size-1 dim expanded to a channel count read from a shape (``filt.expand(C, 1, k, k)``) becomes those
+    channels: one copy each, at any config."""
     m = p.meta_of(n.args[0])
+    if isinstance(m, TMeta) and m.cdim is None and isinstance(value, torch.Tensor):
+        counted = broadcast_count_dim(p, n, args, kwargs, m.shape)
+        if counted is not None:
+            p.ctx.size_args_followed.add(n.name)
+            return TMeta(tuple(value.shape), counted[0], counted[1].atoms)
     if not isinstance(m, TMeta) or m.cdim is None:
         return untracked(value) if not isinstance(m, IdMeta) else unknown(p, n, args, kwargs, value)
     c = m.cdim + value.ndim - len(m.shape)
@@ -965,7 +973,10 @@ def functional_conv(p: PassState, n: fx.Node, args: tuple, kwargs: dict, value: 
           gs_out=1, groups=channels)
     if x.atoms is None:
         return out
-    if not isinstance(_node_arg(n, 6, "groups"), fx.Node):
+    groups_node = _node_arg(n, 6, "groups")
+    if counts_channels(p, groups_node, x.atoms):
+        p.ctx.size_args_followed.add(n.name)
+    if not isinstance(groups_node, fx.Node):
         p.ctx.freeze(x.atoms, f"{n.name}: depthwise {_op_name(n)} with a literal groups={groups} (a narrower "
                               "input cannot run; compute it as x.shape[1], or give the layer a handler)")
     for i, what in ((1, "weight"), (2, "bias")):

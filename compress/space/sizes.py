@@ -147,6 +147,50 @@ def _sizes_own_dim(p: PassState, out: Any, j: int, size: SizeMeta) -> bool:
     return False
 
 
+def counts_channels(p: PassState, node: Any, atoms: np.ndarray) -> bool:
+    """Whether ``node`` is a channel count read from a shape that counts exactly ``atoms`` (once each), so that at
+    any config it equals their width (``groups=x.shape[1]`` of a depthwise conv on ``x``).
+
+    Args:
+        p: the propagation pass.
+        node: an argument of the node being handled (an fx.Node, or a constant).
+        atoms: the channels the op acts on.
+
+    Returns:
+        True when the count follows those channels.
+    """
+    m = p.metas.get(node) if isinstance(node, fx.Node) else None
+    if not isinstance(m, SizeMeta) or m.scale != 1 or len(m.atoms) != len(atoms):
+        return False
+    find = p.ctx.find
+    return sorted(find(a) for a in m.atoms.tolist()) == sorted(find(a) for a in atoms.tolist())
+
+
+def broadcast_count_dim(p: PassState, n: fx.Node, args: tuple, kwargs: dict,
+                        in_shape: tuple[int, ...]) -> tuple[int, SizeMeta] | None:
+    """For ``t.expand(..., C, ...)`` of a size-1 dim to a channel count read from a shape (``filt.expand(C, 1, k,
+    k)``: one filter for every channel): that dim and the count. The result holds one copy per counted channel
+    at any config, so it follows them; None for any other expand.
+
+    Args:
+        p: the propagation pass.
+        n: the ``expand`` node.
+        args: its concrete arguments (the tensor, then the sizes).
+        kwargs: its concrete keyword arguments.
+        in_shape: the shape of the tensor expanded.
+
+    Returns:
+        (dim of the result, the SizeMeta of the count) or None.
+    """
+    positions = _shape_positions(p, n, args, kwargs)
+    offset = len(positions) - len(in_shape)
+    found = [(j, m) for j, m in enumerate(positions) if isinstance(m, SizeMeta)]
+    if len(found) != 1 or found[0][1].scale != 1:
+        return None
+    j, m = found[0]
+    return (j, m) if j >= offset and in_shape[j - offset] == 1 else None
+
+
 def _rewritten(p: PassState, n: fx.Node, out: Any) -> bool:
     """Ops the network replaces by a module whose sizes follow the config (their size arguments are unused)."""
     ctx = p.ctx
@@ -182,7 +226,7 @@ def check_size_consumers(p: PassState, n: fx.Node, args: tuple, kwargs: dict, ou
     if not flatten_tensors(value):
         return  # arithmetic on sizes or indexing of a shape: the result carries the count on
     sizes = _metas(p, n)
-    if not sizes or _rewritten(p, n, out) or _is_value_op(n):
+    if not sizes or _rewritten(p, n, out) or _is_value_op(n) or n.name in p.ctx.size_args_followed:
         return
     where = ""
     if _is_reshape(n):
@@ -200,4 +244,5 @@ def check_size_consumers(p: PassState, n: fx.Node, args: tuple, kwargs: dict, ou
     p.ctx.freeze_meta(out, reason)
 
 
-__all__ = ["RESHAPE_FUNCTIONS", "RESHAPE_METHODS", "VALUE_FUNCTIONS", "VALUE_METHODS", "check_size_consumers", "size_arith", "size_read"]
+__all__ = ["RESHAPE_FUNCTIONS", "RESHAPE_METHODS", "VALUE_FUNCTIONS", "VALUE_METHODS", "check_size_consumers",
+           "broadcast_count_dim", "counts_channels", "size_arith", "size_read"]
