@@ -13,7 +13,7 @@ from . import profile_device as pd
 from .capabilities import Capabilities
 from .cpu import channel_block
 from .errors import InputShapeError
-from .measurement import Measurement
+from .measurement import Measurement, check_protocol
 
 
 def checked_inputs(model: Any, example_inputs: Any, where: str) -> tuple:
@@ -73,11 +73,12 @@ class TorchCpuDevice:
             protocol: ``pd.measure`` options (warmup, min_runs, max_runs, rel_tol).
 
         Raises:
-            InvalidParameterError: ``model`` is not a module.
+            InvalidParameterError: ``model`` is not a module, or a protocol option it does not take or out of range.
             InputShapeError: the module raises on ``example_inputs``.
         """
         check_parameter(isinstance(model, nn.Module), "model", "TorchCpuDevice.measure",
                         "a torch nn.Module (ONNX files are timed by the 'cpu' device)", model)
+        check_protocol(protocol, ("warmup", "min_runs", "max_runs", "rel_tol"), "TorchCpuDevice.measure")
         prev_threads, prev_mode = torch.get_num_threads(), model.training
         try:
             torch.set_num_threads(self.threads)
@@ -93,6 +94,10 @@ class TorchCpuDevice:
     def measure_interleaved(self, models: list[nn.Module], example_inputs: Any, **protocol: Any) -> list[Measurement]:
         """Latency of several modules timed in bursts in rotating order, so a slow phase of the host hits all alike.
         Arguments and errors as for ``measure``; one Measurement per module, in order."""
+        check_parameter(isinstance(models, (list, tuple)) and len(models) > 0, "models",
+                        "TorchCpuDevice.measure_interleaved", "a non-empty list of torch nn.Modules", models)
+        check_protocol(protocol, ("warmup", "min_runs", "burst", "max_runs", "rel_tol"),
+                       "TorchCpuDevice.measure_interleaved")
         for m in models:
             check_parameter(isinstance(m, nn.Module), "models", "TorchCpuDevice.measure_interleaved",
                             "a list of torch nn.Modules (ONNX files are timed by the 'cpu' device)", m)

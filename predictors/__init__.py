@@ -5,12 +5,12 @@
     pred.predict_ms(net, configs, family="resnet18")                       # many configs, fast
 """
 
-from .errors import (CorruptTableError, FingerprintMismatchError, NotFittedError, ReferenceMismatchError,
-                     SchemaVersionError)
+from .errors import (CorruptTableError, FingerprintMismatchError, MissingFileError, NotFittedError,
+                     ReferenceMismatchError, SchemaVersionError)
 from .forest import ForestModel
 from .latency import LatencyPredictor, NetKernels
 from .profiling import profile_configs, profile_family
 from .table import LatencyTable
 
 __all__ = ["CorruptTableError", "FingerprintMismatchError", "ForestModel", "LatencyPredictor", "LatencyTable",
-           "NetKernels", "NotFittedError", "ReferenceMismatchError", "SchemaVersionError", "profile_configs", "profile_family"]
+           "MissingFileError", "NetKernels", "NotFittedError", "ReferenceMismatchError", "SchemaVersionError", "profile_configs", "profile_family"]

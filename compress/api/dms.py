@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import nn
 
+from compress.api.checks import check_call_arguments
 from compress.subnet.bn import recalibrate_bn
 from compress.deploy.closed_loop import HEADROOM
 from compress.deploy.timing import ReferenceTimer, timed_ms
@@ -124,7 +125,8 @@ def dms(model: nn.Module, *, latency_ms: float | None = None, flops: float | Non
     Raises:
         InvalidParameterError / MislabelledDataError: no or two budgets, a non-positive budget, empty loaders,
             labels that do not fit the model's outputs, a ``timer`` made for other input shapes, ``settings`` that
-            is not a DMSSettings, an unknown keyword, or a deprecated keyword with a refused value.
+            is not a DMSSettings, an unknown keyword, or a deprecated keyword with a refused value, a ``predictor``
+            without ``predict_ms``, a ``log`` that is not callable, a ``work_dir`` that is not a path.
         UnknownDeviceError: unknown device name (lists the known ones).
         InputShapeError, TraceError, UnsupportedOpError: the model does not run on the loader's images or cannot
             be traced (see :class:`SlimmableNetwork`).
@@ -133,6 +135,7 @@ def dms(model: nn.Module, *, latency_ms: float | None = None, flops: float | Non
         PredictorUnavailableError: a latency budget on a device that cannot be profiled here and no ``predictor``.
         BudgetNotMetError: no scaling of the searched shape measured under the budget.
     """
+    check_call_arguments("dms", device, settings, DMSSettings, predictor, timer, log, progress)
     settings = settings_with_deprecated(settings, deprecated)
     pipeline = settings.pipeline
     prep = prepare("dms", model, latency_ms, flops, device, train_loader, val_loader, settings.divisor,

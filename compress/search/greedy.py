@@ -19,7 +19,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 from compress.io import save_json
-from compress.errors import SearchResumeError
+from compress.errors import InvalidConfigError, SearchResumeError, is_finite_number, is_int
 from compress.settings import SearchSettings
 
 CostFn = Callable[[Sequence[Mapping[str, int]]], np.ndarray]
@@ -85,6 +85,62 @@ def cheapest_useful_cuts(space, config: Mapping[str, int], cur_cost: float, cost
     return out
 
 
+def _is_number(v: object) -> bool:
+    """A score: an int or float, NaN allowed (a diverged subnet's loss is saved as NaN and resumed as such)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+# fields of a saved path point -> (check, what it must be); "ranking" and "scored" only on steps after the first
+POINT_FIELDS: dict[str, tuple[Callable[[object], bool], str]] = {
+    "step": (lambda v: is_int(v) and v >= 0, "an int >= 0"),
+    "config": (lambda v: isinstance(v, dict), "an object (group -> width)"),
+    "cost": (is_finite_number, "a finite number"),
+    "flops": (lambda v: is_int(v) and v >= 0, "an int >= 0"),
+    "top1": (_is_number, "a number"),
+    "loss": (_is_number, "a number"),
+    "seconds": (lambda v: is_finite_number(v) and v >= 0, "a finite number >= 0"),
+}
+OPTIONAL_POINT_FIELDS: dict[str, tuple[Callable[[object], bool], str]] = {
+    "ranking": (lambda v: isinstance(v, list) and all(isinstance(n, str) for n in v), "a list of group names"),
+    "scored": (lambda v: is_int(v) and v >= 0, "an int >= 0"),
+}
+
+
+def load_path(path_file: str | os.PathLike, ident: dict, space) -> list[dict]:
+    """The saved path of ``path_file``, checked before it is resumed: JSON of this search (``ident``), every
+    point with the fields :data:`POINT_FIELDS` names and a config this ``space`` accepts.
+
+    Raises:
+        SearchResumeError: the file is not complete JSON, belongs to another search, or a point lacks a field or
+            has a damaged one (names the file, the point and the field, and says what to do).
+    """
+    where = f"The search path {str(path_file)!r}"
+    advice = "Delete it (the search starts again from full width) or use another work directory."
+    try:
+        saved = json.loads(Path(path_file).read_text())
+    except (OSError, ValueError) as exc:
+        raise SearchResumeError(f"{where} cannot be read as JSON ({exc}); it may be damaged. {advice}") from exc
+    if not isinstance(saved, dict) or {k: saved.get(k) for k in ident} != ident:
+        raise SearchResumeError(f"{where} was written for another network, its weights, objective or settings. "
+                                f"{advice}")
+    path = saved.get("path")
+    if not isinstance(path, list) or not path:
+        raise SearchResumeError(f"{where}: field 'path' must be a non-empty list of points; got {path!r:.60}. {advice}")
+    for i, p in enumerate(path):
+        if not isinstance(p, dict):
+            raise SearchResumeError(f"{where}: point {i} must be an object; got {p!r:.60}. {advice}")
+        for key, (ok, what) in {**POINT_FIELDS, **{k: v for k, v in OPTIONAL_POINT_FIELDS.items() if k in p}}.items():
+            if key not in p or not ok(p[key]):
+                got = f"{p[key]!r:.60}" if key in p else "nothing"
+                raise SearchResumeError(f"{where}: point {i} field {key!r} must be {what}; got {got}. {advice}")
+        try:
+            space.widths(p["config"])
+        except InvalidConfigError as exc:
+            raise SearchResumeError(f"{where}: point {i} has a config this network cannot take ({exc}). "
+                                    f"{advice}") from exc
+    return path
+
+
 def greedy_slim(net, score: ScoreFn, cost: CostFn, target: float, settings: SearchSettings | None = None,
                 path_file: str | os.PathLike | None = None, identity: dict | None = None,
                 progress: bool = True) -> list[dict]:
@@ -101,6 +157,9 @@ def greedy_slim(net, score: ScoreFn, cost: CostFn, target: float, settings: Sear
 
     Returns:
         The path: dicts with step, config, cost, flops, top1, loss, seconds.
+
+    Raises:
+        SearchResumeError: the saved ``path_file`` belongs to another search or is damaged (see :func:`load_path`).
     """
     settings = settings or SearchSettings()
     space = net.space
@@ -110,12 +169,7 @@ def greedy_slim(net, score: ScoreFn, cost: CostFn, target: float, settings: Sear
     ident = {"identity": identity or {}, "settings": settings.to_dict()}
     path: list[dict] = []
     if path_file is not None and Path(path_file).exists():
-        saved = json.loads(Path(path_file).read_text())
-        if {k: saved.get(k) for k in ident} != ident:
-            raise SearchResumeError(
-                f"The search path {str(path_file)!r} was written for another network, its weights, objective or "
-                "settings. Delete it or use another work directory.")
-        path = saved["path"]
+        path = load_path(path_file, ident, space)
         stop = next((i for i, p in enumerate(path) if p["cost"] <= settings.overshoot * target), None)
         if stop is not None:
             path = path[:stop + 1]
