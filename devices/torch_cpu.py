@@ -8,11 +8,11 @@ import torch
 from torch import nn
 
 from compress.errors import check_parameter
+from compress.space.trace import as_input_tuple, run_on_inputs
 
 from . import profile_device as pd
 from .capabilities import Capabilities
 from .cpu import channel_block
-from .errors import InputShapeError
 from .measurement import Measurement, check_protocol
 
 
@@ -22,17 +22,13 @@ def checked_inputs(model: Any, example_inputs: Any, where: str) -> tuple:
 
     Raises:
         InvalidParameterError: ``model`` is not an ``nn.Module`` (e.g. an ONNX path: use the "cpu" device).
-        InputShapeError: the module raises on these inputs.
+        InputShapeError: ``example_inputs`` is not a tensor or a tuple of tensors, the module raises on them, or
+            they have no batch dimension.
     """
     check_parameter(isinstance(model, nn.Module), "model", where,
                     "a torch nn.Module (ONNX files are timed by the 'cpu' device)", model)
-    inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
-    try:
-        model(*inputs)
-    except (RuntimeError, ValueError, TypeError, IndexError) as exc:  # what torch raises on mismatched shapes
-        shapes = [tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__ for x in inputs]
-        raise InputShapeError(f"{where}: the module does not run on inputs of shapes {shapes} ({exc}). Pass the "
-                              "example inputs it was built for.") from exc
+    inputs = as_input_tuple(example_inputs)
+    run_on_inputs(model, inputs, where)  # a named error for shapes it cannot take, or inputs without a batch dim
     return inputs
 
 
@@ -107,7 +103,7 @@ class TorchCpuDevice:
             for m in models:
                 m.eval()
             with torch.no_grad():
-                inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
+                inputs = as_input_tuple(example_inputs)
                 for m in models:
                     checked_inputs(m, inputs, "TorchCpuDevice.measure_interleaved")
                 stats = pd.measure_interleaved([lambda m=m: m(*inputs) for m in models], **protocol)

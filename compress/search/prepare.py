@@ -61,8 +61,8 @@ def check_images(x: torch.Tensor, what: str) -> None:
                               f"{tuple(x.shape)}). Fix the data or its transforms before searching.")
 
 
-def _check_loader(loader: Iterable, what: str, num_classes: int, net: nn.Module,
-                  x1: tuple) -> tuple[torch.Tensor, torch.Tensor]:
+def _check_loader(loader: Iterable, what: str, num_classes: int, net: nn.Module, x1: tuple,
+                  name: str) -> tuple[torch.Tensor, torch.Tensor]:
     """The first batch of ``loader``, checked: images of the example input's size that the model runs on,
     labels that fit its outputs."""
     if loader is None:
@@ -76,7 +76,7 @@ def _check_loader(loader: Iterable, what: str, num_classes: int, net: nn.Module,
             f"model's example input {example}: latency and FLOPs are measured at the example input's size, so every "
             "loader must give that size. Resize or crop in the loader's transforms (e.g. torchvision.transforms."
             "Resize / CenterCrop), or build the SlimmableNetwork with example inputs of the loader's size.")
-    run_on_inputs(net, (x,), f"the first {what} batch")  # in eval mode, without gradients
+    run_on_inputs(net, (x,), f"the first {what} batch", name)  # in eval mode, without gradients
     if y.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8) or y.ndim != 1 or len(y) != len(x):
         raise MislabelledDataError(
             f"The {what} loader's labels must be a 1-D integer tensor of class indices, one per image. Got "
@@ -139,8 +139,8 @@ def prepare(name: str, model: nn.Module, latency_ms: float | None, flops: float 
         net = SlimmableNetwork(model, x1, divisor=divisor)
     with torch.no_grad():
         num_classes = int(net.eval()(*x1).shape[-1])
-    _check_loader(train_loader, "train", num_classes, net, x1)  # the first batches go through the model here
-    _check_loader(val_loader, "val", num_classes, net, x1)
+    _check_loader(train_loader, "train", num_classes, net, x1, type(model).__name__)  # the first batches go
+    _check_loader(val_loader, "val", num_classes, net, x1, type(model).__name__)      # through the model here
     if len(net.space) == 0:
         raise NothingToSlimError(
             f"{type(model).__name__} has no channel group that can be narrowed: {net.space.summary()} "
