@@ -108,8 +108,8 @@ def dms(model: nn.Module, *, latency_ms: float | None = None, flops: float | Non
             width, removed blocks kept) until its measured latency (exact FLOPs) is within
             [min_budget_use x budget, budget], in at most max_measurements measurements.
         predictor: a fitted ``predictors.LatencyPredictor`` for the device (otherwise profiled here).
-        work_dir: latency table and result (result.json, subnet.pt; ``SlimResult.load`` reads them) are kept here.
-            None: a new temporary folder.
+        work_dir: latency table, search checkpoint (``dms_search.pt``: a rerun resumes the search) and result
+            (result.json, subnet.pt; ``SlimResult.load`` reads them) are kept here. None: a new temporary folder.
         progress: show progress bars.
         log: called with each line of progress text.
         timer: a ``compress.deploy.timing.ReferenceTimer`` of the full model to share between searches (see
@@ -134,6 +134,7 @@ def dms(model: nn.Module, *, latency_ms: float | None = None, flops: float | Non
         BudgetUnreachableError: the budget is below the smallest subnet.
         PredictorUnavailableError: a latency budget on a device that cannot be profiled here and no ``predictor``.
         BudgetNotMetError: no scaling of the searched shape measured under the budget.
+        CheckpointMismatchError: the search checkpoint in ``work_dir`` belongs to other settings or another network.
     """
     check_call_arguments("dms", device, settings, DMSSettings, predictor, timer, log, progress)
     settings = settings_with_deprecated(settings, deprecated)
@@ -167,7 +168,8 @@ def dms(model: nn.Module, *, latency_ms: float | None = None, flops: float | Non
         log(f"soft latency target {target:.3f} ms (predictor scale) for a measured budget of {budget:.3f} ms")
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
-    history = dms_search(dmsnet, train_loader, soft_cost, target, settings, progress=progress)
+    history = dms_search(dmsnet, train_loader, soft_cost, target, settings, progress=progress,
+                         checkpoint=prep.work / "dms_search.pt")  # resumed on rerun
     seconds["search"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     removed = dmsnet.removed_blocks()

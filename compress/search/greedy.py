@@ -21,6 +21,7 @@ import numpy as np
 from compress.io import save_json
 from compress.errors import InvalidConfigError, SearchResumeError, is_finite_number, is_int
 from compress.settings import SearchSettings
+from compress.train.supernet import deferred_interrupt
 
 CostFn = Callable[[Sequence[Mapping[str, int]]], np.ndarray]
 ScoreFn = Callable[[Mapping[str, int]], dict]
@@ -186,8 +187,10 @@ def greedy_slim(net, score: ScoreFn, cost: CostFn, target: float, settings: Sear
     t0 = time.perf_counter() - (path[-1]["seconds"] if path else 0.0)
     if not path:
         cfg = space.max_config()
-        path.append(point(0, cfg, score(cfg), cost([cfg])[0], time.perf_counter() - t0))
-        save()
+        first = point(0, cfg, score(cfg), cost([cfg])[0], time.perf_counter() - t0)
+        with deferred_interrupt():
+            path.append(first)
+            save()
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -219,9 +222,10 @@ def greedy_slim(net, score: ScoreFn, cost: CostFn, target: float, settings: Sear
                     cfg[name] = c[name]
                 new_cost = float(cost([cfg])[0])
                 res = score(cfg)
-            path.append({**point(len(path), cfg, res, new_cost, time.perf_counter() - t0), "ranking": ranking,
-                         "scored": len(results)})
-            save()
+            with deferred_interrupt():  # Ctrl-C: a finished step is on disk (a resume repeats none)
+                path.append({**point(len(path), cfg, res, new_cost, time.perf_counter() - t0), "ranking": ranking,
+                             "scored": len(results)})
+                save()
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(cost=f"{new_cost:.4g}", target=f"{target:.4g}", top1=f"{res['top1']:.1f}")
