@@ -124,3 +124,34 @@ def test_killed_and_interrupted_runs_resume_to_the_uninterrupted_result(tmp_path
                 assert redone >= 0
     finally:
         server.close()
+
+
+def test_a_dms_search_checkpoint_is_resumed_only_by_the_same_search(tmp_path):
+    """A finished search's checkpoint ends a rerun with no step done and the same weights; one written for another
+    budget is replaced with a warning (a fresh search), never resumed towards the old target."""
+    from compress.search.dms.masked import DMSNetwork
+    from compress.search.dms.search import dms_search
+    from compress.settings import DMSSettings
+    from compress.train.data import ImageSet, TensorLoader
+    from compress.train.models import cifar_resnet
+
+    g = torch.Generator().manual_seed(1)
+    loader = TensorLoader(ImageSet(torch.randint(0, 256, (32, 3, 16, 16), dtype=torch.uint8, generator=g),
+                                   torch.arange(32) % 4, list("abcd")), 16, train=True)
+
+    def search(budget: float):
+        torch.manual_seed(0)
+        net = compress.SlimmableNetwork(cifar_resnet(8, num_classes=4), torch.randn(1, 3, 16, 16))
+        dmsnet = DMSNetwork(net, 0.25, True)
+        log = dms_search(dmsnet, loader, dmsnet.soft_flops, budget * float(dmsnet.soft_flops()),
+                         DMSSettings(epochs=2, seed=0), progress=False, checkpoint=tmp_path / "dms_search.pt",
+                         identity={"budget": budget})
+        return log, {k: v.clone() for k, v in dmsnet.state_dict().items()}
+
+    log, weights = search(0.5)
+    assert torch.load(tmp_path / "dms_search.pt", weights_only=True)["step"] == 4
+    again_log, again = search(0.5)  # resumed at its end: nothing moves
+    assert again_log == log and all(torch.equal(weights[k], again[k]) for k in weights)
+    with pytest.warns(UserWarning, match="was written for another search .* starting this search from its first step"):
+        other_log, _ = search(0.3)
+    assert other_log[-1]["target"] != log[-1]["target"]

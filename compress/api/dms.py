@@ -134,7 +134,6 @@ def dms(model: nn.Module, *, latency_ms: float | None = None, flops: float | Non
         BudgetUnreachableError: the budget is below the smallest subnet.
         PredictorUnavailableError: a latency budget on a device that cannot be profiled here and no ``predictor``.
         BudgetNotMetError: no scaling of the searched shape measured under the budget.
-        CheckpointMismatchError: the search checkpoint in ``work_dir`` belongs to other settings or another network.
     """
     check_call_arguments("dms", device, settings, DMSSettings, predictor, timer, log, progress)
     settings = settings_with_deprecated(settings, deprecated)
@@ -169,7 +168,8 @@ def dms(model: nn.Module, *, latency_ms: float | None = None, flops: float | Non
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
     history = dms_search(dmsnet, train_loader, soft_cost, target, settings, progress=progress,
-                         checkpoint=prep.work / "dms_search.pt")  # resumed on rerun
+                         checkpoint=prep.work / "dms_search.pt",  # resumed on a rerun with the same budget
+                         identity={"budget": budget, "unit": "ms" if prep.latency else "FLOPs"})
     seconds["search"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     removed = dmsnet.removed_blocks()

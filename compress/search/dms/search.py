@@ -10,13 +10,14 @@ Importances (Taylor) are updated after each backward, outside the optimizer. Pru
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
 
-from compress.errors import CheckpointMismatchError, InvalidParameterError
+from compress.errors import InvalidParameterError
 from compress.io import load_checkpoint, save_checkpoint
 from compress.train.supernet import deferred_interrupt
 
@@ -41,7 +42,8 @@ CHECKPOINT_EVERY = 20  # search steps between checkpoints (one is also written o
 
 def dms_search(dms: DMSNetwork, train_loader: Iterable, soft_cost: Callable[[], torch.Tensor], target: float,
                settings: DMSSettings | None = None, progress: bool = True,
-               checkpoint: str | os.PathLike | None = None, checkpoint_every: int | None = None) -> list[dict]:
+               checkpoint: str | os.PathLike | None = None, checkpoint_every: int | None = None,
+               identity: dict | None = None) -> list[dict]:
     """Run the DMS search in place; returns a log of (step, task loss, soft cost, target) every few steps.
 
     Args:
@@ -53,15 +55,17 @@ def dms_search(dms: DMSNetwork, train_loader: Iterable, soft_cost: Callable[[], 
         settings: epochs, learning rates, lambda_resource, annealing, ...
         progress: show a progress bar.
         checkpoint: file written atomically every ``checkpoint_every`` steps, on Ctrl-C (every finished step)
-            and at the end; when it exists, the search resumes from it and ends as an uninterrupted one would.
+            and at the end; when it exists, the search resumes from it (keeping the full cost and target it
+            started with) and ends as an uninterrupted one would. A checkpoint of another search (settings,
+            network, ``identity``) is replaced, with a warning.
         checkpoint_every: steps between checkpoints (None: ``CHECKPOINT_EVERY``).
+        identity: anything else a checkpoint must match to be resumed (JSON-able), e.g. the user's budget: a rerun
+            with another budget starts afresh instead of resuming a search towards the old one.
 
     Returns:
         The log: dicts with step, task, cost, target.
 
     Raises:
-        CheckpointMismatchError: the checkpoint was written for other settings or another network (a resumed search
-            keeps the full cost and target it started with).
         InvalidParameterError: an epoch of the loader yields no batch.
         WriteError: a checkpoint could not be written.
     """
@@ -88,13 +92,14 @@ def dms_search(dms: DMSNetwork, train_loader: Iterable, soft_cost: Callable[[], 
     # the network and settings must match; the full cost and the target are the saved ones (a latency target
     # comes from a fresh measurement on every run: the resumed search goes on towards the target it started with)
     ident = {"settings": settings.to_dict(), "steps": steps, "params": sum(p.numel() for p in dms.parameters()),
-             "structure": [t.n for t in dms.structure_modules()]}
-    if checkpoint is not None and Path(checkpoint).exists():
-        state = load_checkpoint(checkpoint)
-        if state.get("identity") != ident:
-            raise CheckpointMismatchError(
-                f"The DMS search checkpoint {str(checkpoint)!r} was written for other settings, another network or "
-                f"target (saved: {state.get('identity')}; now: {ident}). Delete it or use another work directory.")
+             "structure": [t.n for t in dms.structure_modules()], "identity": identity or {}}
+    state = load_checkpoint(checkpoint) if checkpoint is not None and Path(checkpoint).exists() else None
+    if state is not None and state.get("identity") != ident:  # another search's: start afresh (it is overwritten)
+        warnings.warn(f"The DMS search checkpoint {str(checkpoint)!r} was written for another search (other "
+                      "settings, network or budget); starting this search from its first step and replacing it.",
+                      stacklevel=2)
+        state = None
+    if state is not None:
         dms.load_state_dict(state["model"])
         struct.load_state_dict(state["structure_optimizer"])
         if weights is not None:
