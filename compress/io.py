@@ -198,8 +198,12 @@ def make_work_dir(work_dir: str | os.PathLike, owner: str) -> Path:
     """The work directory as a Path, created if missing.
 
     Raises:
-        InvalidParameterError: ``work_dir`` is a file, or cannot be created (names the path and the OS's reason).
+        InvalidParameterError: ``work_dir`` is not a path, is a file, or cannot be created (names the path and the
+            OS's reason).
     """
+    if not isinstance(work_dir, (str, os.PathLike)):
+        raise InvalidParameterError(f"The 'work_dir' parameter of {owner} must be a folder path (str or Path) or "
+                                    f"None. Got {work_dir!r} instead.")
     path = Path(work_dir)
     if path.exists() and not path.is_dir():
         raise InvalidParameterError(f"The work_dir of {owner} must be a folder. Got {str(path)!r}, which is a file: "

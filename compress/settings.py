@@ -96,12 +96,15 @@ class JsonSettings:
         """Read ``to_json``'s text.
 
         Raises:
-            InvalidParameterError: the text is not JSON, or not settings of this class.
+            InvalidParameterError: the text is not a str or not JSON, or not settings of this class.
             SettingsSchemaError: the JSON was written for another schema version than SETTINGS_SCHEMA.
         """
+        if not isinstance(text, (str, bytes, bytearray)):
+            raise InvalidParameterError(f"{cls.__name__}.from_json needs the JSON text (a str). Got "
+                                        f"{type(text).__name__} instead; to read a file pass Path(file).read_text().")
         try:
             data = json.loads(text)
-        except json.JSONDecodeError as e:
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise InvalidParameterError(f"{cls.__name__}.from_json got text that is not JSON: {e}.") from None
         if isinstance(data, dict) and SCHEMA_KEY in data:
             data = dict(data)
@@ -150,9 +153,9 @@ class TrainSettings(JsonSettings):
     Attributes:
         epochs: passes over the training loader (float; fractions of an epoch allowed), > 0.
         lr: peak SGD learning rate (Nesterov, cosine schedule) of one network's step, > 0.
-        momentum: SGD momentum (dimensionless).
-        weight_decay: L2 weight decay of conv/linear weights (BN and biases get none).
-        warmup_epochs: linear learning-rate warm-up length, in epochs.
+        momentum: SGD momentum (dimensionless), in [0, 1).
+        weight_decay: L2 weight decay of conv/linear weights (BN and biases get none), >= 0.
+        warmup_epochs: linear learning-rate warm-up length, in epochs, >= 0.
         num_subnets: subnets per optimizer step: largest + smallest + (num_subnets - 2) random, int >= 2.
         min_ratio: width of the smallest subnet, as a fraction of every group's full width, in (0, 1].
         distill: "kl" (KL to the largest subnet), "alpha" (adaptive alpha-divergence) or "none" (labels for all).
@@ -184,6 +187,9 @@ class TrainSettings(JsonSettings):
         self.check_types()
         self._check("epochs", self.epochs > 0, "> 0")
         self._check("lr", self.lr > 0, "> 0")
+        self._check("momentum", 0 <= self.momentum < 1, "in [0, 1)")
+        self._check("weight_decay", self.weight_decay >= 0, ">= 0")
+        self._check("warmup_epochs", self.warmup_epochs >= 0, ">= 0")
         self._check("num_subnets", isinstance(self.num_subnets, int) and self.num_subnets >= 2, "an int >= 2")
         self._check("min_ratio", 0 < self.min_ratio <= 1, "in (0, 1]")
         self._check("distill", self.distill in ("kl", "alpha", "none"), "'kl', 'alpha' or 'none'")
@@ -253,7 +259,7 @@ class AutoSlimSettings(JsonSettings):
         threads: intra-op threads of the device measurements, int >= 1.
         pretrained: reorder channels by BN importance before training the supernet (bool).
         finetune_epochs: epochs of fine-tuning the chosen subnet, distilled from the supernet, >= 0 (0: none).
-        finetune_lr: learning rate of that fine-tuning.
+        finetune_lr: learning rate of that fine-tuning, > 0.
         profile_configs: subnets profiled in context to fit the latency predictor, int >= 4.
         max_measurements: closed loop: subnets exported and measured on the device at most, int >= 1.
         min_budget_use: closed loop: try a larger subnet while measured latency < this x budget, in (0, 1).
@@ -278,6 +284,7 @@ class AutoSlimSettings(JsonSettings):
         self._check("divisor", isinstance(self.divisor, int) and self.divisor >= 1, "an int >= 1")
         self._check("threads", isinstance(self.threads, int) and self.threads >= 1, "an int >= 1")
         self._check("finetune_epochs", self.finetune_epochs >= 0, ">= 0")
+        self._check("finetune_lr", self.finetune_lr > 0, "> 0")
         self._check("profile_configs", isinstance(self.profile_configs, int) and self.profile_configs >= 4,
                     "an int >= 4")
         self._check("max_measurements", isinstance(self.max_measurements, int) and self.max_measurements >= 1,
@@ -300,8 +307,8 @@ class DMSSettings(JsonSettings):
 
     Attributes:
         epochs: search epochs (weights and structure together), > 0.
-        lr: weight learning rate (SGD, cosine schedule).
-        structure_lr: pruning-ratio learning rate (Adam: every step moves a ratio by about this).
+        lr: weight learning rate (SGD, cosine schedule), > 0.
+        structure_lr: pruning-ratio learning rate (Adam: every step moves a ratio by about this), > 0.
         lambda_resource: weight of the resource penalty in the search loss (dimensionless), > 0: the penalty is
             |log(cost / target)| (``two_sided``) or max(0, log(cost / target)).
         anneal: fraction of the search over which the target moves from the full cost to the budget, in (0, 1].
@@ -344,6 +351,8 @@ class DMSSettings(JsonSettings):
     def __post_init__(self) -> None:
         self.check_types()
         self._check("epochs", self.epochs > 0, "> 0")
+        self._check("lr", self.lr > 0, "> 0")
+        self._check("structure_lr", self.structure_lr > 0, "> 0")
         self._check("lambda_resource", self.lambda_resource > 0, "> 0")
         self._check("anneal", 0 < self.anneal <= 1, "in (0, 1]")
         self._check("min_ratio", 0 < self.min_ratio <= 1, "in (0, 1]")

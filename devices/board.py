@@ -13,12 +13,12 @@ import zipfile
 from pathlib import Path
 from typing import Mapping
 
-from compress.errors import check_parameter
+from compress.errors import check_parameter, is_int
 from compress.io import atomic_write
 
 from . import profile_device as pd
 from .capabilities import Capabilities
-from .errors import DeviceUnavailableError
+from .errors import DeviceUnavailableError, ModelNotFoundError
 
 
 def write_bundle(models: Mapping[str, str | os.PathLike], input_shapes: Mapping[str, list[int]],
@@ -50,12 +50,31 @@ def write_bundle(models: Mapping[str, str | os.PathLike], input_shapes: Mapping[
         ``path`` as a :class:`~pathlib.Path` (a zip: ``manifest.json`` and ``models/*.onnx``).
 
     Raises:
-        InvalidParameterError: ``models`` is empty.
-        WriteError: the bundle could not be written (the path is left as it was).
-        FileNotFoundError: an ONNX file named in ``models``, ``reference`` or ``anchor`` does not exist (an
-            ``OSError`` reading an input propagates unchanged).
+        InvalidParameterError: ``models`` is not a non-empty mapping of names (str) to paths, or shapes that are
+            not input name -> list of positive ints.
+        ModelNotFoundError: an ONNX file named in ``models``, ``reference`` or ``anchor`` does not exist (a
+            ``FileNotFoundError``; checked before anything is written).
+        WriteError: the bundle could not be written (the path is left as it was). A missing folder is created.
     """
-    check_parameter(len(models) > 0, "models", "write_bundle", "a non-empty mapping", models)
+    check_parameter(isinstance(models, Mapping) and len(models) > 0, "models", "write_bundle",
+                    "a non-empty mapping of model name -> ONNX file", models)
+    for name in models:
+        check_parameter(isinstance(name, str) and name != "", "models", "write_bundle",
+                        "a mapping whose keys (model names) are non-empty strings", name)
+    _check_shapes(input_shapes, "input_shapes")
+    for name, shapes in (model_inputs or {}).items():
+        _check_shapes(shapes, f"model_inputs[{name!r}]")
+    if reference_inputs is not None:
+        _check_shapes(reference_inputs, "reference_inputs")
+    files = [(f"model {name!r}", f) for name, f in models.items()]
+    files += [(role, f) for role, f in (("reference", reference), ("anchor", anchor)) if f is not None]
+    for what, onnx_path in files:  # before anything is written
+        check_parameter(isinstance(onnx_path, (str, os.PathLike)), what, "write_bundle", "the path of an ONNX file",
+                        onnx_path)
+        if not Path(onnx_path).is_file():
+            raise ModelNotFoundError(f"write_bundle: there is no ONNX file at {str(onnx_path)!r} ({what}). Export "
+                                     "the model there (compress.export_onnx) or pass the path of an existing file; "
+                                     "nothing was written.")
     path = Path(path)
     manifest = {"schema_version": pd.BUNDLE_SCHEMA_VERSION, "kind": pd.BUNDLE_KIND, "models": []}
 
@@ -78,6 +97,15 @@ def write_bundle(models: Mapping[str, str | os.PathLike], input_shapes: Mapping[
 
     atomic_write(path, write)
     return path
+
+
+def _check_shapes(shapes: object, what: str) -> None:
+    """Input name -> shape (a list of positive ints), as profile_device.py reads them."""
+    ok = isinstance(shapes, Mapping) and all(
+        isinstance(k, str) and isinstance(v, (list, tuple)) and 0 < len(v) <= 8
+        and all(is_int(d) and d > 0 for d in v) for k, v in shapes.items())
+    check_parameter(ok, what, "write_bundle", "a dict of input name -> shape (positive ints), e.g. "
+                    "{'input': [1, 3, 224, 224]}", shapes)
 
 
 def _entry(arc: str) -> zipfile.ZipInfo:

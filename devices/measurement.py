@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from compress.errors import InvalidParameterError, check_parameter, is_finite_number, is_int
+
 
 @dataclass
 class Measurement:
@@ -36,3 +38,35 @@ class Measurement:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+# Options of the measurement protocol (``profile_device.measure`` / ``measure_interleaved`` / ``profile_model``):
+# name -> (check, what it must be).
+PROTOCOL_OPTIONS: dict[str, tuple] = {
+    "warmup": (lambda v: is_int(v) and v >= 0, "an int >= 0 (untimed runs first)"),
+    "min_runs": (lambda v: is_int(v) and v >= 0, "an int >= 0 (timed runs at least)"),
+    "max_runs": (lambda v: is_int(v) and v >= 1, "an int >= 1 (timed runs at most)"),
+    "rel_tol": (lambda v: is_finite_number(v) and v >= 0, "a finite number >= 0 (median stability, relative)"),
+    "burst": (lambda v: is_int(v) and v >= 1, "an int >= 1 (runs per model and round)"),
+    "kernel_runs": (lambda v: is_int(v) and v >= 1, "an int >= 1 (profiled runs)"),
+}
+
+
+def check_protocol(protocol: dict, allowed: tuple[str, ...], where: str) -> None:
+    """Refuse protocol options ``where`` does not take, or values out of range, naming them.
+
+    Args:
+        protocol: the keyword options given (e.g. ``{"min_runs": 20}``).
+        allowed: the option names ``where`` takes (keys of :data:`PROTOCOL_OPTIONS`).
+        where: the method, for the message (e.g. ``"OrtCpuDevice.measure"``).
+
+    Raises:
+        InvalidParameterError: an unknown option (the message lists those taken) or a value out of range.
+    """
+    unknown = sorted(set(protocol) - set(allowed))
+    if unknown:
+        raise InvalidParameterError(f"{where} takes no measurement option(s) {unknown}. It takes: "
+                                    f"{', '.join(allowed)}.")
+    for name, value in protocol.items():
+        ok, what = PROTOCOL_OPTIONS[name]
+        check_parameter(ok(value), name, where, what, value)

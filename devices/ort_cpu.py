@@ -12,7 +12,11 @@ from . import profile_device as pd
 from .capabilities import Capabilities
 from .cpu import channel_block
 from .errors import InputShapeError, ModelFileError, ModelNotFoundError
-from .measurement import Measurement
+from .measurement import Measurement, check_protocol
+
+MEASURE_OPTIONS = ("warmup", "min_runs", "max_runs", "rel_tol")
+INTERLEAVED_OPTIONS = ("warmup", "min_runs", "burst", "max_runs", "rel_tol")
+PROFILE_OPTIONS = ("kernel_runs", *MEASURE_OPTIONS)
 
 
 def model_source(model: Any, where: str) -> str | bytes:
@@ -50,18 +54,14 @@ def open_session(model: Any, input_shapes: Mapping[str, list[int]] | None, threa
         what = "the ONNX bytes given" if isinstance(src, bytes) else repr(src)
         raise ModelFileError(f"{where}: onnxruntime cannot load {what} as an ONNX model ({exc}). Export it "
                              "again with compress.export_onnx.") from exc
+    check_parameter(input_shapes is None or isinstance(input_shapes, Mapping), "input_shapes", where,
+                    "a dict of input name -> shape, e.g. {'input': [1, 3, 224, 224]}", input_shapes)
     shapes = dict(input_shapes or {})
-    inputs = {i.name: i.shape for i in sess.get_inputs()}
-    expected = {n: [d if isinstance(d, int) else None for d in s] for n, s in inputs.items()}
-    for name, shape in shapes.items():
-        if name not in inputs:
-            raise InputShapeError(f"{where}: the model has no input {name!r}; its inputs are {expected} (None: any "
-                                  f"size). Got input shapes {shapes}.")
-        ok = isinstance(shape, (list, tuple)) and len(shape) == len(inputs[name]) and all(
-            isinstance(d, int) and d > 0 and (e is None or d == e) for d, e in zip(shape, expected[name]))
-        if not ok:
-            raise InputShapeError(f"{where}: input {name!r} of the model has shape {expected[name]} (None: any "
-                                  f"size). Got {shape!r}. Pass {{{name!r}: [...]}} with that rank and the fixed sizes.")
+    expected = {i.name: [d if isinstance(d, int) else None for d in i.shape] for i in sess.get_inputs()}
+    problem = pd.input_shape_problem(sess, shapes)
+    if problem is not None:
+        raise InputShapeError(f"{where}: {problem}. Got input shapes {shapes}. Pass input name -> shape with the "
+                              "model's input names, ranks and fixed sizes.")
     feeds = pd.random_feeds(sess, shapes)
     try:
         sess.run(None, feeds)
@@ -121,7 +121,10 @@ class OrtCpuDevice:
         Raises:
             ModelNotFoundError / ModelFileError: missing or unreadable model file.
             InputShapeError: input shapes the model does not take.
+            InvalidParameterError: ``input_shapes`` is not a dict, or a protocol option it does not take or out of
+                range.
         """
+        check_protocol(protocol, MEASURE_OPTIONS, "OrtCpuDevice.measure")
         sess, feeds = open_session(model, input_shapes, self.threads, self.opt_level, "OrtCpuDevice.measure")
         return Measurement.from_stats(pd.measure(lambda: sess.run(None, feeds), **protocol), self.fingerprint())
 
@@ -129,6 +132,9 @@ class OrtCpuDevice:
                             **protocol: Any) -> list[Measurement]:
         """Latency of several models timed in bursts in rotating order, so a slow phase of the host hits all alike.
         Arguments and errors as for ``measure``; one Measurement per model, in order."""
+        check_parameter(isinstance(models, (list, tuple)) and len(models) > 0, "models",
+                        "OrtCpuDevice.measure_interleaved", "a non-empty list of ONNX files (paths or bytes)", models)
+        check_protocol(protocol, INTERLEAVED_OPTIONS, "OrtCpuDevice.measure_interleaved")
         runs = []
         for model in models:
             sess, feeds = open_session(model, input_shapes, self.threads, self.opt_level,
@@ -141,6 +147,7 @@ class OrtCpuDevice:
                 **protocol: Any) -> dict:
         """Whole-model latency plus per-kernel times of the optimised graph (see profile_device.py).
         Arguments and errors as for ``measure``."""
+        check_protocol(protocol, PROFILE_OPTIONS, "OrtCpuDevice.profile")
         open_session(model, input_shapes, self.threads, self.opt_level, "OrtCpuDevice.profile")  # checks only
         src = model_source(model, "OrtCpuDevice.profile")
         return pd.profile_model(src, input_shapes or {}, self.threads, self.opt_level, **protocol)

@@ -242,21 +242,106 @@ def kernels_from_profile(events: list, runs: int) -> list[dict]:
 
 # ---- bundles and tables ------------------------------------------------------------------
 def read_manifest(bundle: str) -> dict:
+    """The bundle's manifest, checked field by field against the files the zip holds (:func:`check_manifest`)."""
     try:
         with zipfile.ZipFile(bundle) as z:
             manifest = json.loads(z.read("manifest.json"))
+            members = set(z.namelist())
     except (OSError, zipfile.BadZipFile, KeyError, ValueError) as exc:
         raise ProfileInputError(f"Cannot read bundle {bundle!r}: {exc}. Pass a bundle written by "
                                 "devices.write_bundle on the host.") from exc
-    if manifest.get("kind") != BUNDLE_KIND:
-        raise ProfileInputError(f"{bundle!r} is not a profiling bundle (kind {manifest.get('kind')!r}).")
+    if not isinstance(manifest, dict) or manifest.get("kind") != BUNDLE_KIND:
+        kind = f"of kind {manifest.get('kind')!r}" if isinstance(manifest, dict) else f"a JSON {type(manifest).__name__}"
+        raise ProfileInputError(f"{bundle!r} is not a profiling bundle (its manifest.json is {kind}, not an object "
+                                f"of kind {BUNDLE_KIND!r}). Pass a bundle written by devices.write_bundle on the host.")
     version = manifest.get("schema_version")
     if version != BUNDLE_SCHEMA_VERSION:
         raise ProfileInputError(
             f"Bundle {bundle!r} has schema version {version!r}; this profile_device.py reads version "
             f"{BUNDLE_SCHEMA_VERSION}. Copy the profile_device.py that came with the compress version that "
             "wrote the bundle, or write the bundle again with this version.")
+    check_manifest(manifest, members, bundle)
     return manifest
+
+
+def _is_shape(value) -> bool:
+    return (isinstance(value, list) and 0 < len(value) <= 8
+            and all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in value))
+
+
+def check_manifest(manifest: dict, members: set, bundle: str) -> None:
+    """Refuse a manifest whose fields are not what ``devices.write_bundle`` writes, naming the field: ``models`` a
+    non-empty list of objects with a unique non-empty ``name``, a ``file`` the zip holds, ``inputs`` (input name ->
+    list of positive ints) and ``meta`` (an object); ``anchor`` / ``reference`` absent or such an object."""
+    def bad(field: str, problem: str, value) -> ProfileInputError:
+        return ProfileInputError(f"Bundle {bundle!r}: manifest field {field} {problem}; got {value!r:.80}. Write the "
+                                 "bundle again with devices.write_bundle on the host.")
+
+    def check_entry(entry, field: str, named: bool) -> None:
+        if not isinstance(entry, dict):
+            raise bad(field, "must be an object", entry)
+        if named and not (isinstance(entry.get("name"), str) and entry["name"]):
+            raise bad(f"{field}.name", "must be a non-empty string", entry.get("name"))
+        if entry.get("file") not in members:
+            raise bad(f"{field}.file", "must name a file of the zip", entry.get("file"))
+        inputs = entry.get("inputs", {})
+        if not isinstance(inputs, dict) or not all(isinstance(k, str) and _is_shape(v) for k, v in inputs.items()):
+            raise bad(f"{field}.inputs", "must map input names to shapes (lists of positive ints)", inputs)
+        if not isinstance(entry.get("meta", {}), dict):
+            raise bad(f"{field}.meta", "must be an object", entry.get("meta"))
+
+    models = manifest.get("models")
+    if not isinstance(models, list) or not models:
+        raise bad("models", "must be a non-empty list", models)
+    seen: set = set()
+    for i, entry in enumerate(models):
+        check_entry(entry, f"models[{i}]", True)
+        if entry["name"] in seen:
+            raise bad(f"models[{i}].name", "must be unique (results are resumed by name)", entry["name"])
+        seen.add(entry["name"])
+    for role in ("anchor", "reference"):
+        if manifest.get(role) is not None:
+            check_entry(manifest[role], role, False)
+
+
+def input_shape_problem(session, shapes: dict) -> str | None:
+    """What is wrong with ``shapes`` (input name -> shape) for an onnxruntime session, or None: a name the model
+    lacks, another rank, or a size that differs from a fixed one of the model."""
+    expected = {i.name: [d if isinstance(d, int) else None for d in i.shape] for i in session.get_inputs()}
+    for name, shape in shapes.items():
+        if name not in expected:
+            return f"the model has no input {name!r}; its inputs are {expected} (None: any size)"
+        ok = isinstance(shape, (list, tuple)) and len(shape) == len(expected[name]) and all(
+            isinstance(d, int) and not isinstance(d, bool) and d > 0 and (e is None or d == e)
+            for d, e in zip(shape, expected[name]))
+        if not ok:
+            return (f"input {name!r} of the model has shape {expected[name]} (None: any size), the shape given is "
+                    f"{shape!r}")
+    return None
+
+
+def open_checked(z, entry: dict, what: str, threads: int, opt_level: str, bundle: str, ort):
+    """An onnxruntime session of a bundle entry and its feeds, run once: a file onnxruntime cannot load, input
+    shapes the model does not take, or a model that fails on them is a ProfileInputError naming the entry."""
+    where = f"Bundle {bundle!r}: {what} ({entry['file']})"
+    try:
+        sess = ort.InferenceSession(z.read(entry["file"]), session_options(threads, opt_level),
+                                    providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime's own exception types (InvalidProtobuf, Fail, ...)
+        raise ProfileInputError(f"{where} cannot be loaded by onnxruntime ({exc}). Write the bundle again with "
+                                "devices.write_bundle on the host.") from exc
+    problem = input_shape_problem(sess, entry.get("inputs", {}))
+    if problem is not None:
+        raise ProfileInputError(f"{where}: {problem}. Write the bundle again with the input shapes the model was "
+                                "exported for.")
+    feeds = random_feeds(sess, entry.get("inputs", {}))
+    try:
+        sess.run(None, feeds)
+    except Exception as exc:  # onnxruntime's InvalidArgument / RuntimeException
+        raise ProfileInputError(f"{where} does not run on inputs of shapes "
+                                f"{ {n: list(f.shape) for n, f in feeds.items()} } ({exc}). Write the bundle again "
+                                "with the input shapes the model was exported for.") from exc
+    return sess, feeds
 
 
 def sha256_file(path: str) -> str:
@@ -328,6 +413,8 @@ def write_json_atomic(path: str, data: dict) -> None:
 
 
 def load_resumable(out: str, bundle_hash: str, fp: dict) -> dict | None:
+    """The table already at ``out`` (None if there is none), checked: a latency table of this script (an object
+    with a ``records`` list of objects each naming its ``model``), of the same bundle and fingerprint."""
     if not os.path.exists(out):
         return None
     try:
@@ -336,11 +423,26 @@ def load_resumable(out: str, bundle_hash: str, fp: dict) -> dict | None:
     except ValueError as exc:
         raise ProfileInputError(f"{out!r} exists but is not a readable table ({exc}); move it away to start "
                                 "afresh.") from exc
+
+    def bad(field: str, problem: str, value) -> ProfileInputError:
+        return ProfileInputError(f"{out!r} exists but is not a latency table of profile_device.py: {field} "
+                                 f"{problem}; got {value!r:.80}. Move it away to start afresh, or pass another "
+                                 "--out path.")
+
+    if not isinstance(table, dict) or table.get("kind") != TABLE_KIND:
+        raise bad("the file", f"must be a JSON object of kind {TABLE_KIND!r}",
+                  table.get("kind") if isinstance(table, dict) else table)
     if table.get("bundle_sha256") != bundle_hash:
         raise ProfileInputError(f"{out!r} holds results of another bundle; pass a new --out path.")
     if table.get("fingerprint") != fp:
         raise ProfileInputError(f"{out!r} was measured under other conditions ({table.get('fingerprint')}); "
                                 f"now {fp}. Pass a new --out path.")
+    records = table.get("records")
+    if not isinstance(records, list):
+        raise bad("field records", "must be a list", records)
+    for i, rec in enumerate(records):
+        if not isinstance(rec, dict) or not isinstance(rec.get("model"), str):
+            raise bad(f"field records[{i}]", "must be an object with a string 'model'", rec)
     return table
 
 
@@ -371,6 +473,8 @@ def run(bundle: str, out: str, threads: int, opt_level: str, quiet: bool = False
     if not os.path.isdir(parent):
         raise ProfileInputError(f"The folder of --out {out!r} does not exist ({parent}); create it or pass another "
                                 f"path (checked before anything is measured).")
+    if os.path.isdir(out):
+        raise ProfileInputError(f"--out {out!r} is a folder; pass the path of a file (the table is written there).")
     manifest = read_manifest(bundle)
     fp = fingerprint(threads, opt_level)
     bundle_hash = sha256_file(bundle)
@@ -386,8 +490,11 @@ def run(bundle: str, out: str, threads: int, opt_level: str, quiet: bool = False
 
     with out_lock(out), zipfile.ZipFile(bundle) as z:
         try:
+            roles = [(role, manifest[role]) for role in ("anchor", "reference") if manifest.get(role)]
+            for what, entry in [*((f"model {e['name']!r}", e) for e in todo), *roles]:  # before measuring anything
+                open_checked(z, entry, what, threads, opt_level, bundle, ort)
             measure_all(z, manifest, todo, table, out, threads, opt_level, quiet, min_runs, kernel_runs, batch,
-                        len(done), total_models, ort)
+                        len(done), total_models, ort, bundle)
         except KeyboardInterrupt:  # Ctrl-C: the models finished in the current batch are kept too
             if table["records"]:
                 write_json_atomic(out, table)
@@ -424,28 +531,25 @@ def out_lock(out: str):
 
 
 def measure_all(z, manifest: dict, todo: list, table: dict, out: str, threads: int, opt_level: str, quiet: bool,
-                min_runs: int, kernel_runs: int, batch: int, n_done: int, total_models: int, ort) -> None:
+                min_runs: int, kernel_runs: int, batch: int, n_done: int, total_models: int, ort,
+                bundle: str = "bundle") -> None:
     """Time ``todo`` in batches interleaved with the anchor and reference; each finished batch is written to
     ``out`` before the next starts (records are appended to ``table`` model by model)."""
     fixed = {}  # the reference and the anchor: timed in every batch, interleaved with the others
     for role in ("anchor", "reference"):
         if manifest.get(role):
             r = manifest[role]
-            sess = ort.InferenceSession(z.read(r["file"]), session_options(threads, opt_level),
-                                        providers=["CPUExecutionProvider"])
-            feeds = random_feeds(sess, r.get("inputs", {}))
+            sess, feeds = open_checked(z, r, role, threads, opt_level, bundle, ort)
             fixed[role] = (r.get("name", role), lambda s=sess, f=feeds: s.run(None, f))
     for b in range(0, len(todo), batch):
         entries = todo[b:b + batch]
         start = time.perf_counter()
         models = [z.read(e["file"]) for e in entries]
-        sessions = [ort.InferenceSession(m, session_options(threads, opt_level), providers=["CPUExecutionProvider"])
-                    for m in models]
-        feeds = [random_feeds(s, e.get("inputs", {})) for s, e in zip(sessions, entries)]
-        runs = [lambda s=s, f=f: s.run(None, f) for s, f in zip(sessions, feeds)]
+        opened = [open_checked(z, e, f"model {e['name']!r}", threads, opt_level, bundle, ort) for e in entries]
+        runs = [lambda s=s, f=f: s.run(None, f) for s, f in opened]
         totals = measure_interleaved(runs + [run for _, run in fixed.values()], min_runs=min_runs)
         stats_of = dict(zip(fixed, totals[len(entries):]))
-        del sessions, runs
+        del opened, runs
         for k, (entry, model, total) in enumerate(zip(entries, models, totals[:len(entries)])):
             kernels = profile_kernels(model, entry.get("inputs", {}), threads, opt_level, kernel_runs)
             rec = {"model": entry["name"], "meta": entry.get("meta", {}), **total, "kernels": kernels}

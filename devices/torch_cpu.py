@@ -8,12 +8,12 @@ import torch
 from torch import nn
 
 from compress.errors import check_parameter
+from compress.space.trace import as_input_tuple, run_on_inputs
 
 from . import profile_device as pd
 from .capabilities import Capabilities
 from .cpu import channel_block
-from .errors import InputShapeError
-from .measurement import Measurement
+from .measurement import Measurement, check_protocol
 
 
 def checked_inputs(model: Any, example_inputs: Any, where: str) -> tuple:
@@ -22,17 +22,13 @@ def checked_inputs(model: Any, example_inputs: Any, where: str) -> tuple:
 
     Raises:
         InvalidParameterError: ``model`` is not an ``nn.Module`` (e.g. an ONNX path: use the "cpu" device).
-        InputShapeError: the module raises on these inputs.
+        InputShapeError: ``example_inputs`` is not a tensor or a tuple of tensors, the module raises on them, or
+            they have no batch dimension.
     """
     check_parameter(isinstance(model, nn.Module), "model", where,
                     "a torch nn.Module (ONNX files are timed by the 'cpu' device)", model)
-    inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
-    try:
-        model(*inputs)
-    except (RuntimeError, ValueError, TypeError, IndexError) as exc:  # what torch raises on mismatched shapes
-        shapes = [tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__ for x in inputs]
-        raise InputShapeError(f"{where}: the module does not run on inputs of shapes {shapes} ({exc}). Pass the "
-                              "example inputs it was built for.") from exc
+    inputs = as_input_tuple(example_inputs)
+    run_on_inputs(model, inputs, where)  # a named error for shapes it cannot take, or inputs without a batch dim
     return inputs
 
 
@@ -73,11 +69,12 @@ class TorchCpuDevice:
             protocol: ``pd.measure`` options (warmup, min_runs, max_runs, rel_tol).
 
         Raises:
-            InvalidParameterError: ``model`` is not a module.
+            InvalidParameterError: ``model`` is not a module, or a protocol option it does not take or out of range.
             InputShapeError: the module raises on ``example_inputs``.
         """
         check_parameter(isinstance(model, nn.Module), "model", "TorchCpuDevice.measure",
                         "a torch nn.Module (ONNX files are timed by the 'cpu' device)", model)
+        check_protocol(protocol, ("warmup", "min_runs", "max_runs", "rel_tol"), "TorchCpuDevice.measure")
         prev_threads, prev_mode = torch.get_num_threads(), model.training
         try:
             torch.set_num_threads(self.threads)
@@ -93,6 +90,10 @@ class TorchCpuDevice:
     def measure_interleaved(self, models: list[nn.Module], example_inputs: Any, **protocol: Any) -> list[Measurement]:
         """Latency of several modules timed in bursts in rotating order, so a slow phase of the host hits all alike.
         Arguments and errors as for ``measure``; one Measurement per module, in order."""
+        check_parameter(isinstance(models, (list, tuple)) and len(models) > 0, "models",
+                        "TorchCpuDevice.measure_interleaved", "a non-empty list of torch nn.Modules", models)
+        check_protocol(protocol, ("warmup", "min_runs", "burst", "max_runs", "rel_tol"),
+                       "TorchCpuDevice.measure_interleaved")
         for m in models:
             check_parameter(isinstance(m, nn.Module), "models", "TorchCpuDevice.measure_interleaved",
                             "a list of torch nn.Modules (ONNX files are timed by the 'cpu' device)", m)
@@ -102,7 +103,7 @@ class TorchCpuDevice:
             for m in models:
                 m.eval()
             with torch.no_grad():
-                inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
+                inputs = as_input_tuple(example_inputs)
                 for m in models:
                     checked_inputs(m, inputs, "TorchCpuDevice.measure_interleaved")
                 stats = pd.measure_interleaved([lambda m=m: m(*inputs) for m in models], **protocol)

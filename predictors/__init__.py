@@ -5,13 +5,13 @@
     pred.predict_ms(net, configs, family="resnet18")                       # many configs, fast
 """
 
-from .errors import (CorruptTableError, FingerprintMismatchError, NetworkMismatchError, NewerSchemaVersionError,
-                     NotFittedError, ReferenceMismatchError, SchemaVersionError)
+from .errors import (CorruptTableError, FingerprintMismatchError, MissingFileError, NetworkMismatchError,
+                     NewerSchemaVersionError, NotFittedError, ReferenceMismatchError, SchemaVersionError)
 from .forest import ForestModel
 from .latency import LatencyPredictor, NetKernels
 from .profiling import profile_configs, profile_family
 from .table import LatencyTable
 
 __all__ = ["CorruptTableError", "FingerprintMismatchError", "ForestModel", "LatencyPredictor", "LatencyTable",
-           "NetKernels", "NetworkMismatchError", "NewerSchemaVersionError", "NotFittedError", "ReferenceMismatchError",
-           "SchemaVersionError", "profile_configs", "profile_family"]
+           "MissingFileError", "NetKernels", "NetworkMismatchError", "NewerSchemaVersionError", "NotFittedError",
+           "ReferenceMismatchError", "SchemaVersionError", "profile_configs", "profile_family"]

@@ -33,3 +33,7 @@ class NotFittedError(CompressError, ValueError, AttributeError):
 
 class ReferenceMismatchError(CompressError, ValueError):
     """Tables timed beside different reference models, so their latencies are on different scales."""
+
+
+class MissingFileError(CorruptTableError, FileNotFoundError):
+    """A table or predictor file that does not exist, or a folder given where the file was expected."""

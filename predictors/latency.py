@@ -22,6 +22,7 @@ import numpy as np
 
 from compress.cost.counts import SpecCounter
 from compress.cost.flops import numel_poly
+from compress.errors import check_parameter
 from compress.io import save_json
 from compress.space.digest import network_identity
 
@@ -30,7 +31,7 @@ from .features import FAMILIES, raw_from_kernel
 from .forest import ForestModel
 from .reference import anchor_scales, corrected_ms
 from .roofline import RooflineModel
-from .table import LatencyTable, check_fingerprint, check_schema_version
+from .table import LatencyTable, check_fingerprint, check_schema_version, read_json_file
 
 PREDICTOR_KIND = "compress-latency-predictor"
 PREDICTOR_SCHEMA_VERSION = 3  # 3: weights (millions) joined the overhead features
@@ -297,10 +298,19 @@ class LatencyPredictor:
         model are first corrected to the median reference latency (``reference_ms_``), through their anchor
         (the full model timed beside them) where they have one: ``anchors_`` holds each anchor's latency in
         reference units, pooled over every batch of every table.
+
+        Raises:
+            NotFittedError: no table given.
+            InvalidParameterError: something other than LatencyTables (e.g. a file name: load it first).
+            FingerprintMismatchError, ReferenceMismatchError: tables of other devices or reference models mixed.
         """
-        tables = [tables] if isinstance(tables, LatencyTable) else list(tables)
+        single = isinstance(tables, (LatencyTable, str, bytes, os.PathLike)) or not hasattr(tables, "__iter__")
+        tables = [tables] if single else list(tables)
         if not tables:
             raise NotFittedError("fit needs at least one latency table.")
+        for t in tables:
+            check_parameter(isinstance(t, LatencyTable), "tables", "LatencyPredictor.fit",
+                            "a LatencyTable or a list of them (read a file with LatencyTable.load(path))", t)
         fp = tables[0].fingerprint
         for t in tables[1:]:
             check_fingerprint(fp, t.fingerprint, "A table passed to fit")
@@ -498,17 +508,14 @@ class LatencyPredictor:
         """Read a saved predictor; with ``fingerprint``, refuse one fitted on another device.
 
         Raises:
+            MissingFileError: no file at ``path`` (a CorruptTableError and a FileNotFoundError).
             CorruptTableError: not a complete predictor file (truncated, another kind, fields missing or of the
                 wrong type).
             SchemaVersionError: written with an older (or no valid) schema version: fit it again.
             NewerSchemaVersionError: written by a newer version of compress (upgrade it to read the file).
             FingerprintMismatchError: ``fingerprint`` differs from the one the predictor was fitted for.
         """
-        try:
-            d = json.loads(Path(path).read_text())
-        except ValueError as exc:
-            raise CorruptTableError(f"{str(path)!r} is not a complete JSON predictor file ({exc}); fit and save "
-                                    "it again.") from exc
+        d = read_json_file(path, "predictor file", "Fit and save it again.")
         if not isinstance(d, dict) or d.get("kind") != PREDICTOR_KIND:
             raise CorruptTableError(f"{str(path)!r} is not a latency predictor file.")
         check_schema_version(path, d.get("schema_version"), PREDICTOR_SCHEMA_VERSION, "predictor", "Fit it again")

@@ -17,7 +17,28 @@ from typing import Any
 from compress.io import save_json
 from devices import profile_device as pd
 
-from .errors import CorruptTableError, FingerprintMismatchError, NewerSchemaVersionError, SchemaVersionError
+from .errors import (CorruptTableError, FingerprintMismatchError, MissingFileError, NewerSchemaVersionError,
+                     SchemaVersionError)
+from .records import check_records
+
+def read_json_file(path: str | os.PathLike, what: str, advice: str) -> object:
+    """The JSON in ``path``; a missing file, a folder, unreadable bytes or broken JSON is a named error.
+
+    Raises:
+        MissingFileError: nothing at ``path``, or a folder.
+        CorruptTableError: the file cannot be read or is not complete JSON (names the file and what to do).
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise MissingFileError(f"There is no {what} at {str(path)!r}"
+                               f"{' (that is a folder)' if p.is_dir() else ''}. Pass the path of the file.")
+    try:
+        return json.loads(p.read_text())
+    except (OSError, ValueError) as exc:  # UnicodeDecodeError is a ValueError
+        raise CorruptTableError(f"{str(path)!r} is not a complete JSON {what} ({exc}); it may have been truncated. "
+                                f"{advice}") from exc
+
+
 
 # Fields of the fingerprint that must agree for two measurements to be comparable.
 FINGERPRINT_KEYS = ("cpu", "machine", "cores", "runtime", "runtime_version", "opt_level", "threads")
@@ -91,22 +112,29 @@ class LatencyTable:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "LatencyTable":
-        """Read a table; truncated or foreign files get a named error."""
-        try:
-            data = json.loads(Path(path).read_text())
-        except ValueError as exc:
-            raise CorruptTableError(f"{str(path)!r} is not a complete JSON latency table ({exc}); it may have "
-                                    "been truncated. Profile again or restore the file.") from exc
+        """Read a table; a missing, truncated, foreign or damaged file gets a named error.
+
+        Every record and kernel is checked field by field (:func:`predictors.records.check_records`) before it is
+        used.
+
+        Raises:
+            MissingFileError: no file at ``path`` (or a folder there).
+            CorruptTableError: not a complete JSON latency table, or a record or kernel that lacks a field or has
+                one of the wrong type (the message names the record, the kernel and the field).
+            SchemaVersionError: written with another table schema version.
+        """
+        data = read_json_file(path, "latency table", "Profile again or restore the file.")
         if not isinstance(data, dict) or data.get("kind") != pd.TABLE_KIND:
             raise CorruptTableError(f"{str(path)!r} is not a latency table (kind {data.get('kind') if isinstance(data, dict) else None!r}).")
         check_schema_version(path, data.get("schema_version"), pd.TABLE_SCHEMA_VERSION, "table", "Profile again")
-        try:
-            table = cls(dict(data["fingerprint"]), list(data["records"]), dict(data.get("bundle_meta", {})))
-            for r in table.records:
-                r["model"], r["median_ms"], r["kernels"]  # noqa: B018 (presence check)
-        except (KeyError, TypeError) as exc:
-            raise CorruptTableError(f"{str(path)!r} misses field {exc}; profile again.") from exc
-        return table
+        for key, kind in (("fingerprint", dict), ("bundle_meta", dict)):
+            if not isinstance(data.get(key, {}), kind):
+                raise CorruptTableError(f"{str(path)!r}: field {key!r} must be an object; got "
+                                        f"{data[key]!r:.60}. Profile again or restore the file.")
+        if "fingerprint" not in data:
+            raise CorruptTableError(f"{str(path)!r} lacks field 'fingerprint' (the device's); profile again.")
+        check_records(data.get("records"), str(path))
+        return cls(dict(data["fingerprint"]), list(data["records"]), dict(data.get("bundle_meta", {})))
 
     def save(self, path: str | os.PathLike) -> None:
         """Write atomically (:func:`compress.io.atomic_write`: mode ``0o666 & ~umask``, never half-written).

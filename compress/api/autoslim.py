@@ -13,6 +13,7 @@ from typing import Any, Callable, Iterable
 
 from torch import nn
 
+from compress.api.checks import check_call_arguments
 from compress.subnet.bn import recalibrate_bn
 from compress.io import weights_digest, locks_work_dir
 from compress.deploy.closed_loop import closed_loop
@@ -72,7 +73,9 @@ def autoslim(model: nn.Module, *, latency_ms: float | None = None, flops: float 
 
     Raises:
         InvalidParameterError / MislabelledDataError: no or two budgets, a non-positive budget, empty loaders,
-            labels that do not fit the model's outputs, a ``timer`` made for other input shapes.
+            labels that do not fit the model's outputs, a ``timer`` made for other input shapes, ``settings`` that
+            is not an AutoSlimSettings, a ``predictor`` without ``predict_ms``, a ``log`` that is not callable, a
+            ``work_dir`` that is not a path.
         UnknownDeviceError: unknown device name (lists the known ones).
         InputShapeError, TraceError, UnsupportedOpError: the model does not run on the loader's images or cannot
             be traced (see :class:`SlimmableNetwork`).
@@ -89,6 +92,7 @@ def autoslim(model: nn.Module, *, latency_ms: float | None = None, flops: float 
         NewerSchemaError: a file in ``work_dir`` was written by a newer version of compress (kept).
         BudgetNotMetError: no subnet on the path measured under the latency budget.
     """
+    check_call_arguments("autoslim", device, settings, AutoSlimSettings, predictor, timer, log, progress, train=train)
     settings = settings or AutoSlimSettings()
     prep = prepare("autoslim", model, latency_ms, flops, device, train_loader, val_loader, settings.divisor,
                    settings.threads, settings.search.min_ratio, work_dir, log, timer)

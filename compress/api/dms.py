@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import nn
 
+from compress.api.checks import check_call_arguments
 from compress.subnet.bn import recalibrate_bn
 from compress.deploy.closed_loop import HEADROOM
 from compress.deploy.timing import ReferenceTimer, timed_ms
@@ -108,8 +109,8 @@ def dms(model: nn.Module, *, latency_ms: float | None = None, flops: float | Non
             width, removed blocks kept) until its measured latency (exact FLOPs) is within
             [min_budget_use x budget, budget], in at most max_measurements measurements.
         predictor: a fitted ``predictors.LatencyPredictor`` for the device (otherwise profiled here).
-        work_dir: latency table and result (result.json, subnet.pt; ``SlimResult.load`` reads them) are kept here.
-            None: a new temporary folder.
+        work_dir: latency table, search checkpoint (``dms_search.pt``: a rerun resumes the search) and result
+            (result.json, subnet.pt; ``SlimResult.load`` reads them) are kept here. None: a new temporary folder.
         progress: show progress bars.
         log: called with each line of progress text.
         timer: a ``compress.deploy.timing.ReferenceTimer`` of the full model to share between searches (see
@@ -127,7 +128,8 @@ def dms(model: nn.Module, *, latency_ms: float | None = None, flops: float | Non
     Raises:
         InvalidParameterError / MislabelledDataError: no or two budgets, a non-positive budget, empty loaders,
             labels that do not fit the model's outputs, a ``timer`` made for other input shapes, ``settings`` that
-            is not a DMSSettings, an unknown keyword, or a deprecated keyword with a refused value.
+            is not a DMSSettings, an unknown keyword, or a deprecated keyword with a refused value, a ``predictor``
+            without ``predict_ms``, a ``log`` that is not callable, a ``work_dir`` that is not a path.
         UnknownDeviceError: unknown device name (lists the known ones).
         InputShapeError, TraceError, UnsupportedOpError: the model does not run on the loader's images or cannot
             be traced (see :class:`SlimmableNetwork`).
@@ -139,6 +141,7 @@ def dms(model: nn.Module, *, latency_ms: float | None = None, flops: float | Non
         NewerSchemaError: a file in ``work_dir`` was written by a newer version of compress (kept).
         BudgetNotMetError: no scaling of the searched shape measured under the budget.
     """
+    check_call_arguments("dms", device, settings, DMSSettings, predictor, timer, log, progress)
     settings = settings_with_deprecated(settings, deprecated)
     pipeline = settings.pipeline
     prep = prepare("dms", model, latency_ms, flops, device, train_loader, val_loader, settings.divisor,
@@ -175,7 +178,9 @@ def dms(model: nn.Module, *, latency_ms: float | None = None, flops: float | Non
         log(f"soft latency target {target:.3f} ms (predictor scale) for a measured budget of {budget:.3f} ms")
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
-    history = dms_search(dmsnet, train_loader, soft_cost, target, settings, progress=progress)
+    history = dms_search(dmsnet, train_loader, soft_cost, target, settings, progress=progress,
+                         checkpoint=prep.work / "dms_search.pt",  # resumed on a rerun with the same budget
+                         identity={"budget": budget, "unit": "ms" if prep.latency else "FLOPs"})
     seconds["search"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     removed = dmsnet.removed_blocks()

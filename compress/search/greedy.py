@@ -19,8 +19,9 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 from compress.io import save_json
-from compress.errors import CorruptFileError, SearchResumeError
+from compress.errors import CorruptFileError, InvalidConfigError, SearchResumeError, is_finite_number, is_int
 from compress.settings import SearchSettings
+from compress.train.supernet import deferred_interrupt
 
 CostFn = Callable[[Sequence[Mapping[str, int]]], np.ndarray]
 ScoreFn = Callable[[Mapping[str, int]], dict]
@@ -99,7 +100,8 @@ def read_path_file(path_file: str | os.PathLike) -> dict:
         path_file: the JSON file.
 
     Returns:
-        The saved document: "identity", "settings", "target" and "path" (a list of points with "config" and "cost").
+        The saved document: "identity", "settings", "target" and "path" (a list; its points are checked by
+        :func:`check_path_points`).
 
     Raises:
         CorruptFileError: the file is not complete JSON, or not a search path (names the file and what to do).
@@ -111,9 +113,6 @@ def read_path_file(path_file: str | os.PathLike) -> dict:
         raise CorruptFileError(f"The search path {str(path_file)!r} is not complete JSON ({exc}): it was truncated "
                                f"or written by something else. {redo}") from None
     ok = isinstance(saved, dict) and isinstance(saved.get("identity"), dict) and isinstance(saved.get("path"), list)
-    if ok:
-        ok = all(isinstance(p, dict) and isinstance(p.get("config"), dict) and isinstance(p.get("cost"), (int, float))
-                 and isinstance(p.get("seconds", 0.0), (int, float)) for p in saved["path"])
     if not ok:
         raise CorruptFileError(f"The search path {str(path_file)!r} is not a search path greedy_slim wrote (it needs "
                                f"'identity' and a 'path' of points with 'config' and 'cost'). {redo}")
@@ -170,6 +169,63 @@ def check_path_file(path_file: str | os.PathLike, known: Mapping) -> None:
                                 f"{'; '.join(why)}. Delete it to search again, or pass another work_dir.")
 
 
+def _is_number(v: object) -> bool:
+    """A score: an int or float, NaN allowed (a diverged subnet's loss is saved as NaN and resumed as such)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+# fields of a saved path point -> (check, what it must be); "ranking" and "scored" only on steps after the first
+POINT_FIELDS: dict[str, tuple[Callable[[object], bool], str]] = {
+    "step": (lambda v: is_int(v) and v >= 0, "an int >= 0"),
+    "config": (lambda v: isinstance(v, dict), "an object (group -> width)"),
+    "cost": (is_finite_number, "a finite number"),
+    "flops": (lambda v: is_int(v) and v >= 0, "an int >= 0"),
+    "top1": (_is_number, "a number"),
+    "loss": (_is_number, "a number"),
+    "seconds": (lambda v: is_finite_number(v) and v >= 0, "a finite number >= 0"),
+}
+OPTIONAL_POINT_FIELDS: dict[str, tuple[Callable[[object], bool], str]] = {
+    "ranking": (lambda v: isinstance(v, list) and all(isinstance(n, str) for n in v), "a list of group names"),
+    "scored": (lambda v: is_int(v) and v >= 0, "an int >= 0"),
+}
+
+
+def check_path_points(path_file: str | os.PathLike, path: list, space) -> list[dict]:
+    """The points of a saved search path, checked before they are resumed: every point has the fields
+    :data:`POINT_FIELDS` names and a config this ``space`` accepts.
+
+    Args:
+        path_file: the file they were read from (for the messages).
+        path: the saved "path" list.
+        space: the channel space of the network about to be searched.
+
+    Returns:
+        ``path``.
+
+    Raises:
+        CorruptFileError: the list is empty, or a point lacks a field or has a damaged one (names the file, the
+            point and the field, and says what to do).
+        SearchResumeError: a point's config does not fit this network.
+    """
+    where = f"The search path {str(path_file)!r}"
+    advice = "Delete it (the search starts again from full width) or use another work directory."
+    if not path:
+        raise CorruptFileError(f"{where}: field 'path' must be a non-empty list of points; got {path!r:.60}. {advice}")
+    for i, p in enumerate(path):
+        if not isinstance(p, dict):
+            raise CorruptFileError(f"{where}: point {i} must be an object; got {p!r:.60}. {advice}")
+        for key, (ok, what) in {**POINT_FIELDS, **{k: v for k, v in OPTIONAL_POINT_FIELDS.items() if k in p}}.items():
+            if key not in p or not ok(p[key]):
+                got = f"{p[key]!r:.60}" if key in p else "nothing"
+                raise CorruptFileError(f"{where}: point {i} field {key!r} must be {what}; got {got}. {advice}")
+        try:
+            space.widths(p["config"])
+        except InvalidConfigError as exc:
+            raise SearchResumeError(f"{where}: point {i} has a config this network cannot take ({exc}). "
+                                    f"{advice}") from exc
+    return path
+
+
 def greedy_slim(net, score: ScoreFn, cost: CostFn, target: float, settings: SearchSettings | None = None,
                 path_file: str | os.PathLike | None = None, identity: dict | None = None,
                 progress: bool = True) -> list[dict]:
@@ -206,7 +262,7 @@ def greedy_slim(net, score: ScoreFn, cost: CostFn, target: float, settings: Sear
             raise SearchResumeError(
                 f"The search path {str(path_file)!r} was written for another search; what differs: {why}. Delete "
                 "it to search again (the supernet is kept), or pass another work_dir.")
-        path = saved["path"]
+        path = check_path_points(path_file, saved["path"], space)
         stop = next((i for i, p in enumerate(path) if p["cost"] <= settings.overshoot * target), None)
         if stop is not None:
             path = path[:stop + 1]
@@ -223,8 +279,10 @@ def greedy_slim(net, score: ScoreFn, cost: CostFn, target: float, settings: Sear
     t0 = time.perf_counter() - (path[-1]["seconds"] if path else 0.0)
     if not path:
         cfg = space.max_config()
-        path.append(point(0, cfg, score(cfg), cost([cfg])[0], time.perf_counter() - t0))
-        save()
+        first = point(0, cfg, score(cfg), cost([cfg])[0], time.perf_counter() - t0)
+        with deferred_interrupt():
+            path.append(first)
+            save()
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -256,9 +314,10 @@ def greedy_slim(net, score: ScoreFn, cost: CostFn, target: float, settings: Sear
                     cfg[name] = c[name]
                 new_cost = float(cost([cfg])[0])
                 res = score(cfg)
-            path.append({**point(len(path), cfg, res, new_cost, time.perf_counter() - t0), "ranking": ranking,
-                         "scored": len(results)})
-            save()
+            with deferred_interrupt():  # Ctrl-C: a finished step is on disk (a resume repeats none)
+                path.append({**point(len(path), cfg, res, new_cost, time.perf_counter() - t0), "ranking": ranking,
+                             "scored": len(results)})
+                save()
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(cost=f"{new_cost:.4g}", target=f"{target:.4g}", top1=f"{res['top1']:.1f}")

@@ -13,8 +13,9 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import nn
 
-from compress.errors import (BudgetUnreachableError, InvalidParameterError, MislabelledDataError,
+from compress.errors import (BudgetUnreachableError, InputShapeError, InvalidParameterError, MislabelledDataError,
                              NothingToSlimError, is_finite_number)
+from compress.space.trace import run_on_inputs
 from devices import device_options, get_device
 from compress.io import make_work_dir
 from compress.train.evaluate import take_batches
@@ -46,10 +47,37 @@ class Prepared:
     timer: ReferenceTimer | None = None      # times candidates interleaved with the full model (drift-free)
 
 
-def _check_loader(loader: Iterable, what: str, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+def check_images(x: torch.Tensor, what: str) -> None:
+    """The first batch's images: floating point and finite (raw uint8 pixels or NaNs would train on garbage).
+
+    Raises:
+        InputShapeError: names the loader, the dtype or the count of non-finite values, and what to do.
+    """
+    if not torch.is_floating_point(x):
+        raise InputShapeError(f"The {what} loader's images are {x.dtype}, not floating point. Convert them in the "
+                              "loader (e.g. torchvision.transforms.ToTensor(), or x.float() / 255 and normalise).")
+    bad = int((~torch.isfinite(x)).sum())
+    if bad:
+        raise InputShapeError(f"The {what} loader's first batch has {bad} NaN or infinite values (images of shape "
+                              f"{tuple(x.shape)}). Fix the data or its transforms before searching.")
+
+
+def _check_loader(loader: Iterable, what: str, num_classes: int, net: nn.Module, x1: tuple,
+                  name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first batch of ``loader``, checked: images of the example input's size that the model runs on,
+    labels that fit its outputs."""
     if loader is None:
         raise InvalidParameterError(f"autoslim needs a {what}_loader yielding (images, labels) batches. Got None.")
     x, y = take_batches(loader, 1, what)[0]
+    check_images(x, what)
+    example = tuple(x1[0].shape[1:])
+    if tuple(x.shape[1:]) != example:
+        raise InputShapeError(
+            f"The {what} loader's images have shape {tuple(x.shape[1:])} (per image, batch {tuple(x.shape)}), the "
+            f"model's example input {example}: latency and FLOPs are measured at the example input's size, so every "
+            "loader must give that size. Resize or crop in the loader's transforms (e.g. torchvision.transforms."
+            "Resize / CenterCrop), or build the SlimmableNetwork with example inputs of the loader's size.")
+    run_on_inputs(net, (x,), f"the first {what} batch", name)  # in eval mode, without gradients
     if y.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8) or y.ndim != 1 or len(y) != len(x):
         raise MislabelledDataError(
             f"The {what} loader's labels must be a 1-D integer tensor of class indices, one per image. Got "
@@ -107,12 +135,13 @@ def prepare(name: str, model: nn.Module, latency_ms: float | None, flops: float 
         x1 = net.example_inputs
     else:
         x0, _ = take_batches(train_loader, 1, "train")[0]
+        check_images(x0, "train")
         x1 = (x0[:1].clone(),)
         net = SlimmableNetwork(model, x1, divisor=divisor)
     with torch.no_grad():
         num_classes = int(net.eval()(*x1).shape[-1])
-    _check_loader(train_loader, "train", num_classes)
-    _check_loader(val_loader, "val", num_classes)
+    _check_loader(train_loader, "train", num_classes, net, x1, type(model).__name__)  # the first batches go
+    _check_loader(val_loader, "val", num_classes, net, x1, type(model).__name__)      # through the model here
     if len(net.space) == 0:
         raise NothingToSlimError(
             f"{type(model).__name__} has no channel group that can be narrowed: {net.space.summary()} "

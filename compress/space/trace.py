@@ -172,21 +172,64 @@ def flatten_tensors(value: Any) -> list[torch.Tensor]:
     return []
 
 
-def run_on_inputs(model: nn.Module, inputs: tuple[torch.Tensor, ...], where: str = "") -> Any:
+CONV_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+
+
+def _unbatched_message(model_name: str, seen: tuple, shapes: list, where: str) -> str:
+    name, kind, ndim = seen
+    first = shapes[0] if shapes else ()
+    return (f"{model_name} got unbatched inputs{' for ' + where if where else ''}: inputs of shape {shapes} "
+            f"reach {name!r} ({kind}) as a {ndim}-D tensor, which it reads as one sample without a batch dimension. "
+            f"Add the batch dimension: x.unsqueeze(0) (shape {(1, *first)}), or pass a batch of N samples.")
+
+
+def run_on_inputs(model: nn.Module, inputs: tuple[torch.Tensor, ...], where: str = "", name: str | None = None) -> Any:
     """Run ``model(*inputs)`` without gradients and return the output; a failing forward is a named error.
 
+    Unbatched inputs (a C x H x W image where N x C x H x W is expected) are refused by name: a convolution that
+    receives a tensor with no batch dimension (``torch.nn.Conv2d`` runs on it, and what follows fails or, worse,
+    does not) is seen by temporary forward pre-hooks, removed before this returns.
+
+    Args:
+        model: the module to run.
+        inputs: its positional inputs.
+        where: what the inputs are, for the message (e.g. "count_flops").
+        name: the model's name in the message (default: its class name).
+
     Raises:
-        InputShapeError: the model does not run on these inputs (names their shapes and the forward's error).
+        InputShapeError: the model does not run on these inputs, or receives them unbatched (names their shapes,
+            the layer or the forward's error, and what to pass).
     """
+    model_name = name or type(model).__name__
     shapes = [tuple(t.shape) for t in inputs]
+    ranks = {len(s) for s in shapes}  # only inputs given without a batch dimension are refused: a model that
+    seen: list[tuple] = []            # runs its convs on one sample at a time on purpose is left alone
+
+    def spot_unbatched(name: str):
+        def hook(mod: nn.Module, args: tuple) -> None:
+            x = args[0] if args else None
+            if not seen and isinstance(x, torch.Tensor) and x.dim() == len(mod.kernel_size) + 1 and x.dim() in ranks:
+                seen.append((name, type(mod).__name__, x.dim()))
+        return hook
+
+    handles = [m.register_forward_pre_hook(spot_unbatched(n)) for n, m in model.named_modules()
+               if isinstance(m, CONV_LAYERS)]
     try:
         with torch.no_grad():
-            return model(*inputs)
+            out = model(*inputs)
     except Exception as exc:  # the user's forward failed on the inputs given
+        if seen:
+            raise InputShapeError(_unbatched_message(model_name, seen[0], shapes, where)) from exc
         raise InputShapeError(
-            f"{type(model).__name__} does not run on {'the inputs of ' + where if where else 'example inputs'} of "
+            f"{model_name} does not run on {'the inputs of ' + where if where else 'example inputs'} of "
             f"shape {shapes}: {type(exc).__name__}: {exc}. Pass inputs the model accepts, e.g. "
             f"torch.randn(1, 3, 224, 224).") from exc
+    finally:
+        for h in handles:
+            h.remove()
+    if seen:
+        raise InputShapeError(_unbatched_message(model_name, seen[0], shapes, where))
+    return out
 
 
 class _NodeLocator(fx.Interpreter):

@@ -31,7 +31,7 @@ def recalibrate_bn(model: nn.Module, loader: Iterable, num_batches: int | None =
     (momentum=None) with BN layers in train mode and every other layer in eval
     mode (dropout off), without gradients. Each layer's momentum and every
     module's train/eval mode are restored afterwards, also when an error occurs.
-    No hooks are installed.
+    No hooks are left behind (each batch's shape check removes its own).
 
     Args:
         model: the network (a slimmable network at its current config, or any module).
@@ -44,6 +44,7 @@ def recalibrate_bn(model: nn.Module, loader: Iterable, num_batches: int | None =
 
     Raises:
         InvalidParameterError: bad ``num_batches``, or the loader yields no batch.
+        InputShapeError: a batch the model does not run on, or an unbatched one (the statistics are restored).
 
     Example:
         >>> net.set_config(cfg)

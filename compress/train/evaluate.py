@@ -13,7 +13,15 @@ from compress.errors import InvalidParameterError
 
 
 def take_batches(loader: Iterable, n: int, what: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """The first ``n`` (inputs, labels) batches of ``loader`` as a list (reused for every candidate)."""
+    """The first ``n`` (inputs, labels) batches of ``loader`` as a list (reused for every candidate).
+
+    Raises:
+        InvalidParameterError: ``loader`` is not iterable, yields something other than (inputs, labels) pairs, or
+            yields nothing (a generator is read once: pass a DataLoader or a list).
+    """
+    if loader is None or not hasattr(loader, "__iter__") or isinstance(loader, (str, bytes, torch.Tensor)):
+        raise InvalidParameterError(f"The {what} loader must be an iterable of (inputs, labels) batches, e.g. a "
+                                    f"torch DataLoader. Got {type(loader).__name__}.")
     out = []
     for batch in loader:
         if not (isinstance(batch, (list, tuple)) and len(batch) >= 2 and isinstance(batch[0], torch.Tensor)):
@@ -23,7 +31,8 @@ def take_batches(loader: Iterable, n: int, what: str) -> list[tuple[torch.Tensor
         if len(out) >= n:
             break
     if not out:
-        raise InvalidParameterError(f"The {what} loader yielded no batch; pass a loader with data.")
+        raise InvalidParameterError(f"The {what} loader yielded no batch; pass a loader with data (a generator is "
+                                    "used up after one pass: pass a DataLoader or a list).")
     return out
 
 

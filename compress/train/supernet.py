@@ -304,23 +304,25 @@ def train_supernet(net, train_loader: Iterable, settings: TrainSettings | None =
                 if step >= total_steps:
                     break
                 x, y = batch[0], batch[1]
-                configs = sandwich_configs(net.space, settings, step)
-                opt.zero_grad(set_to_none=True)
-                teacher = None
-                for j, cfg in enumerate(configs):
-                    net.set_config(cfg)
-                    sync = contextlib.nullcontext() if (not distributed or j == len(configs) - 1) else model.no_sync()
-                    with sync:
-                        out = model(x)
-                        if j == 0 or distill is None:
-                            loss = F.cross_entropy(out, y)
-                            if j == 0:
-                                teacher = out.detach()
-                        else:
-                            loss = distill(out, teacher)
-                        (loss / len(configs)).backward()  # the mean: lr means what it does for one network
-                    sums[min(j, 1)] += float(loss.detach()) / (1 if j == 0 else len(configs) - 1)
-                with deferred_interrupt():  # weights, scheduler and step counter move together or not at all
+                # Ctrl-C waits for the end of the step: the forward passes move BN statistics, so a step cut short
+                # would leave them one partial step ahead of the weights, scheduler and step counter
+                with deferred_interrupt():
+                    configs = sandwich_configs(net.space, settings, step)
+                    opt.zero_grad(set_to_none=True)
+                    teacher = None
+                    for j, cfg in enumerate(configs):
+                        net.set_config(cfg)
+                        last = not distributed or j == len(configs) - 1
+                        with contextlib.nullcontext() if last else model.no_sync():
+                            out = model(x)
+                            if j == 0 or distill is None:
+                                loss = F.cross_entropy(out, y)
+                                if j == 0:
+                                    teacher = out.detach()
+                            else:
+                                loss = distill(out, teacher)
+                            (loss / len(configs)).backward()  # the mean: lr means what it does for one network
+                        sums[min(j, 1)] += float(loss.detach()) / (1 if j == 0 else len(configs) - 1)
                     opt.step()
                     sched.step()
                     step += 1

@@ -128,6 +128,10 @@ class DMSNetwork(nn.Module):
         for t in list(self.channel_topk) + list(self.block_topk):
             t.project_()
 
+    def structure_modules(self) -> list:
+        """Every top-k of the search: one per channel group, then one per stage of residual blocks."""
+        return list(self.channel_topk) + list(self.block_topk)
+
     def structure_parameters(self) -> list[nn.Parameter]:
         return [t.a for t in list(self.channel_topk) + list(self.block_topk)]
 
