@@ -52,8 +52,10 @@ print("done", flush=True)
 
 
 def _train(checkpoint: Path, interrupt_at: int | None) -> int:
+    # SIGINT back to its default in the child: a test run started in the background (``make test &``) ignores it
     proc = subprocess.Popen([sys.executable, "-c", SCRIPT, str(checkpoint)], stdout=subprocess.PIPE, text=True,
-                            cwd=Path(__file__).resolve().parent.parent)
+                            cwd=Path(__file__).resolve().parent.parent,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     seen = 0
     for line in proc.stdout:
         if line.strip() == "batch":
@@ -65,6 +67,20 @@ def _train(checkpoint: Path, interrupt_at: int | None) -> int:
 
 def _weights(checkpoint: Path) -> dict:
     return torch.load(checkpoint, weights_only=True)
+
+
+def test_an_ignored_sigint_stays_ignored_during_a_step():
+    """A process started in the background ignores SIGINT; holding Ctrl-C back during a step must not turn it into
+    a KeyboardInterrupt."""
+    from compress.train.supernet import deferred_interrupt
+
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with deferred_interrupt():
+            os.kill(os.getpid(), signal.SIGINT)
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 @pytest.mark.parametrize("interrupt_at", [3, 8])

@@ -39,8 +39,10 @@ CHECKPOINT_KEYS = ("identity", "model", "optimizer", "scheduler", "history", "st
 
 @contextlib.contextmanager
 def deferred_interrupt():
-    """Hold back SIGINT (Ctrl-C) until the block ends, then raise KeyboardInterrupt; no-op outside the main thread."""
-    if threading.current_thread() is not threading.main_thread():
+    """Hold back SIGINT (Ctrl-C) until the block ends, then raise KeyboardInterrupt; no-op outside the main thread
+    and where the process ignores SIGINT (started in the background with ``&`` or nohup: it must stay ignored)."""
+    if threading.current_thread() is not threading.main_thread() \
+            or signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
         yield
         return
     caught = []
