@@ -25,7 +25,7 @@ from compress.subnet.export import export_onnx
 from compress.subnet.extract import extract_subnet
 from compress.cost.flops import count_flops
 from compress.slim.network import SlimmableNetwork
-from compress.slim.reorder import reorder_channels_
+from compress.slim.reorder import ATOL as REORDER_ATOL, reorder_channels_
 from compress.space.trace import as_input_tuple, flatten_tensors
 
 MAX_ABS_DIFF = 1e-5
@@ -150,7 +150,10 @@ def verify_model(model: nn.Module, example_inputs: Any, n_random: int = 3, onnx:
             before = net(*inputs)
             reorder_channels_(net, "l1")  # raises ReorderError itself if the function changes; checked again here
             rep.reorder_max_diff = _max_diff(net(*inputs), before)
-            if rep.reorder_max_diff > tol:
+            # a permutation changes the order of every channel sum, so float32 rounding differs: the tolerance is
+            # reorder's own (1e-4 of the output scale; efficientnetv2_rw_t: 8.7e-4 on outputs of 88 in float32,
+            # 1.9e-12 in float64), not the 1e-5 of computations done in the same order
+            if rep.reorder_max_diff > REORDER_ATOL * max(1.0, _scale(before)):
                 raise AssertionError(f"reordering channels changed the full-width output by {rep.reorder_max_diff:.3g}")
         rep.ok = True
     except (CompressError, AssertionError, RuntimeError) as exc:
