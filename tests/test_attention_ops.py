@@ -13,28 +13,14 @@ from compress.cost.flops import count_flops
 from compress.slim.network import SlimmableNetwork
 from compress.slim.reorder import permutable_groups, reorder_channels_
 from compress.subnet.extract import extract_subnet
-
-
-def _randomize(model: nn.Module) -> nn.Module:
-    """Random norm statistics and scales, so that slicing the wrong channels shows in the output."""
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for name, t in list(model.named_parameters()) + list(model.named_buffers()):
-            if t.dtype.is_floating_point and t.ndim == 1:
-                t.copy_(torch.rand(t.shape, generator=g) + 0.5 if "var" in name or "weight" in name
-                        else torch.randn(t.shape, generator=g))
-    return model.eval()
-
-
-def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
-    return float((a - b).abs().max()) <= 1e-5 * max(1.0, float(b.abs().max()))
+from numerics import close, randomize_norms  # noqa: E402
 
 
 def _check(model: nn.Module, slimmable: list[str], x: torch.Tensor | None = None,
            reorders: bool = True) -> SlimmableNetwork:
     """The checks of the module docstring; ``slimmable`` names groups that must not be frozen."""
     x = torch.randn(2, 3, 16, 16) if x is None else x
-    model = _randomize(model)
+    model = randomize_norms(model)
     with torch.no_grad():
         ref = model(x)
     net = SlimmableNetwork(model, x, divisor=2)
@@ -43,19 +29,19 @@ def _check(model: nn.Module, slimmable: list[str], x: torch.Tensor | None = None
     for name in slimmable:
         assert name in free, f"{name} frozen: {net.space.summary()}"
     with torch.no_grad():
-        assert _close(net(x), ref)
+        assert close(net(x), ref)
         for cfg in (net.space.min_config(), net.space.random_config(seed=3), net.space.uniform_config(0.5)):
             net.set_config(cfg)
             dyn = net(x)
             sub = extract_subnet(net, cfg)
-            assert _close(sub(x), dyn)
+            assert close(sub(x), dyn)
             assert net.flops(cfg) == count_flops(sub, x).total
         assert net.flops(net.space.min_config()) < net.flops(net.space.max_config())
         net.set_config(None)
         perms = reorder_channels_(net)
         if reorders:
             assert any(p != sorted(p) for p in perms.values())  # something moved
-        assert _close(net(x), ref)
+        assert close(net(x), ref)
     return net
 
 

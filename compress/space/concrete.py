@@ -66,13 +66,14 @@ def current_user_location() -> str:
         del frame
 
 
-def _contains_tensor(value: Any) -> bool:
+def contains_tensor(value: Any) -> bool:
+    """Whether ``value`` is a tensor or holds one (in lists, tuples and dict values, at any depth)."""
     if isinstance(value, torch.Tensor):
         return True
     if isinstance(value, (list, tuple)):
-        return any(_contains_tensor(v) for v in value)
+        return any(contains_tensor(v) for v in value)
     if isinstance(value, dict):
-        return any(_contains_tensor(v) for v in value.values())
+        return any(contains_tensor(v) for v in value.values())
     return False
 
 
@@ -131,7 +132,7 @@ class ConcreteValuesMixin:
             finally:
                 self._evaluating = False
             self.values[node] = value
-            if value is not _UNKNOWN and not _contains_tensor(value) and (
+            if value is not _UNKNOWN and not contains_tensor(value) and (
                     self._reads_shape(node) or all(a in self.shape_only for a in node.all_input_nodes)):
                 self.shape_only.add(node)
         return node
@@ -211,5 +212,5 @@ class ConcreteValuesMixin:
         return iter([obj[i] for i in range(self.count_parts(obj))])
 
 
-__all__ = ["CAUSE_DATA_DEPENDENT", "CAUSE_NOT_COMPUTED", "CAUSE_TENSOR_LOOP", "ConcreteAttribute", "ConcreteProxy",
+__all__ = ["CAUSE_DATA_DEPENDENT", "CAUSE_NOT_COMPUTED", "CAUSE_TENSOR_LOOP", "ConcreteAttribute", "ConcreteProxy", "contains_tensor",
            "ConcreteValuesMixin", "current_user_location", "is_library_file", "user_frame_of"]

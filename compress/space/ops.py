@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from compress.space.atoms import FlopOp, IdMeta, PassState, TMeta
+from compress.space.concrete import contains_tensor
 from compress.errors import CompressError, UnsupportedOpError, check_parameter
 from compress.space.sizes import broadcast_count_dim, check_size_consumers, counts_channels, size_arith, size_read
 from compress.space.trace import EXTRA_LEAF_MODULES, class_key
@@ -36,16 +37,6 @@ def untracked(value: Any, why: str | None = None) -> Any:
     if isinstance(value, (list, tuple)):
         return [untracked(v, why) for v in value]
     return None
-
-
-def _contains_tensor(value: Any) -> bool:
-    if isinstance(value, torch.Tensor):
-        return True
-    if isinstance(value, (list, tuple)):
-        return any(_contains_tensor(v) for v in value)
-    if isinstance(value, dict):
-        return any(_contains_tensor(v) for v in value.values())
-    return False
 
 
 def _norm_dim(dim: int, ndim: int) -> int:
@@ -494,7 +485,7 @@ def getitem(p: PassState, n: fx.Node, args: tuple, kwargs: dict, value: Any) -> 
             return m[idx]
         if isinstance(m, list) and isinstance(idx, slice):
             return m[idx]
-        if _contains_tensor(value):
+        if contains_tensor(value):
             return unknown(p, n, args, kwargs, value)
         return None
     if isinstance(m, IdMeta):
@@ -780,22 +771,28 @@ def std_conv(p: PassState, n: fx.Node, mod: nn.Module, args: tuple, kwargs: dict
     return out
 
 
+def _norm_parameters_follow(p: PassState, n: fx.Node, atoms: np.ndarray, op: str, positions) -> None:
+    """The per-channel tensors a functional norm takes (``positions``: (argument index, name)): each read from a
+    module's parameter or buffer is sliced with ``atoms``; one computed in the graph freezes them, with the reason."""
+    for i, name in positions:
+        node = _node_arg(n, i, name)
+        pm = p.meta_of(node) if isinstance(node, fx.Node) else None
+        if pm is None:
+            continue
+        if isinstance(pm, TMeta) and pm.attr is not None and pm.attr_axes is None and len(pm.shape) == 1:
+            _attr_follower(p, pm.attr, 0, atoms)
+        else:
+            p.ctx.freeze(atoms, f"{n.name}: {op} with a computed {name}")
+
+
 def functional_batch_norm(p: PassState, n: fx.Node, args: tuple, kwargs: dict, value: Any) -> Any:
     """``F.batch_norm(x, running_mean, running_var, weight, bias, ...)`` called in a forward with the module's
     own parameters and buffers: each per-channel tensor read from the graph is sliced with x's channels."""
     m = p.meta_of(n.args[0])
     if not isinstance(m, TMeta) or m.cdim != 1 or not isinstance(value, torch.Tensor):
         return unknown(p, n, args, kwargs, value, " (channels not on dim 1)")
-    names = ("running_mean", "running_var", "weight", "bias")
-    for i, name in enumerate(names, start=1):
-        node = _node_arg(n, i, name)
-        pm = p.meta_of(node) if isinstance(node, fx.Node) else None
-        if pm is None:
-            continue
-        if isinstance(pm, TMeta) and pm.attr is not None and pm.attr_axes is None and len(pm.shape) == 1:
-            _attr_follower(p, pm.attr, 0, m.atoms)
-        else:
-            p.ctx.freeze(m.atoms, f"{n.name}: batch_norm with a computed {name}")
+    _norm_parameters_follow(p, n, m.atoms, "batch_norm", enumerate(("running_mean", "running_var", "weight",
+                                                                    "bias"), start=1))
     out = TMeta(tuple(value.shape), 1, m.atoms)
     affine = _arg(n, args, kwargs, 3, "weight") is not None
     training = bool(_arg(n, args, kwargs, 5, "training", False))
@@ -815,15 +812,7 @@ def functional_layer_norm(p: PassState, n: fx.Node, args: tuple, kwargs: dict, v
         return TMeta(tuple(value.shape))
     if len(shape) != 1 or m.cdim != len(m.shape) - 1:
         return unknown(p, n, args, kwargs, value, " (normalises over several dims, or channels not on the last dim)")
-    for i, name in ((2, "weight"), (3, "bias")):
-        node = _node_arg(n, i, name)
-        pm = p.meta_of(node) if isinstance(node, fx.Node) else None
-        if pm is None:
-            continue
-        if isinstance(pm, TMeta) and pm.attr is not None and pm.attr_axes is None and len(pm.shape) == 1:
-            _attr_follower(p, pm.attr, 0, m.atoms)
-        else:
-            p.ctx.freeze(m.atoms, f"{n.name}: layer_norm with a computed {name}")
+    _norm_parameters_follow(p, n, m.atoms, "layer_norm", ((2, "weight"), (3, "bias")))
     p.ctx.norm_shapes[n.name] = m.atoms
     out = TMeta(tuple(value.shape), m.cdim, m.atoms)
     _flop(p, "layer_norm", n, [m], out, affine=_arg(n, args, kwargs, 2, "weight") is not None, batch_stats=False)
@@ -1290,10 +1279,10 @@ def _handle_node(p: PassState, n: fx.Node, args: tuple, kwargs: dict, value: Any
     table_handler = FUNCTION_HANDLERS.get(n.target) if n.op == "call_function" else METHOD_HANDLERS.get(n.target)
     if table_handler is not None:
         return table_handler(p, n, args, kwargs, value)
-    if not _contains_tensor(value) and not _contains_tensor(args) and not _contains_tensor(kwargs):
+    if not contains_tensor(value) and not contains_tensor(args) and not contains_tensor(kwargs):
         return size_arith(p, n, args, kwargs, value)
-    if not _contains_tensor(value) and n.op == "call_method" and n.target in ("size", "dim", "numel"):
+    if not contains_tensor(value) and n.op == "call_method" and n.target in ("size", "dim", "numel"):
         return size_read(p, n, args, kwargs, value)
-    if not _contains_tensor(value) and n.op == "call_function" and n.target is getattr:
+    if not contains_tensor(value) and n.op == "call_function" and n.target is getattr:
         return size_read(p, n, args, kwargs, value)
     return unknown(p, n, args, kwargs, value)
