@@ -7,41 +7,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from compress.cost.flops import count_flops
-from compress.slim.network import SlimmableNetwork
-from compress.slim.reorder import reorder_channels_
 from compress.subnet.extract import extract_subnet
-from numerics import close, randomize_norms  # noqa: E402
+from numerics import check_slims  # noqa: E402
 
 timm_layers = pytest.importorskip("timm.layers")
 
 
-def _check(model: nn.Module, slimmable: list[str], x: torch.Tensor | None = None) -> SlimmableNetwork:
-    """The checks of the module docstring; ``slimmable`` names groups that must not be frozen."""
-    x = torch.randn(2, 3, 16, 16) if x is None else x
-    model = randomize_norms(model)
-    with torch.no_grad():
-        ref = model(x)
-    net = SlimmableNetwork(model, x, divisor=2)
-    free = {g.name for g in net.space.free}
-    for name in slimmable:
-        assert name in free, f"{name} frozen: {net.space.summary()}"
-    assert net.slimmable_share() > 0.2
-    with torch.no_grad():
-        assert close(net(x), ref)
-        assert net.space.min_config() != net.space.max_config()
-        for cfg in (net.space.min_config(), net.space.random_config(seed=3)):
-            net.set_config(cfg)
-            dyn = net(x)
-            sub = extract_subnet(net, cfg)
-            assert close(sub(x), dyn)
-            assert net.flops(cfg) == count_flops(sub, x).total
-        assert net.flops(net.space.min_config()) < net.flops(net.space.max_config())
-        net.set_config(None)
-        perms = reorder_channels_(net)
-        assert any(p != sorted(p) for p in perms.values())  # something moved
-        assert close(net(x), ref)
-    return net
+def _check(model, slimmable, x=None):
+    return check_slims(model, slimmable, x, min_share=0.2)
 
 
 class BatchNormActNet(nn.Module):
