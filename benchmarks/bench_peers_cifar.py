@@ -2,11 +2,12 @@
 starting from a converged CIFAR-10 model, with equal training.
 
     make bench-peers                                   # both models, 2 seeds (hours; resumable)
-    python benchmarks/bench_peers_cifar.py --model cifar_resnet20 --seeds 0 1
+    python benchmarks/bench_peers_cifar.py --model cifar_resnet20_w1.5 --seeds 0 1
     python benchmarks/bench_peers_cifar.py --smoke     # tiny everything, end to end in minutes (out/ only)
 
-Starting points: the models of benchmarks/pretrain_cifar.py (``cifar_resnet20``; ``cifar_mobilenet_v2`` at width
-0.5), weights from ``data/weights/<model>.pt`` (or ``--weights``; a state_dict, loaded with ``weights_only=True``).
+Starting points: the presets of benchmarks/pretrain_cifar.py (``make bench-peers``: ``cifar_resnet20_w1.5`` and
+``cifar_mobilenet_v2_w1``, whose smallest subnets measure under 35% of the full latency), weights from
+``data/weights/<preset>.pt`` (or ``--weights``; a state_dict, loaded with ``weights_only=True``).
 Data: ``--train-per-class`` (4,500) training images per class for every training and search, the next
 ``--held-per-class`` (500) per class held out (AutoSlim scores candidates on them), the 10,000 test images for every
 reported top-1.
