@@ -16,7 +16,7 @@ of its full latency and MobileNetV2 x0.5's 57%: per-layer overheads dominate suc
 
 State (weights, optimizer, scheduler, epoch, per-epoch history) is written atomically to ``<work>/<model>.pt``
 after every ``--save-every`` steps and at the end of each epoch; a rerun continues from it, repeating at most
-``--save-every`` steps after SIGKILL and none after Ctrl-C. When training ends, the final weights (parameters and
+``--save-every`` steps after SIGKILL and none after Ctrl-C or SIGTERM. When training ends, the final weights (parameters and
 BN buffers only, loaded with ``weights_only=True``) go to ``<weights>/<model>.pt`` with a JSON record of the
 recipe and the test top-1 beside it.
 """
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import time
 from pathlib import Path
@@ -76,6 +77,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--save-every", type=int, default=100, help="steps between checkpoints")
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     args = ap.parse_args(argv)
+
+    def stop(signum, frame):  # SIGTERM (kill, or a run started with nohup/&, where SIGINT is ignored): save, stop
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
     if args.threads:
         torch.set_num_threads(args.threads)
     rec = recipe(args)
