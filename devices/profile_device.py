@@ -506,7 +506,8 @@ def run(bundle: str, out: str, threads: int, opt_level: str, quiet: bool = False
 def out_lock(out: str):
     """Hold ``<out>.lock`` (flock) while profiling into ``out``: a second profiler on the same --out is refused
     with the other's process id instead of both reporting success with one's results gone. The lock goes with
-    the process (also on SIGKILL). No lock where the platform has no flock."""
+    the process (also on SIGKILL). No lock where the platform has no flock. The same flock protocol as
+    ``compress.io.work_dir_lock``, written out here because this file runs on a board without the project."""
     try:
         import fcntl
     except ImportError:
