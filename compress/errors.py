@@ -158,3 +158,8 @@ class SettingsSchemaError(InvalidParameterError):
 
 class ResultFileError(CompressError, OSError):
     """A saved search result (result.json, subnet.pt in a work directory) is missing, corrupt or does not fit."""
+
+
+class WeightsFileError(CompressError, OSError):
+    """A trained-weights file (a state_dict ``.pt`` with the JSON record of its model beside it) is missing,
+    corrupt, or does not fit the model its record names."""
