@@ -616,6 +616,8 @@ def plot(rows: dict, full_top1: float, path: Path, title: str) -> None:
         color, fmt = styles.get(name) or (next(peer_colors), "^--")
         ax.errorbar(xs, ys, yerr=err, fmt=fmt, color=color, label=name, capsize=3, alpha=0.9 if name in styles else 0.6)
     ax.plot([1.0], [full_top1], "k*", markersize=12, label="full model (pretrained)")
+    for frac in sorted({r["budget_fraction"] for r in rows.values() if r.get("budget_fraction")}):
+        ax.axvline(frac, color="red", lw=0.8, ls=":")  # every point must sit left of its budget line
     ax.set_xlabel("measured latency / full model (onnxruntime CPU, 1 thread, interleaved)")
     ax.set_ylabel("test top-1 (%), mean over seeds (bars: min-max)")
     ax.set_title(title)

@@ -1,11 +1,14 @@
-"""AutoSlim greedy slimming: from full width, repeatedly remove the channel bin that hurts the score least.
+"""AutoSlim greedy slimming (Yu & Huang 2019): from full width, repeatedly remove the channel bin that hurts least.
 
 Each step tries cutting every group by one bin (``step_ratio`` of its full width, rounded to its divisor, or more
 bins where one does not lower the cost), scores every candidate (BN recalibrated on fixed calibration batches, then
-evaluated on fixed held-out batches), and keeps the best cut; while the cost is far above the target it keeps the
-best few cuts at once. To save time, every ``full_rescore_every``-th step scores all groups and the steps between
-re-score only the ``rescore_top`` groups that ranked best (set ``full_rescore_every=1`` for the exact algorithm). The path (config, cost, FLOPs, score per step) is the accuracy/cost frontier; it is saved after every step
-and a search resumes from it.
+evaluated on fixed held-out batches), and keeps the best cut by ``settings.criterion``: the held-out loss added per
+unit of cost saved (default), or AutoSlim's own rule, the highest held-out top-1 whatever the cut saves
+(``"score"``; see ``SearchSettings`` for why it is not the default). With ``cuts_when_far > 1`` it keeps the best
+few cuts at once while the cost is far above the target. To save time, every ``full_rescore_every``-th step scores
+all groups and the steps between re-score only the ``rescore_top`` groups that ranked best (set
+``full_rescore_every=1`` for the exact algorithm). The path (config, cost, FLOPs, score per step) is the
+accuracy/cost frontier; it is saved after every step and a search resumes from it.
 """
 
 from __future__ import annotations
