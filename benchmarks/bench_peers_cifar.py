@@ -674,6 +674,10 @@ def write_report(rows: dict, state: dict, full_ms: float, full_flops: int, full_
             f"{r['search_s']:.0f} | {r['search_epochs']:.2f} | {r['ft_epochs']:.2f} |"
             if m is not None and "ratio" in r else f"| {budget} | {name} | (unfinished) | | | | | | | | | |")
     lines += ["", "## Verdict", ""]
+    timed = [(k, r) for k, r in rows.items() if r.get("budget_fraction") and "ratio" in r]
+    over = [f"{k} ({r['ratio']:.3f})" for k, r in timed if r["ratio"] > r["budget_fraction"]]
+    lines.append(f"- latency: {len(timed) - len(over)} of {len(timed)} exported files measure <= their budget in the "
+                 "final interleaved timing" + (f"; over: {', '.join(over)}" if over else ""))
     if bound:
         lines += verdicts(rows, args.budgets)
     else:

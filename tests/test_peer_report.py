@@ -1,0 +1,56 @@
+"""The peer benchmark's verdicts (benchmarks/bench_peers_cifar.py): precondition, margins, budget check."""
+
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+peers = pytest.importorskip("bench_peers_cifar")
+
+
+def row(method, frac, seeds, ratio=None, width=None):
+    r = {"method": method, "budget_fraction": frac, "seeds": {str(i): v for i, v in enumerate(seeds)}}
+    if ratio is not None:
+        r["ratio"] = ratio
+    if width is not None:
+        r["width"] = width
+    return r
+
+
+ROWS = {"b50_uniform": row("uniform", 0.5, [80.0, 80.4], 0.49, width=0.7),
+        "b35_uniform": row("uniform", 0.35, [75.0, 75.2], 0.34, width=0.55),
+        "b50_dms": row("dms", 0.5, [82.0, 82.2], 0.48), "b35_dms": row("dms", 0.35, [77.0, 77.4], 0.345),
+        "b50_autoslim": row("autoslim", 0.5, [81.0, 81.0], 0.47),
+        "b50_tp-l1-global": row("tp", 0.5, [81.5, 81.3], 0.49), "b35_tp-l1-global": row("tp", 0.35, [76.5, 76.7], 0.36)}
+
+
+def test_precondition_holds_only_with_the_full_model_on_top_and_uniform_falling():
+    ok, lines = peers.precondition(ROWS, 90.0)
+    assert ok and "above" in lines[0] and "falls monotonically" in lines[1]
+    assert not peers.precondition(ROWS, 81.0)[0]  # a subnet (DMS 82.1) above the full model: not capacity-bound
+    rising = dict(ROWS, b35_uniform=row("uniform", 0.35, [81.0, 81.0], 0.34, width=0.55))
+    assert not peers.precondition(rising, 90.0)[0]
+    assert not peers.precondition({k: v for k, v in ROWS.items() if k != "b35_uniform"}, 90.0)[0]
+
+
+def test_verdict_is_the_better_of_ours_minus_the_best_peer_with_per_seed_values():
+    lines = peers.verdicts(ROWS, [0.5, 0.35])
+    assert "dms, 82.10%" in lines[0] and "tp-l1-global, 81.40%" in lines[0] and "+0.70 points" in lines[0]
+    assert "target >= +0.5: met" in lines[0] and "seed 0: +0.50, seed 1: +0.90" in lines[0]
+    assert "+0.60 points" in lines[1] and "target >= +1.0: NOT met" in lines[1]
+
+
+def test_report_names_every_file_over_its_budget(tmp_path):
+    full = {"full_top1": 90.0}
+    args = SimpleNamespace(model="m", train_per_class=1, held_per_class=1, test_per_class=1, epochs=3.0,
+                           supernet_epochs=0.5, dms_search=0.5, tp_steps=5, divisor=8, lr=0.01, budgets=[0.5, 0.35],
+                           tp_criteria=["l1"], seeds=[0, 1])
+    rows = {k: dict(v, flops=1e6, params=1e3, pre_ft_top1=10.0, search_s=1.0, search_epochs=0.0, ft_epochs=3.0)
+            for k, v in ROWS.items()}
+    lines = peers.write_report(rows, full, 1.0, 10**6, 10**4, {"weights": "w.pt", "pretrain_top1": 90.0,
+                                                               "pretrain_epochs": 30}, "cmd", tmp_path / "r", args)
+    latency = next(x for x in lines if x.startswith("- latency"))
+    assert "6 of 7" in latency and "b35_tp-l1-global (0.360)" in latency
+    assert (tmp_path / "r.md").exists() and (tmp_path / "r.png").exists()
