@@ -1,11 +1,12 @@
-"""AutoSlim end to end on a built-in default: CIFAR-10 subset shipped with the project, a ResNet-20 (x2 width).
+"""AutoSlim end to end on a built-in default: the converged CIFAR-10 ResNet-20 x1.5 shipped in data/weights/, the
+CIFAR-10 subset shipped in data/.
 
-    python examples/autoslim_cifar.py                      # ~11 minutes on 2 cores
-    python examples/autoslim_cifar.py --budget 0.35 --epochs 5 --data ../shared/data/cifar10-jpg.tar.gz
-    python examples/autoslim_cifar.py --weights data/weights/cifar_resnet20.pt --width 1 --epochs 2   # pretrained
+    python examples/autoslim_cifar.py                      # pretrained pipeline from the shipped model
+    python examples/autoslim_cifar.py --budget 0.35 --data ../shared/data/cifar10-jpg.tar.gz
+    python examples/autoslim_cifar.py --weights none --width 2 --epochs 3   # from scratch: a ResNet-20 x2
 
-Trains a slimmable supernet (or, with --weights, fine-tunes one from trained weights after reordering channels by
-BN importance: the pretrained pipeline), profiles latency in context on onnxruntime CPU (1 thread), searches
+Fine-tunes a slimmable supernet from the trained weights after reordering channels by BN importance (the pretrained
+pipeline; with --weights none it trains one from random init instead), profiles latency in context on onnxruntime CPU (1 thread), searches
 greedily against predicted latency, confirms the budget by measurement, and compares with the same network
 uniformly narrowed to the same measured latency. The frontier plot has one latency axis: measured, with the path's
 predicted latencies calibrated by the full model's measured / predicted ratio (said in the legend). Writes out/autoslim_demo/: the ONNX file, result.json, the search path, a frontier plot.
@@ -31,8 +32,10 @@ from compress.deploy.closed_loop import measure_module  # noqa: E402
 from compress.train.data import SHIPPED_CIFAR, cifar10_loaders  # noqa: E402
 from compress.train.evaluate import CalibratedScorer, evaluate, take_batches  # noqa: E402
 from compress.train.models import build_model  # noqa: E402
+from compress.train.pretrained import load_pretrained  # noqa: E402
 
-DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "data" / "weights" / "cifar_resnet20.pt"
+# the converged ResNet-20 x1.5 (benchmarks/pretrain_cifar.py, recipe and test top-1 in the .json beside it)
+DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "data" / "weights" / "cifar_resnet20_w1.5.pt"
 from compress.search.objectives import LatencyCost, fit_latency_predictor  # noqa: E402
 from devices import get_device  # noqa: E402
 
@@ -52,8 +55,10 @@ def plot_frontier(result, uniform: dict, uniform_scores: list[tuple[float, float
     ax.plot(*zip(*pts), "o-", ms=3, label=f"AutoSlim greedy path (predicted ms x {k:.2f}, calibrated to the "
                                           f"measured full model; held-out top-1)")
     if uniform_scores:
-        ax.plot(*zip(*sorted((c * k, t) for c, t in uniform_scores)), "s--", ms=3, color="gray",
-                label="uniform width multiplier (same calibration)")
+        # in path order (widest first): uniform ratios that differ in width but not in predicted latency show as
+        # vertical steps, not as a zigzag
+        ax.plot(*zip(*((c * k, t) for c, t in uniform_scores)), "s--", ms=3, color="gray",
+                label="uniform width multiplier (same calibration; held-out top-1)")
     ax.axvline(budget_ms, color="red", lw=1, label=f"budget {budget_ms:.3f} ms")
     if result.measured_ms is not None:
         ax.plot([result.measured_ms], [result.top1], "*", ms=14, color="C1",
@@ -75,14 +80,17 @@ def plot_frontier(result, uniform: dict, uniform_scores: list[tuple[float, float
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="cifar_resnet20", help="built-in model (cifar_resnet20, cifar_mobilenet_v2)")
-    ap.add_argument("--width", type=float, default=2.0, help="width multiplier of the built-in model")
-    ap.add_argument("--weights", default="none",
-                    help=f"trained weights of the model (a state_dict, e.g. {DEFAULT_WEIGHTS}, the converged "
-                         f"ResNet-20 at width 1); 'none': random init, the supernet trained from scratch")
+    ap.add_argument("--weights", default=str(DEFAULT_WEIGHTS),
+                    help="trained weights: a state_dict .pt with the JSON record of its model beside it (default: "
+                         "the shipped converged ResNet-20 x1.5); 'none': random init, the supernet trained from "
+                         "scratch (then --model and --width choose the network)")
+    ap.add_argument("--model", default="cifar_resnet20",
+                    help="with --weights none: built-in model (cifar_resnet20, cifar_mobilenet_v2)")
+    ap.add_argument("--width", type=float, default=2.0, help="with --weights none: width multiplier of the model")
     ap.add_argument("--lr", type=float, default=None, help="supernet learning rate (default 0.02 pretrained, 0.1 not)")
     ap.add_argument("--budget", type=float, default=0.5, help="latency budget as a fraction of the full model's")
-    ap.add_argument("--epochs", type=float, default=3.0, help="supernet training epochs")
+    ap.add_argument("--epochs", type=float, default=None,
+                    help="supernet training epochs (default 2 from trained weights, 3 from scratch)")
     ap.add_argument("--distill", default="kl", choices=["kl", "alpha", "none"])
     ap.add_argument("--data", default=str(SHIPPED_CIFAR), help="ImageFolder .tar.gz or folder with train/ and test/")
     ap.add_argument("--search", default="{}", help='greedy search settings as JSON, e.g. \'{"eval_batches": 8}\' '
@@ -95,22 +103,26 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     train_loader, val_loader = cifar10_loaders(args.data)
     print(f"data: {len(train_loader.data)} train / {len(val_loader.data)} val images from {args.data}")
-    kwargs = {"width": args.width} if args.model == "cifar_resnet20" else {"width_mult": args.width / 2}
-    model = build_model(args.model, **kwargs)
     pretrained = args.weights.lower() != "none"
     if pretrained:
-        model.load_state_dict(torch.load(args.weights, map_location="cpu", weights_only=True))
-        print(f"weights: {args.weights} (trained; pretrained pipeline)")
+        model, record = load_pretrained(args.weights)
+        args.model, kwargs = record["model"], record.get("model_kwargs", {})
+        print(f"weights: {args.weights}: {args.model}({kwargs}), test top-1 {record.get('test_top1')}% on the "
+              f"10,000 CIFAR-10 test images after {record.get('epochs')} epochs (pretrained pipeline)")
+    else:
+        kwargs = {"width": args.width} if args.model == "cifar_resnet20" else {"width_mult": args.width / 2}
+        model = build_model(args.model, **kwargs)
+    epochs = args.epochs if args.epochs is not None else (2.0 if pretrained else 3.0)
     full_trained_top1 = evaluate(model.eval(), val_loader)["top1"] if pretrained else None
     device = get_device("cpu", threads=args.threads)
     x = torch.zeros(1, 3, 32, 32)
     full_ms = measure_module(device, model.eval(), (x,)).median_ms
     budget_ms = args.budget * full_ms
-    print(f"{args.model} (width {args.width}): full model {full_ms:.3f} ms measured; budget {args.budget:.0%} = "
+    print(f"{args.model} ({kwargs}): full model {full_ms:.3f} ms measured; budget {args.budget:.0%} = "
           f"{budget_ms:.3f} ms")
 
     lr = args.lr if args.lr is not None else (0.02 if pretrained else 0.1)
-    settings = compress.AutoSlimSettings(train=compress.TrainSettings(epochs=args.epochs, distill=args.distill, lr=lr,
+    settings = compress.AutoSlimSettings(train=compress.TrainSettings(epochs=epochs, distill=args.distill, lr=lr,
                                                                       warmup_epochs=0.0 if pretrained else 0.5),
                                          search=compress.SearchSettings.from_json(args.search),
                                          threads=args.threads, pretrained=pretrained)
@@ -148,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{uniform['top1']:.2f}% ({result.top1 - uniform['top1']:+.2f} points)")
     print(f"ONNX: {report.path} ({report.num_nodes} nodes, max |onnxruntime - torch| = {report.max_abs_diff:.2e})")
     print(f"frontier plot: {out / 'autoslim_frontier.png'}; total {time.perf_counter() - t0:.0f} s")
-    summary = {"model": args.model, "width": args.width, "budget_fraction": args.budget, "budget_ms": budget_ms,
+    summary = {"model": args.model, "model_kwargs": kwargs, "weights": args.weights if pretrained else None, "budget_fraction": args.budget, "budget_ms": budget_ms,
                "full_ms": full_ms, "autoslim": result.summary(),
                "uniform": {k: v for k, v in uniform.items() if k not in ("subnet", "path")},
                "seconds": time.perf_counter() - t0}

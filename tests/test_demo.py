@@ -1,0 +1,36 @@
+"""`make demo` end to end on the shipped model and data, with a few supernet steps (slow: about a minute)."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _demo():
+    spec = importlib.util.spec_from_file_location("autoslim_demo", ROOT / "examples" / "autoslim_cifar.py")
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    return demo
+
+
+@pytest.mark.slow
+def test_the_demo_runs_from_the_shipped_weights(tmp_path, capsys):
+    demo = _demo()
+    out = tmp_path / "demo"
+    assert demo.main(["--epochs", "0.02", "--search", '{"eval_batches": 1, "calib_batches": 1}',
+                      "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["weights"] == str(demo.DEFAULT_WEIGHTS) and summary["model_kwargs"] == {"width": 1.5}
+    assert summary["autoslim"]["measured_ms"] <= summary["budget_ms"]
+    assert (out / "autoslim.onnx").stat().st_size > 0 and (out / "autoslim_frontier.png").stat().st_size > 0
+    text = capsys.readouterr().out
+    assert "full model (trained)" in text and "uniform x" in text
+
+
+def test_the_demo_names_a_bad_weights_file(tmp_path):
+    from compress.errors import WeightsFileError
+    with pytest.raises(WeightsFileError, match="No trained-weights file"):
+        _demo().main(["--weights", str(tmp_path / "nothing.pt"), "--out", str(tmp_path / "o")])
