@@ -18,7 +18,8 @@ from compress.errors import (BudgetNotMetError, BudgetUnreachableError, Checkpoi
                              InputShapeError, InvalidConfigError, InvalidParameterError, MislabelledDataError,
                              NewerSchemaError, NothingToSlimError, PredictorMismatchError, PredictorUnavailableError,
                              ReorderError, ResultFileError, SearchResumeError, SettingsSchemaError, TraceError,
-                             UnsupportedModelError, UnsupportedOpError, WorkDirBusyError, WorkDirMismatchError, WriteError)
+                             UnsupportedModelError, UnsupportedOpError, WeightsFileError, WorkDirBusyError,
+                             WorkDirMismatchError, WriteError)
 from compress.cost.flops import FlopReport, count_flops  # noqa: E402
 from compress.result import SlimResult  # noqa: E402
 from compress.settings import AutoSlimSettings, DMSSettings, SearchSettings, TrainSettings  # noqa: E402
@@ -58,6 +59,7 @@ __all__ = [
     "InvalidConfigError", "InvalidParameterError", "MislabelledDataError", "NewerSchemaError", "NothingToSlimError",
     "PredictorMismatchError", "PredictorUnavailableError", "ReorderError", "ResultFileError", "SearchResumeError",
     "SearchSettings", "SettingsSchemaError", "SlimResult", "SlimmableNetwork", "TraceError", "TrainSettings",
-    "UnsupportedModelError", "UnsupportedOpError", "WorkDirBusyError", "WorkDirMismatchError", "WriteError", "autoslim", "count_flops", "dms",
+    "UnsupportedModelError", "UnsupportedOpError", "WeightsFileError", "WorkDirBusyError", "WorkDirMismatchError",
+    "WriteError", "autoslim", "count_flops", "dms",
     "export_onnx", "extract_subnet", "graph_digest", "recalibrate_bn", "reorder_channels_", "train_supernet",
 ]
