@@ -324,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     torch.set_num_threads(args.threads)
     command = "python benchmarks/bench_peers_cifar.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    work, out_json = Path(args.work), Path(args.out).with_suffix(".json")
+    work, out_json = Path(args.work), Path(f"{args.out}.json")  # not with_suffix: "w1.5" is no suffix
     work.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     pretrained, origin = load_pretrained(args)
@@ -683,7 +683,7 @@ def write_report(rows: dict, state: dict, full_ms: float, full_flops: int, full_
     else:
         lines += ["not capacity-bound: the precondition above fails, so no method is ranked."]
     lines += ["", f"![frontier]({png.name})"]
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    (out.parent / f"{out.name}.md").write_text("\n".join(lines) + "\n")
     return lines
 
 
