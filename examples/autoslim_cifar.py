@@ -6,8 +6,8 @@ CIFAR-10 subset shipped in data/.
     python examples/autoslim_cifar.py --weights none --width 2 --epochs 3   # from scratch: a ResNet-20 x2
 
 Fine-tunes a slimmable supernet from the trained weights after reordering channels by BN importance (the pretrained
-pipeline; with --weights none it trains one from random init instead), profiles latency in context on onnxruntime CPU (1 thread), searches
-greedily against predicted latency, confirms the budget by measurement, and compares with the same network
+pipeline; with --weights none it trains one from random init instead), profiles latency in context on onnxruntime
+CPU (1 thread), searches greedily against predicted latency, confirms the budget by measurement, and compares with the same network
 uniformly narrowed to the same measured latency. The frontier plot has one latency axis: measured, with the path's
 predicted latencies calibrated by the full model's measured / predicted ratio (said in the legend). Writes out/autoslim_demo/: the ONNX file, result.json, the search path, a frontier plot.
 Rerunning resumes (supernet checkpoint, latency table, search path are kept in the work directory).
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     pretrained = args.weights.lower() != "none"
     if pretrained:
         model, record = load_pretrained(args.weights)
-        args.model, kwargs = record["model"], record.get("model_kwargs", {})
+        args.model, kwargs = record["model"], record["model_kwargs"]
         print(f"weights: {args.weights}: {args.model}({kwargs}), test top-1 {record.get('test_top1')}% on the "
               f"10,000 CIFAR-10 test images after {record.get('epochs')} epochs (pretrained pipeline)")
     else:
@@ -160,7 +160,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{uniform['top1']:.2f}% ({result.top1 - uniform['top1']:+.2f} points)")
     print(f"ONNX: {report.path} ({report.num_nodes} nodes, max |onnxruntime - torch| = {report.max_abs_diff:.2e})")
     print(f"frontier plot: {out / 'autoslim_frontier.png'}; total {time.perf_counter() - t0:.0f} s")
-    summary = {"model": args.model, "model_kwargs": kwargs, "weights": args.weights if pretrained else None, "budget_fraction": args.budget, "budget_ms": budget_ms,
+    summary = {"model": args.model, "model_kwargs": kwargs, "weights": args.weights if pretrained else None,
+               "budget_fraction": args.budget, "budget_ms": budget_ms,
                "full_ms": full_ms, "autoslim": result.summary(),
                "uniform": {k: v for k, v in uniform.items() if k not in ("subnet", "path")},
                "seconds": time.perf_counter() - t0}

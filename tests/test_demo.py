@@ -16,6 +16,11 @@ def _demo():
     return demo
 
 
+def test_the_demo_default_is_shipped():
+    shipped = sorted((ROOT / "data" / "weights").glob("*.pt"))
+    assert _demo().DEFAULT_WEIGHTS in shipped
+
+
 @pytest.mark.slow
 def test_the_demo_runs_from_the_shipped_weights(tmp_path, capsys):
     demo = _demo()

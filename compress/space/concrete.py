@@ -212,5 +212,5 @@ class ConcreteValuesMixin:
         return iter([obj[i] for i in range(self.count_parts(obj))])
 
 
-__all__ = ["CAUSE_DATA_DEPENDENT", "CAUSE_NOT_COMPUTED", "CAUSE_TENSOR_LOOP", "ConcreteAttribute", "ConcreteProxy", "contains_tensor",
-           "ConcreteValuesMixin", "current_user_location", "is_library_file", "user_frame_of"]
+__all__ = ["CAUSE_DATA_DEPENDENT", "CAUSE_NOT_COMPUTED", "CAUSE_TENSOR_LOOP", "ConcreteAttribute", "ConcreteProxy",
+           "ConcreteValuesMixin", "contains_tensor", "current_user_location", "is_library_file", "user_frame_of"]

@@ -40,7 +40,8 @@ def read_weights_record(weights: str | os.PathLike) -> dict:
         got = record.get("model") if isinstance(record, dict) else type(record).__name__
         raise WeightsFileError(f"The weights record {str(record_path)!r} must name a built-in model in 'model' "
                                f"({sorted(MODELS)}). Got {got!r}.")
-    if not isinstance(record.get("model_kwargs", {}), dict):
+    record.setdefault("model_kwargs", {})
+    if not isinstance(record["model_kwargs"], dict):
         raise WeightsFileError(f"'model_kwargs' in {str(record_path)!r} must be a dict of the model's keyword "
                                f"arguments. Got {record['model_kwargs']!r}.")
     return record
@@ -61,7 +62,7 @@ def load_pretrained(weights: str | os.PathLike) -> tuple[nn.Module, dict]:
     """
     record = read_weights_record(weights)
     try:
-        model = build_model(record["model"], **record.get("model_kwargs", {}))
+        model = build_model(record["model"], **record["model_kwargs"])
     except (CompressError, TypeError) as e:
         raise WeightsFileError(f"The record beside {str(weights)!r} does not build {record['model']!r}: {e}") from e
     try:
@@ -77,7 +78,7 @@ def load_pretrained(weights: str | os.PathLike) -> tuple[nn.Module, dict]:
     if missing or extra or shapes:
         parts = [f"{what}: {names[:3]}" for what, names in
                  (("missing", missing), ("unexpected", extra), ("other shapes", shapes)) if names]
-        raise WeightsFileError(f"{str(weights)!r} does not fit {record['model']}({record.get('model_kwargs', {})}) "
+        raise WeightsFileError(f"{str(weights)!r} does not fit {record['model']}({record['model_kwargs']}) "
                                f"named by its record ({'; '.join(parts)}).")
     model.load_state_dict(state)
     return model.eval(), record
