@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import compress  # noqa: E402
-from compress.io import save_json  # noqa: E402
+from compress.io import save_json, save_text  # noqa: E402
 from compress.deploy.closed_loop import measure_module  # noqa: E402
 from compress.train.data import SHIPPED_CIFAR, cifar10_loaders  # noqa: E402
 from compress.train.models import build_model  # noqa: E402
@@ -141,7 +141,7 @@ def write_markdown(rows: list[dict], path: Path, fingerprint: dict) -> None:
                      f"{r['flops'] / 1e6:.1f} ({r['full_flops'] / 1e6:.1f}) | {r['search_s']:.0f} |")
     lines += ["", verdict_line(rows) + " (this shared machine drifts 15-30% between runs: "
               "docs/measurement_noise.md)."]
-    path.write_text("\n".join(lines) + "\n")
+    save_text("\n".join(lines) + "\n", path)
 
 
 if __name__ == "__main__":

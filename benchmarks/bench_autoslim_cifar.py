@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 import compress  # noqa: E402
 from compress.search.baselines import uniform_baseline  # noqa: E402
-from compress.io import save_json  # noqa: E402
+from compress.io import save_json, save_text  # noqa: E402
 from compress.deploy.closed_loop import measure_module  # noqa: E402
 from compress.train.data import TensorLoader, load_image_folder  # noqa: E402
 from compress.train.evaluate import evaluate, take_batches  # noqa: E402
@@ -152,7 +152,7 @@ def write_markdown(rows, supernets, full_ms, command, path: Path, args) -> None:
                      f"{u['interleaved_ms']:.3f} (x{u['ratio']:.2f}) | {a['flops'] / 1e6:.1f} | {u['flops'] / 1e6:.1f} | "
                      f"{a['top1_inherited']:.2f} / {a['top1_finetuned']:.2f} | {u['top1_inherited']:.2f} / "
                      f"{u['top1_finetuned']:.2f} | {r['gain_finetuned']:+.2f} | {r['search_s']:.0f} |")
-    path.write_text("\n".join(lines) + "\n")
+    save_text("\n".join(lines) + "\n", path)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ measured in the same run (the machine is shared and noisy).
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import time
@@ -19,6 +18,7 @@ import torch
 import torchvision
 
 import compress
+from compress.io import save_json, save_text
 
 
 def _median_s(fn, repeat: int) -> float:
@@ -105,8 +105,8 @@ def main() -> None:
     for key, label in labels.items():
         lines.append(f"| {label} | " + " | ".join(str(r[key]) for r in rows) + " |")
     text = "\n".join(lines) + "\n"
-    Path(args.out).write_text(text)
-    Path(args.out).with_suffix(".json").write_text(json.dumps(rows, indent=1))
+    save_text(text, args.out)
+    save_json(rows, Path(args.out).with_suffix(".json"))
     print(text)
 
 

@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 import compress  # noqa: E402
 from bench_autoslim_budget import BUDGETS, FAMILIES, budget_timer, interleaved_ms, judge, verdict_line  # noqa: E402
-from compress.io import atomic_write, save_json  # noqa: E402
+from compress.io import atomic_write, save_json, save_text  # noqa: E402
 from compress.train.data import SHIPPED_CIFAR, cifar10_loaders  # noqa: E402
 from compress.dms import DMSSettings  # noqa: E402
 from compress.train.evaluate import evaluate  # noqa: E402
@@ -131,7 +131,7 @@ def write_markdown(rows: list[dict], path: Path, fingerprint: dict, argv: list[s
                      f"({r['full_flops'] / 1e6:.1f}) | {r['search_s']:.0f} |")
     lines += ["", verdict_line(rows) + ".", "", "Removed blocks per run:", ""]
     lines += [f"- {r['family']} {r['budget_fraction']:.0%}: {', '.join(r['removed_blocks']) or 'none'}" for r in rows]
-    path.write_text("\n".join(lines) + "\n")
+    save_text("\n".join(lines) + "\n", path)
 
 
 if __name__ == "__main__":

@@ -46,7 +46,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import compress  # noqa: E402
 from bench_autoslim_budget import interleaved_ms  # noqa: E402
 from compress.search.baselines import uniform_path  # noqa: E402
-from compress.io import save_json  # noqa: E402
+from compress.io import save_json, save_text  # noqa: E402
 from compress.deploy.closed_loop import closed_loop  # noqa: E402
 from compress.train.data import TensorLoader, load_image_folder  # noqa: E402
 from compress.search.dms.masked import extract_with_depth  # noqa: E402
@@ -278,7 +278,7 @@ def write_markdown(rows: dict, full_ms: float, command: str, path: Path, args) -
                   ". `autoslim` distils in place with KL, `autoslim-alpha` with the adaptive alpha-divergence; "
                   "`autoslim-per-ms` searches the KL supernet by held-out damage per millisecond saved, scored on "
                   "8 held-out batches (AutoSlim's rule: least damage, 2 batches)."]
-    path.write_text("\n".join(lines) + "\n")
+    save_text("\n".join(lines) + "\n", path)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ import torchvision
 from torch import nn
 
 import compress
+from compress.io import save_json, save_text
 from compress.subnet.export import export_onnx
 from devices import get_device
 from predictors import LatencyPredictor, LatencyTable, profile_configs, profile_family
@@ -108,9 +109,9 @@ def main() -> None:
         if not (work / f"{fam}.train.done").exists():
             profile_family(nets[fam], fam, path, n_initial=args.train, rounds=2, per_round=args.adaptive, progress=True,
                            reference=REFERENCE)
-            (work / f"{fam}.train.done").write_text("")
+            save_text("", work / f"{fam}.train.done")
             timing[f"profile_{fam}_s"] = round(time.perf_counter() - t, 1)
-            timing_path.write_text(json.dumps(timing))
+            save_json(timing, timing_path, indent=None)
         tables[fam] = LatencyTable.load(path)
     suite_path = work / "suite.json"
     t = time.perf_counter()
@@ -118,7 +119,7 @@ def main() -> None:
     suite = profile_suite(suite_path, quiet=False, reference=REFERENCE)
     if fresh_suite:
         timing["profile_suite_s"] = round(time.perf_counter() - t, 1)
-        timing_path.write_text(json.dumps(timing))
+        save_json(timing, timing_path, indent=None)
     tests = {}
     for fam in WITHIN + CROSS:
         n = args.test if fam in WITHIN else 30
@@ -187,7 +188,7 @@ def main() -> None:
     t = time.perf_counter()
     pred_r18.predict_widths(nk, fresh, "resnet18")
     results["queries_per_s_cached"] = int(len(fresh) / (time.perf_counter() - t))
-    Path(args.docs, "latency_benchmark.json").write_text(json.dumps(results, indent=1))
+    save_json(results, Path(args.docs, "latency_benchmark.json"))
     _plot(points, Path(args.docs, "latency_scatter.png"))
     _table(results, args, Path(args.docs, "latency_benchmark.md"))
     print(json.dumps(results, indent=1))
@@ -263,7 +264,7 @@ def _table(results: dict, args, path: Path) -> None:
               "", f"Fast queries (resnet18, one core): {results['queries_per_s_fresh']} configs/s on configs never "
               f"queried before, {results['queries_per_s_cached']} configs/s once their kernels are cached.", "",
               "![predicted vs measured](latency_scatter.png)"]
-    path.write_text("\n".join(lines) + "\n")
+    save_text("\n".join(lines) + "\n", path)
 
 
 if __name__ == "__main__":

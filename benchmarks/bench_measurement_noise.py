@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -25,6 +24,7 @@ import torch
 import torchvision
 
 import compress
+from compress.io import save_json, save_text
 from devices import profile_device as pd
 from predictors.reference import export_reference
 
@@ -118,8 +118,8 @@ def main() -> None:
               "ratio to a model timed in the same rounds cancels most of it, best when that model does the same "
               "kind of work (the full model of the family: the profiler's anchor, `devices.write_bundle(anchor=)`, "
               "and `compress.timing.ReferenceTimer`)."]
-    Path(args.docs, "measurement_noise.md").write_text("\n".join(lines) + "\n")
-    Path(args.docs, "measurement_noise.json").write_text(json.dumps(results, indent=1))
+    save_text("\n".join(lines) + "\n", Path(args.docs, "measurement_noise.md"))
+    save_json(results, Path(args.docs, "measurement_noise.json"))
     print("\n".join(lines))
 
 

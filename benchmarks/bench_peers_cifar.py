@@ -78,7 +78,7 @@ from bench_autoslim_budget import interleaved_ms  # noqa: E402
 from pretrain_cifar import PRESETS, build_preset  # noqa: E402
 from compress.deploy.closed_loop import HEADROOM, closed_loop  # noqa: E402
 from compress.deploy.timing import ReferenceTimer, measure_module  # noqa: E402
-from compress.io import atomic_write, load_checkpoint, save_checkpoint, save_json, weights_digest  # noqa: E402
+from compress.io import atomic_write, load_checkpoint, save_checkpoint, save_json, save_text, weights_digest  # noqa: E402
 from compress.search.baselines import uniform_path  # noqa: E402
 from compress.search.dms.masked import extract_with_depth  # noqa: E402
 from compress.search.objectives import LatencyCost, fit_latency_predictor  # noqa: E402
@@ -683,7 +683,7 @@ def write_report(rows: dict, state: dict, full_ms: float, full_flops: int, full_
     else:
         lines += ["not capacity-bound: the precondition above fails, so no method is ranked."]
     lines += ["", f"![frontier]({png.name})"]
-    (out.parent / f"{out.name}.md").write_text("\n".join(lines) + "\n")
+    save_text("\n".join(lines) + "\n", out.parent / f"{out.name}.md")
     return lines
 
 

@@ -175,6 +175,15 @@ def save_json(obj: Any, path: str | os.PathLike, indent: int | None = 1) -> Path
     return atomic_write(path, write)
 
 
+def save_text(text: str, path: str | os.PathLike) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically (:func:`atomic_write`): a report or marker file a reader, or an
+    interrupted run, never sees half-written."""
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+    return atomic_write(path, write)
+
+
 def weights_digest(module: torch.nn.Module) -> str:
     """A short hash of the parameters of ``module`` (names, shapes, values). Buffers are left out: BN
     recalibration rewrites them without changing what was trained."""

@@ -8,7 +8,6 @@ to a verified ONNX file, and plot FLOPs against parameters for many configs.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import torch
 import torchvision
 
 import compress
+from compress.io import save_json
 
 
 def main() -> None:
@@ -52,7 +52,7 @@ def main() -> None:
     params = sum(p.numel() for p in sub.parameters())
     print(f"\nSubnet at width {args.ratio}: {params / 1e6:.2f} M parameters, {sub_flops / 1e6:.1f} MFLOPs "
           f"(fvcore on the extracted subnet = analytic count)")
-    (out / "subnet_config.json").write_text(json.dumps(cfg, indent=1))
+    save_json(cfg, out / "subnet_config.json")
     report = compress.export_onnx(sub, x, out / "subnet.onnx")
     print(f"ONNX written to {report.path} ({report.exporter} exporter, opset {report.opset}, {report.num_nodes} nodes); "
           f"onnxruntime matches torch at batch sizes {report.batch_sizes_checked}, "

@@ -50,7 +50,29 @@ def _board_write(path, data):
     _standalone().write_json_atomic(str(path), data)
 
 
-WRITERS = {"host": _host_write, "board": _board_write}
+def _text_write(path, data):
+    cio.save_text(json.dumps(data), path)
+
+
+WRITERS = {"host": _host_write, "board": _board_write, "text": _text_write}
+
+# Where a plain write_text is right: a test harness that writes damaged files on purpose.
+PLAIN_WRITES_ALLOWED = {"predictors/conformance.py"}
+
+
+def test_no_shipped_code_writes_a_file_in_place():
+    """Reports, state and markers of the SDK, its benchmarks, tools and examples go through the atomic writer: a
+    run stopped mid-write must not leave a half-written file that a resumed run (or a reader) takes as whole."""
+    offenders = []
+    for folder in ("compress", "predictors", "devices", "benchmarks", "tools", "examples"):
+        for py in sorted((ROOT / folder).rglob("*.py")):
+            rel = py.relative_to(ROOT).as_posix()
+            if rel in PLAIN_WRITES_ALLOWED:
+                continue
+            for n, line in enumerate(py.read_text().splitlines(), 1):
+                if ".write_text(" in line or ".write_bytes(" in line:
+                    offenders.append(f"{rel}:{n}: {line.strip()}")
+    assert not offenders, "use compress.io.save_text / save_json / atomic_write:\n" + "\n".join(offenders)
 
 
 def test_tools_script_is_the_devices_script():

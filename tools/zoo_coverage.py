@@ -20,6 +20,8 @@ import sys
 import time
 from pathlib import Path
 
+from compress.io import save_text
+
 # Left out: the largest model, whose random init, deep copies and ONNX export
 # take minutes and several GB each on this 2-core machine.
 SKIP = {"vit_h_14": "632M parameters"}
@@ -144,7 +146,7 @@ def write_table(results: dict[str, dict], path: Path) -> None:
             f"| {n} | {'yes' if r.get('ok') else 'NO'} | {r.get('groups', '')} | {r.get('frozen_groups', '')} | "
             f"{r.get('flops_full', '')} | {r.get('flops_min', '')} | {r.get('max_sub_vs_dynamic', 0):.1e} | "
             f"{r.get('onnx_max_abs_diff', 0):.1e} | {r.get('seconds', '')} | {note} |")
-    path.write_text("\n".join(lines) + "\n")
+    save_text("\n".join(lines) + "\n", path)
 
 
 def write_timm_table(results: dict[str, dict], path: Path) -> None:
@@ -185,7 +187,7 @@ def write_timm_table(results: dict[str, dict], path: Path) -> None:
             f"{r.get('groups', '')} | {r.get('frozen_groups', '')} | {r.get('flops_full', '')} | "
             f"{r.get('flops_min', '')} | {r.get('max_sub_vs_dynamic', 0):.1e} | {r.get('onnx_max_abs_diff', 0):.1e} | "
             f"{r.get('seconds', '')} | {note} |")
-    path.write_text("\n".join(lines) + "\n")
+    save_text("\n".join(lines) + "\n", path)
 
 
 def main() -> None:
