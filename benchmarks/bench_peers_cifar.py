@@ -651,7 +651,8 @@ def write_report(rows: dict, state: dict, full_ms: float, full_flops: int, full_
              f"(`search ep.`: AutoSlim's supernet, {args.supernet_epochs:g} epochs of sandwich steps with each "
              f"subnet weighted by its FLOPs, shared by the budgets and charged to each; DMS {args.dms_search:g} "
              "epoch(s) of search at full cost), so `ft ep.` = budget - `search ep.`. `search s`: wall time of "
-             "choosing (supernet, search, closed loop, Torch-Pruning's measured probes). Torch-Pruning: "
+             "choosing (supernet, search, closed loop, Torch-Pruning's measured probes); `ft s`: wall time of one "
+             "fine-tune (mean over seeds). Torch-Pruning: "
              f"{args.tp_steps} iterative steps, channels rounded to {args.divisor} (as every method), classifier "
              "kept, pruning ratio bisected on measured latency.", "",
              "Torch-Pruning criteria: " + "; ".join(f"`{c}`: {TP_CRITERIA[c][2]}" for c in args.tp_criteria) + ".",
@@ -659,20 +660,21 @@ def write_report(rows: dict, state: dict, full_ms: float, full_flops: int, full_
              "", f"Result: {'capacity-bound: the ranking below holds' if bound else 'not capacity-bound'}.", "",
              "## Rows", "",
              "| budget | method | latency / full | closed-loop | MFLOPs | k params | top-1 mean | per seed | "
-             "before ft | search s | search ep. | ft ep. |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "before ft | search s | search ep. | ft ep. | ft s |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for k, r in rows.items():
         budget = f"{r['budget_fraction']:.0%}" if r.get("budget_fraction") else f"width {r.get('width', 0):.2f}"
         name = k.split("_", 1)[1]
         if "failed" in r:
-            lines.append(f"| {budget} | {name} | failed: {r['failed']} | | | | | | | | | |")
+            lines.append(f"| {budget} | {name} | failed: {r['failed']} | | | | | | | | | | |")
             continue
         m = mean_top1(r)
         loop = f"{r['closed_loop_ratio']:.3f}" if r.get("closed_loop_ratio") else ""
+        ft_s = f"{statistics.mean(r['ft_s'].values()):.0f}" if r.get("ft_s") else ""
         lines.append(
             f"| {budget} | {name} | {r['ratio']:.3f} | {loop} | {r['flops'] / 1e6:.1f} | {r['params'] / 1e3:.1f} | "
             f"{m:.2f} | {' / '.join(f'{v:.2f}' for v in r['seeds'].values())} | {r['pre_ft_top1']:.2f} | "
-            f"{r['search_s']:.0f} | {r['search_epochs']:.2f} | {r['ft_epochs']:.2f} |"
-            if m is not None and "ratio" in r else f"| {budget} | {name} | (unfinished) | | | | | | | | | |")
+            f"{r['search_s']:.0f} | {r['search_epochs']:.2f} | {r['ft_epochs']:.2f} | {ft_s} |"
+            if m is not None and "ratio" in r else f"| {budget} | {name} | (unfinished) | | | | | | | | | | |")
     lines += ["", "## Verdict", ""]
     timed = [(k, r) for k, r in rows.items() if r.get("budget_fraction") and "ratio" in r]
     over = [f"{k} ({r['ratio']:.3f})" for k, r in timed if r["ratio"] > r["budget_fraction"]]

@@ -54,3 +54,24 @@ def test_report_names_every_file_over_its_budget(tmp_path):
     latency = next(x for x in lines if x.startswith("- latency"))
     assert "6 of 7" in latency and "b35_tp-l1-global (0.360)" in latency
     assert (tmp_path / "r.md").exists() and (tmp_path / "r.png").exists()
+
+
+def test_summary_has_one_line_per_model_and_budget_with_the_margin(tmp_path):
+    summary = pytest.importorskip("peers_summary")
+    state = {"full_top1": 90.0, "full_ms": 1.0, "rows": ROWS}
+    lines = summary.summary_lines({"m1": state, "m2": dict(state, full_top1=81.0)})
+    table = [x for x in lines if x.startswith(("| m1", "| m2"))]
+    assert len(table) == 4
+    m1_50 = next(x for x in table if x.startswith("| m1 | 50%"))
+    assert "82.10 (82.00 / 82.20) @0.480" in m1_50 and "l1-global: 81.40" in m1_50 and "+0.70 (+0.5: met)" in m1_50
+    m1_35 = next(x for x in table if x.startswith("| m1 | 35%"))
+    assert "| - |" in m1_35 and "+0.60 (+1.0: NOT met)" in m1_35  # no AutoSlim row at 35%: "-"
+    assert all(x.endswith("| - |") for x in table if x.startswith("| m2"))  # not capacity-bound: no margins
+    assert any("m2" in x and "NOT capacity-bound" in x for x in lines)
+    assert any("6 of 7 exported files" in x and "b35_tp-l1-global (0.360)" in x for x in lines)
+    path = tmp_path / "s.json"
+    path.write_text(__import__("json").dumps(dict(state, identity={"model": "m1"})))
+    assert summary.main([str(path), "--out", str(tmp_path / "s.md")]) == 0
+    assert "| m1 | 50%" in (tmp_path / "s.md").read_text()
+    with pytest.raises(SystemExit, match="not a peer benchmark result"):
+        summary.main([str(tmp_path / "s.md"), "--out", str(tmp_path / "t.md")])
