@@ -525,6 +525,13 @@ def main(argv: list[str] | None = None) -> int:
                     jobs.append((f"{tag}_tp-{crit}-{mode}", "tp", frac,
                                  lambda f, k, c=crit, m=mode: choose_tp(f, k, c, m)))
     for key, method, frac, choose in jobs:
+        row = rows.get(key, {})
+        if "weights" in row and not Path(row["weights"]).exists() and set(map(str, args.seeds)) - set(row["seeds"]):
+            # e.g. a fresh clone with the committed JSON but not out/: the row's seeds must share one architecture
+            print(f"== {key}: its pruned weights {row['weights']} are missing and seeds "
+                  f"{sorted(set(map(str, args.seeds)) - set(row['seeds']))} are left: choosing it again "
+                  f"(finished seeds {sorted(row['seeds'])} dropped)")
+            del rows[key]
         if key not in rows:
             print(f"== {key}: choosing")
             try:

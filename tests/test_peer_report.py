@@ -75,3 +75,28 @@ def test_summary_has_one_line_per_model_and_budget_with_the_margin(tmp_path):
     assert "| m1 | 50%" in (tmp_path / "s.md").read_text()
     with pytest.raises(SystemExit, match="not a peer benchmark result"):
         summary.main([str(tmp_path / "s.md"), "--out", str(tmp_path / "t.md")])
+
+
+@pytest.mark.slow
+def test_smoke_run_end_to_end_and_a_row_whose_work_files_are_gone_is_chosen_again(tmp_path):
+    """The whole script on the shipped subset (about 4 min); then, as in a fresh clone holding the committed JSON
+    but not out/, a row with a seed left and no pruned weights is chosen again instead of crashing."""
+    import json
+    import subprocess
+
+    script = Path(peers.__file__)
+    cmd = [sys.executable, str(script), "--smoke", "--threads", "1", "--work", str(tmp_path / "w")]
+    first = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
+    assert first.returncode == 0, first.stderr[-3000:]
+    out = tmp_path / "w" / "peers_cifar_cifar_resnet20.json"
+    state = json.loads(out.read_text())
+    row = state["rows"]["b50_uniform"]
+    assert (tmp_path / "w" / "peers_cifar_cifar_resnet20.md").exists() and row["seeds"]
+    Path(row["weights"]).unlink()
+    row["seeds"] = {}
+    out.write_text(json.dumps(state))
+    second = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "b50_uniform: its pruned weights" in second.stdout and "choosing it again" in second.stdout
+    again = json.loads(out.read_text())["rows"]["b50_uniform"]
+    assert Path(again["weights"]).exists() and "0" in again["seeds"]
