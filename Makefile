@@ -61,9 +61,14 @@ pretrain: $(VENV)/.installed  ## converged CIFAR-10 starting points of the peer 
 PEERS = $(PY) benchmarks/bench_peers_cifar.py --seeds 0 1 --epochs 3 --supernet-epochs 0.5 --dms-search 0.5 --threads 1
 TP_GLOBAL = --tp-criteria l1 group_norm taylor --tp-modes global
 TP_LOCAL = --methods tp --tp-criteria l1 --tp-modes local
-bench-peers: $(VENV)/.installed  ## AutoSlim / DMS vs Torch-Pruning vs uniform from the pretrained models -> docs/peers_cifar_*.md (~4 h per model on one core; resumable: rerun to continue)
-	$(PY) -c "import torch_pruning" 2>/dev/null || $(PY) -m pip install --quiet -e ".[bench]"
-	$(PEERS) --model cifar_resnet20_w1.5 $(TP_GLOBAL)
-	$(PEERS) --model cifar_resnet20_w1.5 $(TP_LOCAL)
-	$(PEERS) --model cifar_mobilenet_v2_w1 $(TP_GLOBAL)
-	$(PEERS) --model cifar_mobilenet_v2_w1 $(TP_LOCAL)
+PEER_MODELS = cifar_resnet20_w1.5 cifar_mobilenet_v2_w1
+bench-peers: $(PEER_MODELS:%=bench-peers-%)  ## AutoSlim / DMS vs Torch-Pruning vs uniform from the pretrained models -> docs/peers_cifar.md (~4 h per model on one core; `make -j2 bench-peers` runs the models side by side; resumable: rerun to continue)
+	$(PY) benchmarks/peers_summary.py $(PEER_MODELS:%=docs/peers_cifar_%.json)
+
+$(VENV)/.bench: $(VENV)/.installed
+	$(PY) -m pip install --quiet -e ".[bench]"
+	touch $@
+
+bench-peers-%: $(VENV)/.bench  ## one model of bench-peers -> docs/peers_cifar_<model>.md
+	$(PEERS) --model $* $(TP_GLOBAL)
+	$(PEERS) --model $* $(TP_LOCAL)

@@ -1,7 +1,7 @@
 """AutoSlim and DMS against Torch-Pruning (DepGraph) and the uniformly narrowed network, at equal MEASURED latency,
 starting from a converged CIFAR-10 model, with equal training.
 
-    make bench-peers                                   # both models, 2 seeds (hours; resumable)
+    make -j2 bench-peers                               # both models side by side, 2 seeds (hours; resumable)
     python benchmarks/bench_peers_cifar.py --model cifar_resnet20_w1.5 --seeds 0 1
     python benchmarks/bench_peers_cifar.py --smoke     # tiny everything, end to end in minutes (out/ only)
 
