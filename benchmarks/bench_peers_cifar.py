@@ -31,7 +31,8 @@ Methods (row keys ``b<percent>_<method>``):
   does: channels reordered by BN importance, a slimmable supernet fine-tuned ``--supernet-epochs`` (sandwich rule,
   inplace distillation), then greedy slimming + closed loop (``autoslim(supernet, train=False)``). The supernet is
   trained once and shared by the budgets (the one-call ``autoslim`` would train it again for each budget); each
-  budget's row is charged its whole cost.
+  budget's row is charged its whole cost. The greedy path is shared too: a deeper budget resumes the path a
+  shallower one saved (``search s`` then counts only the steps it added).
 - ``dms``: DMS (differentiable model scaling) with ``DMSSettings(pipeline="pretrained")``, ``--dms-search`` epochs
   of search from the pretrained weights, then its closed loop.
 
@@ -59,6 +60,7 @@ import argparse
 import copy
 import json
 import math
+import shutil
 import statistics
 import sys
 import time
@@ -431,6 +433,14 @@ def main(argv: list[str] | None = None) -> int:
 
     def choose_autoslim(frac: float, key: str):
         net, sup_s, sup_images = trained_supernet()
+        # one greedy path serves every budget (its decisions do not depend on the target; greedy_slim resumes a
+        # saved path and goes on from its end): start from the path another budget's row saved, as the supernet is
+        own = work / key / "path.json"
+        others = sorted(work.glob("b*_autoslim/path.json"), key=lambda f: f.stat().st_size, reverse=True)
+        if not own.exists() and others:
+            own.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(others[0], own)
+            print(f"{key}: greedy path resumed from {others[0]}")
         settings = compress.AutoSlimSettings(divisor=args.divisor, pretrained=True, train=compress.TrainSettings(
             epochs=args.supernet_epochs, lr=args.supernet_lr, warmup_epochs=0.0, min_ratio=args.min_ratio),
             search=compress.SearchSettings(min_ratio=args.min_ratio, **SMOKE_SEARCH if args.smoke else {}))

@@ -115,7 +115,7 @@ class JsonSettings:
                     f"{cls.__name__}.from_json reads settings schema version {SETTINGS_SCHEMA}. Got "
                     f"\"{SCHEMA_KEY}\": {version!r} instead"
                     + (" (written by a newer version of compress): upgrade compress to read it, or write the "
-                       f"settings again with this version." if newer else
+                       "settings again with this version." if newer else
                        f": this is not a settings file of this package; write it with {cls.__name__}.to_json()."))
         return cls.from_dict(data)
 
@@ -271,6 +271,8 @@ class AutoSlimSettings(JsonSettings):
         profile_configs: subnets profiled in context to fit the latency predictor, int >= 4.
         max_measurements: closed loop: subnets exported and measured on the device at most, int >= 1.
         min_budget_use: closed loop: try a larger subnet while measured latency < this x budget, in (0, 1).
+        fill_measurements: closed loop: subnets measured at most to spend budget a latency step on the path left
+            unused (:func:`compress.deploy.closed_loop.fill_step`), int >= 0 (0: the choice stays a path point).
 
     Raises:
         InvalidParameterError: a field is out of the range given above (the message names the field).
@@ -286,10 +288,13 @@ class AutoSlimSettings(JsonSettings):
     profile_configs: int = 24         # subnets profiled in context to fit the latency predictor
     max_measurements: int = 6         # closed loop: subnets exported and measured at most
     min_budget_use: float = 0.95      # closed loop: try a larger subnet when measured < this x budget
+    fill_measurements: int = 4        # closed loop: measured subnets between the two points of a latency step
 
     def __post_init__(self) -> None:
         self.check_types()
         self._check("divisor", isinstance(self.divisor, int) and self.divisor >= 1, "an int >= 1")
+        self._check("fill_measurements", isinstance(self.fill_measurements, int) and self.fill_measurements >= 0,
+                    "an int >= 0")
         self._check("threads", isinstance(self.threads, int) and self.threads >= 1, "an int >= 1")
         self._check("finetune_epochs", self.finetune_epochs >= 0, ">= 0")
         self._check("finetune_lr", self.finetune_lr > 0, "> 0")

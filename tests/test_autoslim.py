@@ -145,3 +145,48 @@ def test_settings_round_trip_through_json():
         TrainSettings(distill="mse")
     with pytest.raises(InvalidParameterError, match="not JSON"):
         AutoSlimSettings.from_json("{nope")
+
+
+def test_a_filled_latency_step_becomes_the_result_and_a_path_point(loaders, tmp_path, monkeypatch):
+    """Where the closed loop's choice sits under a latency step, the subnet fill_step finds is what autoslim
+    returns: its config, its measurement, a path point of its own between the step's two points, and a note."""
+    import compress.api.autoslim as api
+    from types import SimpleNamespace as NS
+
+    from compress.deploy.closed_loop import measure_module
+    from devices import get_device
+
+    train, val = loaders
+    torch.manual_seed(0)
+    model = cifar_resnet(8)
+    dev = get_device("cpu", threads=1)
+    budget = 0.6 * measure_module(dev, model.eval(), (torch.zeros(1, 3, 32, 32),)).median_ms
+
+    def timed(fraction):
+        return NS(median_ms=fraction * budget, p25_ms=fraction * budget, p75_ms=fraction * budget)
+
+    def fake_loop(net, path, budget_ms, *args, **kwargs):  # the last point under (70%), the one before over
+        return len(path) - 1, {len(path) - 2: timed(1.1), len(path) - 1: timed(0.7)}
+
+    picked = {}
+
+    def fake_fill(net, path, index, measured, budget_ms, *args, **kwargs):
+        picked.update(index=index, n=len(path), config=dict(path[index - 1]["config"]))
+        return {"config": picked["config"], "measurement": timed(0.9), "from_index": index - 1}
+
+    monkeypatch.setattr(api, "closed_loop", fake_loop)
+    monkeypatch.setattr(api, "fill_step", fake_fill)
+    settings = _settings(overshoot=0.7)
+    settings.profile_configs = 8
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = autoslim(model, latency_ms=budget, device=dev, train_loader=train, val_loader=val, settings=settings,
+                       work_dir=tmp_path, progress=False, log=lambda s: None)
+    i = picked["index"]
+    assert res.config == picked["config"] and res.measured_ms == pytest.approx(0.9 * budget)
+    assert len(res.path) == picked["n"] + 1 and res.path[i]["config"] == picked["config"]
+    assert res.path[i]["top1"] is None and res.path[i]["cost"] is not None
+    by_index = {m["path_index"]: m["value"] for m in res.measurements}
+    assert by_index == pytest.approx({i - 1: 1.1 * budget, i: 0.9 * budget, i + 1: 0.7 * budget})
+    assert any("latency step" in n for n in res.notes)
+    assert res.flops == count_flops(res.subnet, torch.zeros(1, 3, 32, 32)).total

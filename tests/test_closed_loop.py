@@ -57,3 +57,56 @@ def test_over_budget_everywhere_is_a_named_error(fake_device):
     timer_for, _ = fake_device
     with pytest.raises(BudgetNotMetError, match="No subnet on the search path measured under the budget"):
         closed_loop(NET, _path([10.0, 9.0, 8.0]), 6.0, None, timer=timer_for(2.0), log=lambda s: None)
+
+
+def _step_latency(cfg):
+    """Groups a, b cost a quarter ms per channel; group c (every block of a stage) steps from 10 to 30 ms above
+    64 channels, as a vector-block boundary does."""
+    return SimpleNamespace(median_ms=cfg["a"] / 4 + cfg["b"] / 4 + (30 if cfg["c"] > 64 else 10))
+
+
+# a greedy path, one cut per point, largest first; the cut of c (point 3 -> 4) crosses the step
+STEP_PATH = [{"cost": 0.0, "config": dict(zip("abc", w))}
+             for w in [(32, 32, 72), (24, 32, 72), (24, 24, 72), (16, 24, 72), (16, 24, 64), (16, 16, 64)]]
+
+
+def test_fill_step_spends_the_budget_a_latency_step_left_unused(fake_device):
+    calls = []
+
+    def timer(cfg):
+        calls.append(dict(cfg))
+        return _step_latency(cfg)
+
+    measured = {i: _step_latency(STEP_PATH[i]["config"]) for i in (3, 4)}  # 40 ms over, 20 ms under a 30 ms budget
+    best = cl.fill_step(NET, STEP_PATH, 4, measured, 30.0, None, timer=timer, log=lambda s: None)
+    # candidates: points 0, 1, 2 with c kept at 64 (26, 24, 22 ms); the widest under 29.4 ms (2% headroom) wins
+    assert best["config"] == {"a": 32, "b": 32, "c": 64} and best["from_index"] == 0
+    assert best["measurement"].median_ms == 26.0 and len(calls) == 2  # bisection: point 1, then point 0
+    calls.clear()
+    best = cl.fill_step(NET, STEP_PATH, 4, measured, 25.0, None, timer=timer, log=lambda s: None)
+    assert best["from_index"] == 1 and len(calls) == 1  # 24 ms is 96% of 25: stop there
+    calls.clear()
+    assert cl.fill_step(NET, STEP_PATH, 4, measured, 30.0, None, timer=timer, max_measurements=0) is None
+    assert cl.fill_step(NET, STEP_PATH, 4, {4: measured[4]}, 30.0, None, timer=timer) is None  # no measured step
+    # the choice already uses >= 95% of the budget (20 of 20.5 ms): nothing to fill, nothing measured
+    assert cl.fill_step(NET, STEP_PATH, 4, measured, 20.5, None, timer=timer, log=lambda s: None) is None
+    assert calls == []
+
+
+def test_insert_point_keeps_the_path_order_and_rekeys_the_measurements():
+    path = [{"n": i} for i in range(4)]
+    measured = {1: "m1", 2: "m2", 3: "m3"}
+    new_path, new_measured = cl.insert_point(path, measured, 2, {"n": "filled"}, "mf")
+    assert [p["n"] for p in new_path] == [0, 1, "filled", 2, 3]
+    assert new_measured == {1: "m1", 2: "mf", 3: "m2", 4: "m3"}
+    assert all(new_path[k]["n"] == (int(v[1]) if v != "mf" else "filled") for k, v in new_measured.items())
+    assert len(path) == 4 and measured == {1: "m1", 2: "m2", 3: "m3"}  # the inputs untouched
+
+
+def test_a_choice_far_under_the_budget_is_warned_about():
+    with pytest.warns(UserWarning, match="uses 60% of the latency budget"):
+        cl.warn_if_unused(3.0, 5.0)
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        cl.warn_if_unused(4.5, 5.0)  # 90%: no warning

@@ -16,7 +16,7 @@ from torch import nn
 from compress.api.checks import check_call_arguments
 from compress.subnet.bn import recalibrate_bn
 from compress.io import weights_digest, locks_work_dir
-from compress.deploy.closed_loop import closed_loop
+from compress.deploy.closed_loop import closed_loop, fill_step, insert_point, warn_if_unused
 from compress.train.evaluate import CalibratedScorer, take_batches
 from compress.subnet.extract import extract_subnet
 from compress.search.greedy import check_path_file, first_within, greedy_slim
@@ -44,6 +44,9 @@ def autoslim(model: nn.Module, *, latency_ms: float | None = None, flops: float 
     Wang et al. 2021, "AlphaNet"), then greedy slimming: from full width, repeatedly cut the channel bin whose
     removal costs the least held-out accuracy. Latency comes from an nn-Meter-style kernel predictor profiled on
     the device (Zhang et al. 2021, "nn-Meter"), and a closed loop measures the exported candidates on the device.
+    Where one cut on the path crosses a latency step (a stage's channel group leaving a CPU vector block) and the
+    choice uses < ``min_budget_use`` of the budget, the groups not cut there take back earlier path widths until
+    the measured latency fills the budget (``fill_measurements``; the result's ``notes`` say so).
 
     Args:
         model: a CNN (or an already built ``SlimmableNetwork``, e.g. a supernet trained before with ``train=False``).
@@ -163,7 +166,19 @@ def autoslim(model: nn.Module, *, latency_ms: float | None = None, flops: float 
     if latency_ms is not None and measurable:
         t0 = time.perf_counter()
         index, meas = closed_loop(net, path, budget, device, settings.max_measurements, settings.min_budget_use,
-                                  log=log, timer=prep.timer)
+                                  log=log, timer=prep.timer, warn_below=0.0)  # warned below, after the fill
+        filled = fill_step(net, path, index, meas, budget, device, settings.fill_measurements,
+                           settings.min_budget_use, log=log, timer=prep.timer)
+        if filled is not None:
+            cfg = filled["config"]
+            path, meas = insert_point(path, meas, index, {
+                **path[index], "config": cfg, "cost": float(cost([cfg])[0]), "flops": int(net.flops(cfg)),
+                "top1": None, "loss": None, "seconds": None}, filled["measurement"])
+            notes.append(f"a latency step between path points {index - 1} and {index} left "
+                         f"{1 - meas[index + 1].median_ms / budget:.0%} of the budget unused; point {index} is path "
+                         f"point {filled['from_index']} with the stepped groups kept narrow "
+                         f"({meas[index].median_ms:.3f} ms)")
+        warn_if_unused(meas[index].median_ms, budget)
         seconds["closed_loop"] = time.perf_counter() - t0
         measurements = [measurement_record(v.median_ms, "ms", v.p25_ms, v.p75_ms, path_index=k)
                         for k, v in meas.items()]

@@ -75,8 +75,82 @@ def closed_loop(net, path: list[dict], budget_ms: float, device: Any, max_measur
             f"No subnet on the search path measured under the budget of {budget_ms:.3f} ms ({lines}). The path "
             f"ends at a predicted {path[-1]['cost']:.3f} ms; lower SearchSettings.overshoot so the search goes "
             "further, raise the budget, or check that the device is not busy.")
-    if measured[under].median_ms < warn_below * budget_ms:
-        warnings.warn(f"The chosen subnet uses {measured[under].median_ms / budget_ms:.0%} of the latency budget "
-                      f"(less than {warn_below:.0%}): the larger subnets tried on the path measured over it.",
-                      stacklevel=2)
+    warn_if_unused(measured[under].median_ms, budget_ms, warn_below)
     return under, measured
+
+
+def warn_if_unused(measured_ms: float, budget_ms: float, warn_below: float = 0.85) -> None:
+    """Warn (UserWarning) when the chosen subnet uses less than ``warn_below`` of the budget."""
+    if measured_ms < warn_below * budget_ms:
+        warnings.warn(f"The chosen subnet uses {measured_ms / budget_ms:.0%} of the latency budget (less than "
+                      f"{warn_below:.0%}): the larger subnets tried measured over it.", stacklevel=3)
+
+
+def fill_step(net, path: list[dict], index: int, measured: dict[int, Any], budget_ms: float, device: Any,
+              max_measurements: int = 4, min_use: float = 0.95, log: Callable[[str], None] = print,
+              timer: ReferenceTimer | None = None, headroom: float = HEADROOM) -> dict | None:
+    """Spend the budget a latency step on the path left unused: a subnet between two path points, or None.
+
+    Latency moves in steps (CPU vector blocks: 72 channels cost what 80 do, 64 far less; a channel group shared by
+    every residual block of a stage crosses a step everywhere at once), so one greedy cut can take 20% off the
+    measured latency and the closed loop's choice (path point ``index``) can use far less of the budget than the
+    point before it, which measured over. Here the cut groups D (those whose widths differ between point
+    ``index - 1`` and ``index``) keep their narrow width, and the other groups take back the widths of earlier
+    path points: candidate k is point k's config with D as at ``index``, for k = ``index - 1`` (= the choice)
+    down to 0 (every other group at full width). Latency rises as k falls; the smallest k measured under the
+    budget (with ``headroom``) is found by bisection, stopping early at a candidate using >= ``min_use`` of it.
+    The other groups come back in the reverse order of the greedy's cuts: the channels it found least useful per
+    unit of cost stay out longest.
+
+    Args:
+        net: the slimmable network of the path (``extract_subnet(net, config)`` makes each candidate).
+        path: the search path, largest subnet first; every point has a ``config`` (group name -> channels).
+        index: the closed loop's choice; ``measured[index]`` and ``measured[index - 1]`` must exist (the step).
+        measured: the closed loop's measurements (path index -> an object with ``median_ms``).
+        budget_ms: the latency budget (ms).
+        device, timer: as in :func:`closed_loop` (``timer``: timed interleaved with the full model).
+        max_measurements: candidates exported and measured at most (int >= 0; 0: no fill).
+
+    Returns:
+        ``{"config", "measurement", "from_index"}`` of the widest candidate measured under the budget and above
+        ``measured[index]``, or None when there is no step to fill or nothing measured better.
+    """
+    limit_ms = (1.0 - headroom) * budget_ms
+    if (max_measurements < 1 or index < 1 or index not in measured or index - 1 not in measured
+            or measured[index - 1].median_ms <= limit_ms or measured[index].median_ms >= min_use * budget_ms):
+        return None
+    narrow = path[index]["config"]
+    cut = {g for g, w in narrow.items() if path[index - 1]["config"][g] != w}
+    candidates: list[tuple[int, dict]] = []  # widest first
+    for k in range(index - 1):
+        cfg = {**path[k]["config"], **{g: narrow[g] for g in cut}}
+        if cfg != narrow and (not candidates or cfg != candidates[-1][1]):
+            candidates.append((k, cfg))
+    best = None
+    lo, hi = len(candidates), -1  # candidates[lo:] fit (the end: the choice itself); candidates[hi] is over
+    while lo - hi > 1 and max_measurements > 0:
+        mid = (lo + hi + 1) // 2
+        k, cfg = candidates[mid]
+        sub = extract_subnet(net, cfg)
+        m = timer(sub) if timer is not None else measure_module(device, sub, net.example_inputs)
+        max_measurements -= 1
+        log(f"  path point {k} with the stepped groups ({', '.join(sorted(cut))}) kept narrow: measured "
+            f"{m.median_ms:.3f} ms (budget {budget_ms:.3f} ms)")
+        if m.median_ms <= limit_ms:
+            lo = mid
+            best = {"config": cfg, "measurement": m, "from_index": k}
+            if m.median_ms >= min_use * budget_ms:
+                break
+        else:
+            hi = mid
+    return best
+
+
+def insert_point(path: list[dict], measured: dict[int, Any], index: int, point: dict,
+                 measurement: Any) -> tuple[list[dict], dict[int, Any]]:
+    """A new path with ``point`` at ``index`` (between points ``index - 1`` and ``index``: the path stays largest
+    first) and the measurements re-keyed to it, ``measurement`` at ``index``. The inputs are left as they were."""
+    new_path = path[:index] + [point] + path[index:]
+    new_measured = {(k if k < index else k + 1): v for k, v in measured.items()}
+    new_measured[index] = measurement
+    return new_path, new_measured
