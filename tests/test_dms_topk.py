@@ -85,3 +85,15 @@ def test_hard_forward_is_the_exact_top_k_with_the_soft_gradient():
     assert hard.a.grad is not None and torch.allclose(hard.a.grad, soft.a.grad)
     hard.update_importance()  # uses the soft mask value: a removed element keeps a non-zero importance update
     assert hard.importance[0] > 0.99 * 0.2
+
+
+def test_reading_k_off_a_trainable_ratio_warns_nothing():
+    """k() reads the ratio as a number while ``a`` requires grad: no 'converting a tensor with requires_grad'
+    warning in every step of a search."""
+    import warnings
+
+    t = _topk(32, 0.25)
+    assert t.a.requires_grad
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert t.k() == 24

@@ -97,7 +97,7 @@ class DifferentiableTopK(nn.Module):
 
     def k(self) -> int:
         """How many elements the hard mask keeps: those with c'_i >= a, i.e. round((1 - a) n)."""
-        a = float(self.ratio())
+        a = float(self.ratio().detach())
         return max(self.min_keep, self.n - math.ceil(a * self.n - 0.5 - 1e-9))
 
     def kept(self) -> torch.Tensor:
