@@ -110,3 +110,47 @@ def test_a_choice_far_under_the_budget_is_warned_about():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         cl.warn_if_unused(4.5, 5.0)  # 90%: no warning
+
+
+def test_a_glitch_faster_than_a_smaller_subnet_is_timed_again_and_not_chosen(fake_device):
+    """One timing of the middle point comes out far too fast (a busy host); it contradicts the smaller point timed
+    before it, so both are timed twice more and the median is kept: the glitch is not deployed."""
+    timer_for, calls = fake_device
+    glitches = iter([0.3])  # the first timing of the 7.0 point reads 30% of the truth
+
+    def timer(cfg):
+        calls.append(cfg["ms"])
+        factor = next(glitches, 1.0) if cfg["ms"] == 7.0 else 1.0
+        return SimpleNamespace(median_ms=cfg["ms"] * factor)
+
+    path = _path([9.0, 8.0, 7.0, 6.0, 5.0])
+    logs = []
+    index, measured = closed_loop(NET, path, 6.5, None, timer=timer, log=logs.append, min_use=0.99,
+                                  warn_below=0.0)
+    # 6.0 is under (92%), 8.0 over, then the bisection's 7.0 reads 2.1 ms: faster than the smaller 6.0 point
+    assert calls[:3] == [6.0, 8.0, 7.0] and calls.count(7.0) == 3 and calls.count(6.0) == 3
+    assert measured[2].median_ms == 7.0 and index == 3  # 7.0 is over the 6.37 ms limit: 6.0 stays the choice
+    assert any("timing both again" in line for line in logs)
+
+
+def test_consistent_timings_are_not_repeated(fake_device):
+    timer_for, calls = fake_device
+    closed_loop(NET, _path([9.0, 8.0, 7.0, 6.0, 5.0]), 6.5, None, timer=timer_for(1.0), log=lambda s: None,
+                warn_below=0.0)
+    assert len(calls) == len(set(calls))
+
+
+def test_fill_step_times_a_glitch_again(fake_device):
+    glitch = iter([0.3])
+
+    def timer(cfg):
+        m = _step_latency(cfg)
+        if cfg == {"a": 32, "b": 32, "c": 64}:  # 26 ms; its first timing reads 7.8, faster than the choice (20)
+            m.median_ms *= next(glitch, 1.0)
+        return m
+
+    measured = {i: _step_latency(STEP_PATH[i]["config"]) for i in (3, 4)}
+    logs = []
+    best = cl.fill_step(NET, STEP_PATH, 4, measured, 30.0, None, timer=timer, log=logs.append)
+    assert best["from_index"] == 0 and best["measurement"].median_ms == 26.0
+    assert any("timing both again" in line for line in logs)

@@ -78,3 +78,26 @@ def test_headroom_keeps_the_choice_that_fraction_below_the_budget(net):
     fit = fit_scale(space, shape, floor, cost, budget, min_use=0.85, headroom=0.05, log=lambda s: None)
     assert 0.85 * budget <= fit.value <= 0.95 * budget
     assert all(t["value"] > 0.95 * budget for t in fit.tried if t["value"] > fit.value)  # nothing larger fitted
+
+
+def test_a_timing_glitch_is_timed_again_and_not_chosen(net):
+    """The first timing of one scale reads 40% of the truth (a busy host): it contradicts a smaller scale timed
+    before it, both are timed again, and the chosen subnet's value is the median, not the glitch."""
+    space, floor = net.space, net.space.uniform_config(0.25)
+    shape = _shape(net)
+    calls, glitched = [], []
+
+    def cost(cfg):
+        calls.append(cfg)
+        v = float(net.flops(cfg)) + 2e6
+        if len(calls) == 2 and not glitched:  # the second config tried reads far too low once
+            glitched.append(dict(cfg))
+            return 0.4 * v
+        return v
+
+    budget = 0.5 * (float(net.flops(space.max_config())) + 2e6)
+    logs = []
+    fit = fit_scale(space, shape, floor, cost, budget, min_use=0.85, log=logs.append)
+    assert fit.value == float(net.flops(fit.config)) + 2e6 and fit.value <= budget
+    assert any("timing both again" in line for line in logs)
+    assert sum(c == glitched[0] for c in calls) == 3  # the glitched config: its first timing and two more
