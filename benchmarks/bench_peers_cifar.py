@@ -79,7 +79,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import compress  # noqa: E402
 from bench_autoslim_budget import interleaved_ms  # noqa: E402
 from pretrain_cifar import PRESETS, build_preset  # noqa: E402
-from compress.deploy.closed_loop import HEADROOM, closed_loop  # noqa: E402
+from compress.deploy.closed_loop import HEADROOM, PLAUSIBLE, RETIMES, closed_loop, confirm_best  # noqa: E402
 from compress.deploy.timing import ReferenceTimer, measure_module  # noqa: E402
 from compress.io import atomic_write, load_checkpoint, save_checkpoint, save_json, save_text, weights_digest  # noqa: E402
 from compress.search.baselines import uniform_path  # noqa: E402
@@ -169,41 +169,76 @@ def tp_prune(pretrained: nn.Module, x: torch.Tensor, criterion: str, global_prun
     return model.eval()
 
 
+def retime_probes(probes: list[dict], measure: Callable[[float], float], log=print) -> None:
+    """If the last probe contradicts an earlier one (a higher pruning ratio measuring more than ``PLAUSIBLE``
+    slower, or a lower one faster), measure both ``RETIMES`` more times; each keeps the median (in place)."""
+    last = probes[-1]
+    for other in probes[:-1]:
+        if other["ratio"] == last["ratio"]:
+            continue
+        small, big = (other, last) if other["ratio"] > last["ratio"] else (last, other)  # small: pruned more
+        if small["latency_ratio"] > big["latency_ratio"] * (1 + PLAUSIBLE):
+            log(f"    pruning ratio {last['ratio']:.4f} ({last['latency_ratio']:.3f}) contradicts "
+                f"{other['ratio']:.4f} ({other['latency_ratio']:.3f}): timing both again")
+            for p in (last, other):
+                runs = sorted([p["latency_ratio"]] + [measure(p["ratio"]) for _ in range(RETIMES)])
+                p["latency_ratio"] = runs[len(runs) // 2]
+            return
+
+
 def bisect_ratio(measure: Callable[[float], float], frac: float, max_probes: int, max_ratio: float,
                  log=print) -> dict:
     """The smallest pruning ratio in [0, max_ratio] whose measured latency ratio is under ``frac`` with HEADROOM,
     searched by secant steps in a shrinking bracket (bisection when the secant falls outside its middle 80%);
-    stops at a point using >= MIN_USE of the budget. ``measure(ratio)`` -> latency / full model."""
+    stops at a point using >= MIN_USE of the budget. ``measure(ratio)`` -> latency / full model.
+
+    The closed loops' rules hold (``compress.deploy.closed_loop``): a probe that contradicts the order of those
+    before it is timed again with the one it contradicts, and the choice is timed again before it is kept; if that
+    puts it over, the search goes on (up to 4 probes more)."""
     limit, aim = (1 - HEADROOM) * frac, (MIN_USE + 1 - HEADROOM) / 2 * frac
-    lo, lo_m = 0.0, 1.0           # ratio 0 is the full model
-    hi, hi_m = max_ratio, None  # measured only if the bracket needs it
     probes: list[dict] = []
-    r = min(max_ratio, 1 - math.sqrt(aim))  # conv cost ~ (1 - ratio)^2
-    for _ in range(max_probes):
-        m = measure(r)
-        probes.append({"ratio": r, "latency_ratio": m})
-        log(f"    pruning ratio {r:.4f}: latency {m:.3f} of the full model (budget {frac:.2f})")
-        if m <= limit:
-            hi, hi_m = r, m
-            if m >= MIN_USE * frac:
-                break
-        else:
-            lo, lo_m = r, m
-            if r >= max_ratio:
-                break
-        if hi - lo < 1e-3:
-            break
+
+    def bracket() -> tuple[float, float, float, float | None]:
+        lo, lo_m = max(((p["ratio"], p["latency_ratio"]) for p in probes if p["latency_ratio"] > limit),
+                       default=(0.0, 1.0))  # ratio 0 is the full model
+        hi, hi_m = min(((p["ratio"], p["latency_ratio"]) for p in probes if p["latency_ratio"] <= limit),
+                       default=(max_ratio, None))  # measured only if the bracket needs it
+        return lo, lo_m, hi, hi_m
+
+    def next_ratio(r: float) -> float | None:
+        m = probes[-1]["latency_ratio"]
+        lo, lo_m, hi, hi_m = bracket()
+        if MIN_USE * frac <= m <= limit or (m > limit and r >= max_ratio) or hi - lo < 1e-3:
+            return None
         if hi_m is None:
-            r = (lo + hi) / 2 if lo > 0 else min(max_ratio, r + (max_ratio - r) / 2)
             if lo > 0 and hi - lo < 0.05:
-                r = hi
-            continue
+                return hi
+            return (lo + hi) / 2 if lo > 0 else min(max_ratio, r + (max_ratio - r) / 2)
         # secant in log latency between the bracket ends
         t = (math.log(lo_m) - math.log(aim)) / max(math.log(lo_m) - math.log(hi_m), 1e-9)
-        t = min(0.9, max(0.1, t))
-        r = lo + t * (hi - lo)
-    under = [p for p in probes if p["latency_ratio"] <= limit]
-    best = min(under, key=lambda p: p["ratio"]) if under else None
+        return lo + min(0.9, max(0.1, t)) * (hi - lo)
+
+    def retime(p: dict) -> None:  # the choice is timed again before it is kept
+        runs = sorted([p["latency_ratio"]] + [measure(p["ratio"]) for _ in range(RETIMES)])
+        p["latency_ratio"] = runs[len(runs) // 2]
+        p["confirmed"] = True
+        log(f"    pruning ratio {p['ratio']:.4f}: {p['latency_ratio']:.3f} after timing it {RETIMES} more times")
+
+    r: float | None = min(max_ratio, 1 - math.sqrt(aim))  # conv cost ~ (1 - ratio)^2
+    allowed = max_probes
+    while True:
+        while r is not None and len(probes) < allowed:
+            probes.append({"ratio": r, "latency_ratio": measure(r)})
+            log(f"    pruning ratio {r:.4f}: latency {probes[-1]['latency_ratio']:.3f} of the full model "
+                f"(budget {frac:.2f})")
+            retime_probes(probes, measure, log)
+            r = next_ratio(r)
+        best = confirm_best(sorted(probes, key=lambda p: p["ratio"]), lambda p: p["latency_ratio"],
+                            lambda p: None if p.get("confirmed") else retime(p), limit)
+        lo = bracket()[0]
+        if best is not None or lo >= max_ratio or len(probes) >= max_probes + 4:
+            break
+        r, allowed = (lo + max_ratio) / 2, len(probes) + 1  # the choice was a glitch: on towards max_ratio
     return {"ratio": best["ratio"] if best else None, "latency_ratio": best["latency_ratio"] if best else None,
             "probes": probes}
 

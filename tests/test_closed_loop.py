@@ -36,21 +36,23 @@ def test_the_predictor_running_high_leaves_budget_unused_until_the_loop_comes_ba
     # under means <= 98% of the budget (5.88 ms, the 2% headroom): the first point predicted under it is 5.0
     # (4.5 ms, 75%); with the measured/predicted ratio the loop comes back up to the largest point that fits:
     # 6.4 -> 5.76 ms (96%). 6.6 would measure 5.94 ms, under the budget but inside the headroom.
-    assert calls == [5.0, 6.4] and index == 2 and measured[index].median_ms == pytest.approx(5.76)
+    # the choice is timed twice more to confirm it (a glitch at the end of a walk contradicts nothing)
+    assert calls == [5.0, 6.4, 6.4, 6.4] and index == 2 and measured[index].median_ms == pytest.approx(5.76)
     calls.clear()
     index, _ = closed_loop(NET, path, 6.0, None, timer=timer_for(0.9), log=lambda s: None, headroom=0.0)
-    assert calls == [6.0, 6.6] and index == 1  # without headroom: 99% of the budget
+    assert calls == [6.0, 6.6, 6.6, 6.6] and index == 1  # without headroom: 99% of the budget
 
 
 def test_min_use_decides_when_to_stop(fake_device):
     timer_for, calls = fake_device
     path = _path([10.0, 9.0, 8.0, 7.0, 6.0, 5.0, 4.0])
     index, _ = closed_loop(NET, path, 6.0, None, timer=timer_for(0.8), min_use=0.6, log=lambda s: None)
-    assert calls == [5.0] and index == 5  # 4.0 ms, 67% of the budget: enough here
+    assert calls == [5.0] * 3 and index == 5  # 4.0 ms, 67% of the budget: enough here (and confirmed)
     calls.clear()
     index, _ = closed_loop(NET, path, 6.0, None, timer=timer_for(0.8), log=lambda s: None)
     # the default 95%: back up to 5.6 ms (93%); the larger points tried (bisection) all measure over
-    assert calls[:2] == [5.0, 7.0] and index == 3 and all(c * 0.8 > 6.0 for c in calls[2:])
+    assert calls[:2] == [5.0, 7.0] and index == 3 and all(c * 0.8 > 6.0 for c in calls[2:-2])
+    assert calls[-2:] == [7.0, 7.0]  # the choice confirmed
 
 
 def test_over_budget_everywhere_is_a_named_error(fake_device):
@@ -81,10 +83,10 @@ def test_fill_step_spends_the_budget_a_latency_step_left_unused(fake_device):
     best = cl.fill_step(NET, STEP_PATH, 4, measured, 30.0, None, timer=timer, log=lambda s: None)
     # candidates: points 0, 1, 2 with c kept at 64 (26, 24, 22 ms); the widest under 29.4 ms (2% headroom) wins
     assert best["config"] == {"a": 32, "b": 32, "c": 64} and best["from_index"] == 0
-    assert best["measurement"].median_ms == 26.0 and len(calls) == 2  # bisection: point 1, then point 0
+    assert best["measurement"].median_ms == 26.0 and len(calls) == 4  # point 1, point 0, point 0 twice more
     calls.clear()
     best = cl.fill_step(NET, STEP_PATH, 4, measured, 25.0, None, timer=timer, log=lambda s: None)
-    assert best["from_index"] == 1 and len(calls) == 1  # 24 ms is 96% of 25: stop there
+    assert best["from_index"] == 1 and len(calls) == 3  # 24 ms is 96% of 25: stop there (and confirm it)
     calls.clear()
     assert cl.fill_step(NET, STEP_PATH, 4, measured, 30.0, None, timer=timer, max_measurements=0) is None
     assert cl.fill_step(NET, STEP_PATH, 4, {4: measured[4]}, 30.0, None, timer=timer) is None  # no measured step
@@ -128,7 +130,7 @@ def test_a_glitch_faster_than_a_smaller_subnet_is_timed_again_and_not_chosen(fak
     index, measured = closed_loop(NET, path, 6.5, None, timer=timer, log=logs.append, min_use=0.99,
                                   warn_below=0.0)
     # 6.0 is under (92%), 8.0 over, then the bisection's 7.0 reads 2.1 ms: faster than the smaller 6.0 point
-    assert calls[:3] == [6.0, 8.0, 7.0] and calls.count(7.0) == 3 and calls.count(6.0) == 3
+    assert calls[:3] == [6.0, 8.0, 7.0] and calls.count(7.0) == 3 and calls.count(6.0) == 5  # 2: confirming
     assert measured[2].median_ms == 7.0 and index == 3  # 7.0 is over the 6.37 ms limit: 6.0 stays the choice
     assert any("timing both again" in line for line in logs)
 
@@ -137,7 +139,7 @@ def test_consistent_timings_are_not_repeated(fake_device):
     timer_for, calls = fake_device
     closed_loop(NET, _path([9.0, 8.0, 7.0, 6.0, 5.0]), 6.5, None, timer=timer_for(1.0), log=lambda s: None,
                 warn_below=0.0)
-    assert len(calls) == len(set(calls))
+    assert calls == [6.0, 8.0, 7.0, 6.0, 6.0]  # no point timed twice but the choice, confirmed
 
 
 def test_fill_step_times_a_glitch_again(fake_device):
@@ -154,3 +156,30 @@ def test_fill_step_times_a_glitch_again(fake_device):
     best = cl.fill_step(NET, STEP_PATH, 4, measured, 30.0, None, timer=timer, log=logs.append)
     assert best["from_index"] == 0 and best["measurement"].median_ms == 26.0
     assert any("timing both again" in line for line in logs)
+
+
+def test_a_glitch_on_the_choice_itself_is_caught_by_confirming_it(fake_device):
+    """The point predicted under the budget truly measures 7.0 ms, over it, but its first timing reads 2.8: nothing
+    timed contradicts it (the only other point is larger and slower), so only timing the choice again shows it
+    over; the walk then goes on down the path to the next point, which fits."""
+    calls = []
+
+    def timer(cfg):
+        calls.append(cfg["ms"])
+        return SimpleNamespace(median_ms=cfg["ms"] * (0.4 if len(calls) == 1 else 1.0))
+
+    path = [{"cost": c, "config": {"ms": ms}} for c, ms in [(9.0, 9.0), (6.0, 7.0), (5.0, 5.5)]]
+    index, measured = closed_loop(NET, path, 6.5, None, timer=timer, log=lambda s: None, warn_below=0.0)
+    assert calls == [7.0, 9.0, 7.0, 7.0, 5.5, 5.5, 5.5]
+    assert index == 2 and measured[2].median_ms == 5.5 and measured[1].median_ms == 7.0
+
+
+def test_confirm_best_skips_a_choice_the_retiming_puts_over():
+    values = {0: 9.0, 1: 5.0, 2: 4.0}
+    truth = {0: 9.0, 1: 7.0, 2: 4.0}
+
+    def retime(k):
+        values[k] = truth[k]
+
+    assert cl.confirm_best([0, 1, 2], values.get, retime, 6.0) == 2
+    assert cl.confirm_best([0], values.get, retime, 6.0) is None

@@ -41,6 +41,28 @@ def _conflict(i: int, measured: dict[int, Any]) -> int | None:
     return worst
 
 
+def confirm_best(order: list, value: Callable[[Any], float], retime: Callable[[Any], None],
+                 limit: float) -> Any | None:
+    """The first key of ``order`` (best first) under ``limit`` that stays under it after ``retime(key)``.
+
+    A glitch at the end of the order contradicts nothing (a timing far too fast on the smallest point tried, or on
+    the point a bisection then closes in on), so the choice itself is timed ``RETIMES`` more times before it is
+    deployed: ``retime(key)`` replaces its measurement by the median, ``value(key)`` reads it.
+    """
+    for key in order:
+        if value(key) > limit:
+            continue
+        retime(key)
+        if value(key) <= limit:
+            return key
+    return None
+
+
+def _median_run(first: Any, again: Callable[[], Any]) -> Any:
+    runs = [first] + [again() for _ in range(RETIMES)]
+    return sorted(runs, key=lambda v: v.median_ms)[len(runs) // 2]
+
+
 def retime_conflicts(i: int, measured: dict[int, Any], time_point: Callable[[int], Any],
                      log: Callable[[str], None], what: str = "path point") -> None:
     """After point ``i`` was timed into ``measured``: if it contradicts the order of the points timed before (see
@@ -52,8 +74,7 @@ def retime_conflicts(i: int, measured: dict[int, Any], time_point: Callable[[int
     log(f"  {what} {i} measured {measured[i].median_ms:.3f} ms against {what} {j}'s {measured[j].median_ms:.3f} ms "
         "(a larger subnet cannot be faster): timing both again")
     for k in (i, j):
-        runs = [measured[k]] + [time_point(k) for _ in range(RETIMES)]
-        measured[k] = sorted(runs, key=lambda v: v.median_ms)[len(runs) // 2]
+        measured[k] = _median_run(measured[k], lambda k=k: time_point(k))
 
 
 def closed_loop(net, path: list[dict], budget_ms: float, device: Any, max_measurements: int = 6,
@@ -89,20 +110,38 @@ def closed_loop(net, path: list[dict], budget_ms: float, device: Any, max_measur
         sub = extract_subnet(net, path[j]["config"])
         return timer(sub) if timer is not None else measure_module(device, sub, x)
 
+    confirmed: set[int] = set()
+
+    def retime(k: int) -> None:
+        if k in confirmed:
+            return
+        confirmed.add(k)
+        measured[k] = _median_run(measured[k], lambda: time_point(k))
+        log(f"  path point {k} timed {RETIMES} more times to confirm it: median {measured[k].median_ms:.3f} ms")
+
+    allowed = max_measurements
     i = next((j for j, p in enumerate(path) if p["cost"] <= limit_ms), len(path) - 1)
-    while i is not None and len(measured) < max_measurements:
-        measured[i] = time_point(i)
-        log(f"  path point {i}: predicted {path[i]['cost']:.3f} ms, measured {measured[i].median_ms:.3f} ms "
-            f"(budget {budget_ms:.3f} ms)")
-        retime_conflicts(i, measured, time_point, log)
-        ratio = measured[i].median_ms / max(path[i]["cost"], 1e-9)
-        under = min((k for k, v in measured.items() if v.median_ms <= limit_ms), default=None)
-        over = max((k for k, v in measured.items() if v.median_ms > limit_ms), default=-1)
-        if under is not None and measured[under].median_ms >= min_use * budget_ms:
+    while True:
+        while i is not None and len(measured) < allowed:
+            measured[i] = time_point(i)
+            log(f"  path point {i}: predicted {path[i]['cost']:.3f} ms, measured {measured[i].median_ms:.3f} ms "
+                f"(budget {budget_ms:.3f} ms)")
+            retime_conflicts(i, measured, time_point, log)
+            ratio = measured[i].median_ms / max(path[i]["cost"], 1e-9)
+            under = min((k for k, v in measured.items() if v.median_ms <= limit_ms), default=None)
+            over = max((k for k, v in measured.items() if v.median_ms > limit_ms), default=-1)
+            if under is not None and measured[under].median_ms >= min_use * budget_ms:
+                break
+            i = guess(over, under if under is not None else len(path))
+            if under is None and i is None and over + 1 < len(path):
+                i = over + 1
+        under = confirm_best(sorted(measured), lambda k: measured[k].median_ms, retime, limit_ms)
+        over = max(measured)
+        if under is not None or over + 1 >= len(path):
             break
-        i = guess(over, under if under is not None else len(path))
-        if under is None and i is None and over + 1 < len(path):
-            i = over + 1
+        # every point timed is over once confirmed: go on down the path (one more measurement at a time)
+        i = guess(over, len(path)) or over + 1
+        allowed = len(measured) + 1
     if under is None:
         lines = ", ".join(f"point {k}: {v.median_ms:.3f} ms" for k, v in sorted(measured.items()))
         raise BudgetNotMetError(
@@ -164,7 +203,6 @@ def fill_step(net, path: list[dict], index: int, measured: dict[int, Any], budge
         sub = extract_subnet(net, candidates[c][1] if c < len(candidates) else narrow)
         return timer(sub) if timer is not None else measure_module(device, sub, net.example_inputs)
 
-    best = None
     timed = {len(candidates): measured[index]}  # candidate position -> measurement; the end is the choice itself
     lo, hi = len(candidates), -1  # candidates[lo:] fit (the end: the choice itself); candidates[hi] is over
     while lo - hi > 1 and max_measurements > 0:
@@ -178,12 +216,19 @@ def fill_step(net, path: list[dict], index: int, measured: dict[int, Any], budge
         m = timed[mid]
         if m.median_ms <= limit_ms:
             lo = mid
-            best = {"config": cfg, "measurement": m, "from_index": k}
             if m.median_ms >= min_use * budget_ms:
                 break
         else:
             hi = mid
-    return best
+
+    def retime(c: int) -> None:
+        timed[c] = _median_run(timed[c], lambda: time_candidate(c))
+
+    c = confirm_best(sorted(k for k in timed if k < len(candidates)), lambda k: timed[k].median_ms, retime,
+                     limit_ms)
+    if c is None or timed[c].median_ms <= measured[index].median_ms:
+        return None
+    return {"config": candidates[c][1], "measurement": timed[c], "from_index": candidates[c][0]}
 
 
 def insert_point(path: list[dict], measured: dict[int, Any], index: int, point: dict,
