@@ -50,6 +50,10 @@ Precondition (printed and written): the full model, evaluated as pretrained, is 
 uniform network's top-1 falls with its width (full > widths > 50% budget > 35% budget). A run that breaks it is
 reported as "not capacity-bound" instead of a ranking: the budgets do not cost enough accuracy to rank methods.
 
+Final latency check: every exported file of a budget is timed interleaved with the full model (``FINAL_REPEATS``
+calls, median of per-round ratios) when its row is new; ``--retime`` times them all again and rewrites the report
+(run it on a quiet machine after a run that shared the cores with other jobs).
+
 Resumable: the JSON (``--out``.json) is written after every step; a row's architecture and pruned weights are saved
 (``<work>/<key>.pt`` + the row's ``arch``) before its fine-tune, each seed's top-1 when that fine-tune is done; the
 supernet checkpoint is resumed. A run stopped in the middle of a fine-tune repeats that one fine-tune.
@@ -77,7 +81,6 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import compress  # noqa: E402
-from bench_autoslim_budget import interleaved_ms  # noqa: E402
 from pretrain_cifar import PRESETS, build_preset  # noqa: E402
 from compress.deploy.closed_loop import HEADROOM, PLAUSIBLE, RETIMES, closed_loop, confirm_best  # noqa: E402
 from compress.deploy.timing import ReferenceTimer, measure_module  # noqa: E402
@@ -90,8 +93,10 @@ from compress.train.evaluate import evaluate, take_batches  # noqa: E402
 from compress.train.finetune import finetune  # noqa: E402
 from compress.train.supernet import sandwich_configs  # noqa: E402
 from devices import get_device  # noqa: E402
+from devices.profile_device import round_ratio  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "cifar10-jpg.tar.gz"
+FINAL_REPEATS = 3       # interleaved calls of the final latency check, median kept
 MIN_USE = 0.95          # aim: a chosen subnet uses at least this fraction of the budget (as the closed loop does)
 TARGETS = {0.35: 1.0, 0.5: 0.5}  # budget fraction -> top-1 points ours should lead the best Torch-Pruning row by
 BATCH = 128
@@ -285,6 +290,24 @@ def flops_images(net, configs_per_step: list[list[dict]], batch: int) -> float:
     return total
 
 
+def final_ratios(full_onnx: Path, files: list[Path], repeats: int = FINAL_REPEATS) -> list[dict]:
+    """Each file's latency as a ratio to the full model's: timed interleaved with it (onnxruntime CPU, 1 thread,
+    >= 100 runs each), the median over rounds of per-round ratios (what ``ReferenceTimer`` does), then the median
+    over ``repeats`` such calls. Returns per file ``ratio``, ``interleaved_ms`` and ``interleaved_full_ms``."""
+    dev = get_device("cpu", threads=1)
+    ratios: list[list[float]] = [[] for _ in files]
+    times: list[list[float]] = [[] for _ in files]
+    fulls: list[float] = []
+    for _ in range(repeats):
+        full, *runs = dev.measure_interleaved([full_onnx, *files], min_runs=100)
+        fulls.append(full.median_ms)
+        for k, m in enumerate(runs):
+            ratios[k].append(round_ratio(m.to_dict(), full.to_dict()))
+            times[k].append(m.median_ms)
+    return [{"ratio": statistics.median(r), "interleaved_ms": statistics.median(t),
+             "interleaved_full_ms": statistics.median(fulls)} for r, t in zip(ratios, times)]
+
+
 def greedy_seconds(path_file: Path) -> float:
     """Wall time of the greedy path saved in ``path_file`` from full width to its last point (also the part an
     earlier run or another budget's row searched: the path is resumed, its cost is not)."""
@@ -331,6 +354,9 @@ def parse(argv):
     ap.add_argument("--threads", type=int, default=2, help="torch threads for training")
     ap.add_argument("--work", default=None, help="default out/bench_peers_cifar/<model>[_smoke]")
     ap.add_argument("--out", default=None, help="default docs/peers_cifar_<model> (smoke: <work>/peers_cifar)")
+    ap.add_argument("--retime", action="store_true",
+                    help="only time every exported file again (the final latency check, e.g. on a quiet machine "
+                         "after a run that shared it) and rewrite the report; nothing is chosen or trained")
     ap.add_argument("--smoke", action="store_true",
                     help="tiny everything (shipped subset, 200/50/50 images per class, 0.05-epoch fine-tunes, one "
                          "seed, two TP rows, random init without a weights file): checks the script end to end")
@@ -578,7 +604,7 @@ def main(argv: list[str] | None = None) -> int:
                 for mode in args.tp_modes:
                     jobs.append((f"{tag}_tp-{crit}-{mode}", "tp", frac,
                                  lambda f, k, c=crit, m=mode: choose_tp(f, k, c, m)))
-    for key, method, frac, choose in jobs:
+    for key, method, frac, choose in ([] if args.retime else jobs):
         row = rows.get(key, {})
         if method == "autoslim" and "weights" in row and "greedy_s" not in row:  # rows recorded before greedy_s
             row["greedy_s"] = greedy_seconds(work / key / "path.json")
@@ -597,14 +623,17 @@ def main(argv: list[str] | None = None) -> int:
                 chosen = (None, {"failed": f"{type(e).__name__}: {e}"})
             record(key, method, frac, chosen)  # a failed row is kept (delete it from the JSON to retry)
         fine_tune(key)
-    # drift-free final latency: every chosen ONNX file timed interleaved with the full model, per budget
-    for group in sorted({k.split("_")[0] for k, _, _, _ in jobs}):
-        keys = [k for k, _, _, _ in jobs if k.startswith(group + "_") and "onnx" in rows[k]]
+    # the final latency check: every exported file of a budget timed interleaved with the full model, together
+    if args.retime:
+        for r in rows.values():
+            r.pop("ratio", None)
+    for group in sorted({k.split("_")[0] for k in rows}):
+        keys = [k for k in rows if k.startswith(group + "_") and "onnx" in rows[k]]
         if not keys or all("ratio" in rows[k] for k in keys):
             continue
-        full_t, *times = interleaved_ms([full_onnx] + [Path(rows[k]["onnx"]) for k in keys])
-        for k, t in zip(keys, times):
-            rows[k].update({"interleaved_ms": t, "interleaved_full_ms": full_t, "ratio": t / full_t})
+        print(f"final timing of {len(keys)} {group} files with the full model, {FINAL_REPEATS} interleaved calls")
+        for k, timing in zip(keys, final_ratios(full_onnx, [Path(rows[k]["onnx"]) for k in keys])):
+            rows[k].update(timing)
         save()
     save()
     report = write_report(rows, state | {"full_top1": full_top1}, full_ms, full_flops, n_params(pretrained),

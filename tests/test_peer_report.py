@@ -130,3 +130,21 @@ def test_bisect_ratio_times_a_glitch_again_and_does_not_keep_it():
     assert found["latency_ratio"] == pytest.approx(_latency(found["ratio"]))
     assert found["latency_ratio"] <= (1 - peers.HEADROOM) * 0.5
     assert peers.bisect_ratio(lambda r: 0.9, 0.5, 4, 0.75, log=lambda s: None)["ratio"] is None
+
+
+def test_final_ratios_of_a_file_against_itself_and_a_heavier_one(tmp_path):
+    """The final latency check on real ONNX files: the full model against itself reads ~1, a model doing about 4x
+    the work reads clearly more."""
+    import torch
+    from torch import nn
+
+    from compress import export_onnx
+
+    x = (torch.zeros(1, 16, 32, 32),)
+    light, heavy = nn.Conv2d(16, 16, 3, padding=1), nn.Conv2d(16, 64, 3, padding=1)
+    export_onnx(light.eval(), x, tmp_path / "full.onnx")
+    export_onnx(heavy.eval(), x, tmp_path / "heavy.onnx")
+    same, more = peers.final_ratios(tmp_path / "full.onnx", [tmp_path / "full.onnx", tmp_path / "heavy.onnx"],
+                                    repeats=1)
+    assert 0.8 < same["ratio"] < 1.25 and more["ratio"] > 1.5
+    assert more["interleaved_ms"] > 0 and more["interleaved_full_ms"] > 0
