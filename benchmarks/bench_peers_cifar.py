@@ -82,7 +82,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import compress  # noqa: E402
 from pretrain_cifar import PRESETS, build_preset  # noqa: E402
-from compress.deploy.closed_loop import HEADROOM, PLAUSIBLE, RETIMES, closed_loop, confirm_best  # noqa: E402
+from compress.deploy.closed_loop import HEADROOM, PLAUSIBLE, RETIMES, closed_loop, confirm_best, median_of_retimes  # noqa: E402
 from compress.deploy.timing import ReferenceTimer, measure_module  # noqa: E402
 from compress.io import atomic_write, load_checkpoint, save_checkpoint, save_json, save_text, weights_digest  # noqa: E402
 from compress.search.baselines import uniform_path  # noqa: E402
@@ -186,8 +186,7 @@ def retime_probes(probes: list[dict], measure: Callable[[float], float], log=pri
             log(f"    pruning ratio {last['ratio']:.4f} ({last['latency_ratio']:.3f}) contradicts "
                 f"{other['ratio']:.4f} ({other['latency_ratio']:.3f}): timing both again")
             for p in (last, other):
-                runs = sorted([p["latency_ratio"]] + [measure(p["ratio"]) for _ in range(RETIMES)])
-                p["latency_ratio"] = runs[len(runs) // 2]
+                p["latency_ratio"] = median_of_retimes(p["latency_ratio"], lambda p=p: measure(p["ratio"]))
             return
 
 
@@ -224,8 +223,7 @@ def bisect_ratio(measure: Callable[[float], float], frac: float, max_probes: int
         return lo + min(0.9, max(0.1, t)) * (hi - lo)
 
     def retime(p: dict) -> None:  # the choice is timed again before it is kept
-        runs = sorted([p["latency_ratio"]] + [measure(p["ratio"]) for _ in range(RETIMES)])
-        p["latency_ratio"] = runs[len(runs) // 2]
+        p["latency_ratio"] = median_of_retimes(p["latency_ratio"], lambda: measure(p["ratio"]))
         p["confirmed"] = True
         log(f"    pruning ratio {p['ratio']:.4f}: {p['latency_ratio']:.3f} after timing it {RETIMES} more times")
 

@@ -63,6 +63,12 @@ def _median_run(first: Any, again: Callable[[], Any]) -> Any:
     return sorted(runs, key=lambda v: v.median_ms)[len(runs) // 2]
 
 
+def median_of_retimes(first: float, again: Callable[[], float]) -> float:
+    """The median of ``first`` and ``RETIMES`` more values of ``again()`` (a cost or latency ratio timed again)."""
+    runs = sorted([first] + [float(again()) for _ in range(RETIMES)])
+    return runs[len(runs) // 2]
+
+
 def retime_conflicts(i: int, measured: dict[int, Any], time_point: Callable[[int], Any],
                      log: Callable[[str], None], what: str = "path point") -> None:
     """After point ``i`` was timed into ``measured``: if it contradicts the order of the points timed before (see

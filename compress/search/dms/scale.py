@@ -15,7 +15,7 @@ from typing import Callable
 
 import numpy as np
 
-from compress.deploy.closed_loop import PLAUSIBLE, RETIMES, BudgetNotMetError, confirm_best
+from compress.deploy.closed_loop import PLAUSIBLE, RETIMES, BudgetNotMetError, confirm_best, median_of_retimes
 
 
 @dataclass
@@ -119,8 +119,7 @@ def fit_scale(space, config: dict[str, int], floor: dict[str, int], cost: Callab
                               log)
     if under is not None and headroom > 0:  # a measured cost: time the choice again before it is deployed
         def retime(t: dict) -> None:
-            runs = sorted([t["value"]] + [float(cost(t["config"])) for _ in range(RETIMES)])
-            t["value"] = seen[_key(t["config"])] = runs[len(runs) // 2]
+            t["value"] = seen[_key(t["config"])] = median_of_retimes(t["value"], lambda: cost(t["config"]))
             log(f"  {t['value']:.4g} after timing the choice {RETIMES} more times (budget {budget:.4g})")
 
         under = confirm_best(sorted(tried, key=lambda t: -t["value"]), lambda t: t["value"], retime, limit)
@@ -144,9 +143,7 @@ def _retime_conflicts(point: dict, tried: list[dict], cost: Callable[[dict], flo
             log(f"  scale {point['scale']:.3f} ({point['value']:.4g}) contradicts scale {other['scale']:.3f} "
                 f"({other['value']:.4g}): timing both again")
             for q in (point, other):
-                runs = sorted([q["value"]] + [float(cost(q["config"])) for _ in range(RETIMES)])
-                q["value"] = runs[len(runs) // 2]
-                seen[_key(q["config"])] = q["value"]
+                q["value"] = seen[_key(q["config"])] = median_of_retimes(q["value"], lambda q=q: cost(q["config"]))
             return
 
 
