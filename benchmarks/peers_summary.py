@@ -17,7 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench_peers_cifar import TARGETS, mean_top1, precondition  # noqa: E402
+from bench_peers_cifar import TARGETS, mean_top1, precondition, rows_over_budget  # noqa: E402
 from compress.io import save_text  # noqa: E402
 
 OURS = ("autoslim", "dms")
@@ -49,12 +49,17 @@ def summary_lines(states: dict[str, dict]) -> list[str]:
         rows = state.get("rows", {})
         bound, pre = precondition(rows, state["full_top1"])
         timed = [(k, r) for k, r in rows.items() if r.get("budget_fraction") and "ratio" in r]
-        over = [f"{k} ({r['ratio']:.3f})" for k, r in timed if r["ratio"] > r["budget_fraction"]]
+        over = [f"{k} ({rows[k]['ratio']:.3f})" for k in rows_over_budget(rows)]
+        again = []
+        for k, olds in state.get("replaced", {}).items():
+            ratios = ", ".join(f"{o['ratio']:.3f}" for o in olds)
+            again.append(f"{k} (earlier choice at {ratios})")
         notes.append(f"**{model}** (full model {state['full_top1']:.2f}%, {state['full_ms']:.3f} ms): "
                      + ("capacity-bound" if bound else "NOT capacity-bound (no ranking)") + "; "
                      + "; ".join(p.lstrip("- ") for p in pre)
                      + f"; {len(timed) - len(over)} of {len(timed)} exported files measure <= their budget"
-                     + (f" (over: {', '.join(over)})" if over else ""))
+                     + (f" (over: {', '.join(over)})" if over else "")
+                     + (f"; chosen again after the final check measured them over: {', '.join(again)}" if again else ""))
         budgets = sorted({r["budget_fraction"] for r in rows.values() if r.get("budget_fraction")}, reverse=True)
         for frac in budgets:
             tag = f"b{round(frac * 100)}"

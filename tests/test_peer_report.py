@@ -49,10 +49,14 @@ def test_report_names_every_file_over_its_budget(tmp_path):
                            tp_criteria=["l1"], seeds=[0, 1])
     rows = {k: dict(v, flops=1e6, params=1e3, pre_ft_top1=10.0, search_s=1.0, search_epochs=0.0, ft_epochs=3.0)
             for k, v in ROWS.items()}
+    assert peers.rows_over_budget(rows) == ["b35_tp-l1-global"]
+    full["replaced"] = {"b50_dms": [dict(rows["b50_dms"], ratio=0.503)]}
     lines = peers.write_report(rows, full, 1.0, 10**6, 10**4, {"weights": "w.pt", "pretrain_top1": 90.0,
                                                                "pretrain_epochs": 30}, "cmd", tmp_path / "r", args)
     latency = next(x for x in lines if x.startswith("- latency"))
     assert "6 of 7" in latency and "b35_tp-l1-global (0.360)" in latency
+    again = next(x for x in lines if x.startswith("- b50_dms was chosen again"))
+    assert "0.503 (top-1 82.00 / 82.20)" in again
     assert (tmp_path / "r.md").exists() and (tmp_path / "r.png").exists()
 
 
@@ -69,6 +73,9 @@ def test_summary_has_one_line_per_model_and_budget_with_the_margin(tmp_path):
     assert all(x.endswith("| - |") for x in table if x.startswith("| m2"))  # not capacity-bound: no margins
     assert any("m2" in x and "NOT capacity-bound" in x for x in lines)
     assert any("6 of 7 exported files" in x and "b35_tp-l1-global (0.360)" in x for x in lines)
+    again = summary.summary_lines({"m1": dict(state, replaced={"b50_dms": [dict(ROWS["b50_dms"], ratio=0.503)]})})
+    assert any("chosen again after the final check measured them over: b50_dms (earlier choice at 0.503)" in x
+               for x in again)
     path = tmp_path / "s.json"
     path.write_text(__import__("json").dumps(dict(state, identity={"model": "m1"})))
     assert summary.main([str(path), "--out", str(tmp_path / "s.md")]) == 0
@@ -80,7 +87,8 @@ def test_summary_has_one_line_per_model_and_budget_with_the_margin(tmp_path):
 @pytest.mark.slow
 def test_smoke_run_end_to_end_and_a_row_whose_work_files_are_gone_is_chosen_again(tmp_path):
     """The whole script on the shipped subset (about 4 min); then, as in a fresh clone holding the committed JSON
-    but not out/, a row with a seed left and no pruned weights is chosen again instead of crashing."""
+    but not out/, a row with a seed left and no pruned weights is chosen again instead of crashing; and with
+    --rechoose-over-budget a row whose file measured over its budget is chosen again and the old one kept."""
     import json
     import subprocess
 
@@ -94,12 +102,19 @@ def test_smoke_run_end_to_end_and_a_row_whose_work_files_are_gone_is_chosen_agai
     assert (tmp_path / "w" / "peers_cifar_cifar_resnet20.md").exists() and row["seeds"]
     Path(row["weights"]).unlink()
     row["seeds"] = {}
+    over = next(k for k, r in state["rows"].items() if "onnx" in r and r.get("budget_fraction") and k != "b50_uniform")
+    state["rows"][over]["ratio"] = 0.99  # as if the final check had measured it over its budget
     out.write_text(json.dumps(state))
-    second = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
+    second = subprocess.run(cmd + ["--rechoose-over-budget"], capture_output=True, text=True, timeout=1200)
     assert second.returncode == 0, second.stderr[-3000:]
     assert "b50_uniform: its pruned weights" in second.stdout and "choosing it again" in second.stdout
-    again = json.loads(out.read_text())["rows"]["b50_uniform"]
+    assert f"{over}: its exported file measured 0.990" in second.stdout
+    result = json.loads(out.read_text())
+    again = result["rows"]["b50_uniform"]
     assert Path(again["weights"]).exists() and "0" in again["seeds"]
+    assert result["replaced"][over][0]["ratio"] == 0.99 and result["rows"][over]["rechosen"] == 1
+    assert result["rows"][over]["ratio"] < 0.99 and result["rows"][over]["seeds"]
+    assert f"{over} was chosen again" in (tmp_path / "w" / "peers_cifar_cifar_resnet20.md").read_text()
 
 
 def _latency(r):
