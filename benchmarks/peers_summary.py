@@ -17,7 +17,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench_peers_cifar import TARGETS, mean_top1, precondition, rows_over_budget  # noqa: E402
+from bench_peers_cifar import (TARGETS, mean_top1, over_budget_earlier, precondition,  # noqa: E402
+                               rows_over_budget)
 from compress.io import save_text  # noqa: E402
 
 OURS = ("autoslim", "dms")
@@ -59,6 +60,8 @@ def summary_lines(states: dict[str, dict]) -> list[str]:
                      + "; ".join(p.lstrip("- ") for p in pre)
                      + f"; {len(timed) - len(over)} of {len(timed)} exported files measure <= their budget"
                      + (f" (over: {', '.join(over)})" if over else "")
+                     + (f"; over in an earlier final check: {', '.join(over_budget_earlier(rows))}"
+                        if over_budget_earlier(rows) else "")
                      + (f"; chosen again after the final check measured them over: {', '.join(again)}" if again else ""))
         budgets = sorted({r["budget_fraction"] for r in rows.values() if r.get("budget_fraction")}, reverse=True)
         for frac in budgets:

@@ -50,11 +50,14 @@ def test_report_names_every_file_over_its_budget(tmp_path):
     rows = {k: dict(v, flops=1e6, params=1e3, pre_ft_top1=10.0, search_s=1.0, search_epochs=0.0, ft_epochs=3.0)
             for k, v in ROWS.items()}
     assert peers.rows_over_budget(rows) == ["b35_tp-l1-global"]
+    rows["b50_autoslim"]["earlier_ratios"] = [0.49, 0.507]  # over in an earlier check, under now (0.47)
+    assert peers.over_budget_earlier(rows) == ["b50_autoslim (0.507)"]
     full["replaced"] = {"b50_dms": [dict(rows["b50_dms"], ratio=0.503)]}
     lines = peers.write_report(rows, full, 1.0, 10**6, 10**4, {"weights": "w.pt", "pretrain_top1": 90.0,
                                                                "pretrain_epochs": 30}, "cmd", tmp_path / "r", args)
     latency = next(x for x in lines if x.startswith("- latency"))
     assert "6 of 7" in latency and "b35_tp-l1-global (0.360)" in latency
+    assert any(x.startswith("- earlier final checks") and "b50_autoslim (0.507)" in x for x in lines)
     again = next(x for x in lines if x.startswith("- b50_dms was chosen again"))
     assert "0.503 (top-1 82.00 / 82.20)" in again
     assert (tmp_path / "r.md").exists() and (tmp_path / "r.png").exists()
