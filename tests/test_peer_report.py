@@ -52,6 +52,7 @@ def test_report_names_every_file_over_its_budget(tmp_path):
     assert peers.rows_over_budget(rows) == ["b35_tp-l1-global"]
     rows["b50_autoslim"]["earlier_ratios"] = [0.49, 0.507]  # over in an earlier check, under now (0.47)
     assert peers.over_budget_earlier(rows) == ["b50_autoslim (0.507)"]
+    assert peers.rows_over_budget(rows, earlier=True) == ["b50_autoslim", "b35_tp-l1-global"]
     full["replaced"] = {"b50_dms": [dict(rows["b50_dms"], ratio=0.503)]}
     lines = peers.write_report(rows, full, 1.0, 10**6, 10**4, {"weights": "w.pt", "pretrain_top1": 90.0,
                                                                "pretrain_epochs": 30}, "cmd", tmp_path / "r", args)
@@ -108,10 +109,15 @@ def test_smoke_run_end_to_end_and_a_row_whose_work_files_are_gone_is_chosen_agai
     over = next(k for k, r in state["rows"].items() if "onnx" in r and r.get("budget_fraction") and k != "b50_uniform")
     state["rows"][over]["ratio"] = 0.99  # as if the final check had measured it over its budget
     out.write_text(json.dumps(state))
-    second = subprocess.run(cmd + ["--rechoose-over-budget"], capture_output=True, text=True, timeout=1200)
+    second = subprocess.run(cmd + ["--rechoose-over-budget", "--choose-only"], capture_output=True, text=True,
+                            timeout=1200)
     assert second.returncode == 0, second.stderr[-3000:]
     assert "b50_uniform: its pruned weights" in second.stdout and "choosing it again" in second.stdout
     assert f"{over}: its exported file measured 0.990" in second.stdout
+    chosen = json.loads(out.read_text())["rows"]
+    assert chosen[over]["seeds"] == {} and chosen["b50_uniform"]["seeds"] == {}  # --choose-only: no fine-tune
+    third = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
+    assert third.returncode == 0, third.stderr[-3000:]
     result = json.loads(out.read_text())
     again = result["rows"]["b50_uniform"]
     assert Path(again["weights"]).exists() and "0" in again["seeds"]
@@ -163,6 +169,8 @@ def test_final_ratios_of_a_file_against_itself_and_a_heavier_one(tmp_path):
     export_onnx(light.eval(), x, tmp_path / "full.onnx")
     export_onnx(heavy.eval(), x, tmp_path / "heavy.onnx")
     same, more = peers.final_ratios(tmp_path / "full.onnx", [tmp_path / "full.onnx", tmp_path / "heavy.onnx"],
-                                    repeats=1)
+                                    repeats=3, pause_s=0.0)
     assert 0.8 < same["ratio"] < 1.25 and more["ratio"] > 1.5
+    assert more["ratio_min"] <= more["ratio"] <= more["ratio_max"]
+    assert peers.ratio_cell(more) == f"{more['ratio']:.3f} ({more['ratio_min']:.3f}-{more['ratio_max']:.3f})"
     assert more["interleaved_ms"] > 0 and more["interleaved_full_ms"] > 0
