@@ -85,7 +85,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import compress  # noqa: E402
 from pretrain_cifar import PRESETS, build_preset  # noqa: E402
-from compress.deploy.closed_loop import HEADROOM, PLAUSIBLE, RETIMES, closed_loop, confirm_best, median_of_retimes  # noqa: E402
+from compress.deploy.closed_loop import (HEADROOM, RETIMES, closed_loop, confirm_best, median_of_retimes,  # noqa: E402
+                                        order_conflict)
 from compress.deploy.timing import ReferenceTimer, measure_module  # noqa: E402
 from compress.io import atomic_write, load_checkpoint, save_checkpoint, save_json, save_text, weights_digest  # noqa: E402
 from compress.search.baselines import uniform_path  # noqa: E402
@@ -182,16 +183,13 @@ def retime_probes(probes: list[dict], measure: Callable[[float], float], log=pri
     """If the last probe contradicts an earlier one (a higher pruning ratio measuring more than ``PLAUSIBLE``
     slower, or a lower one faster), measure both ``RETIMES`` more times; each keeps the median (in place)."""
     last = probes[-1]
-    for other in probes[:-1]:
-        if other["ratio"] == last["ratio"]:
-            continue
-        small, big = (other, last) if other["ratio"] > last["ratio"] else (last, other)  # small: pruned more
-        if small["latency_ratio"] > big["latency_ratio"] * (1 + PLAUSIBLE):
-            log(f"    pruning ratio {last['ratio']:.4f} ({last['latency_ratio']:.3f}) contradicts "
-                f"{other['ratio']:.4f} ({other['latency_ratio']:.3f}): timing both again")
-            for p in (last, other):
-                p["latency_ratio"] = median_of_retimes(p["latency_ratio"], lambda p=p: measure(p["ratio"]))
-            return
+    other = order_conflict(last, probes[:-1], size=lambda p: -p["ratio"], value=lambda p: p["latency_ratio"])
+    if other is None:
+        return
+    log(f"    pruning ratio {last['ratio']:.4f} ({last['latency_ratio']:.3f}) contradicts "
+        f"{other['ratio']:.4f} ({other['latency_ratio']:.3f}): timing both again")
+    for p in (last, other):
+        p["latency_ratio"] = median_of_retimes(p["latency_ratio"], lambda p=p: measure(p["ratio"]))
 
 
 def bisect_ratio(measure: Callable[[float], float], frac: float, max_probes: int, max_ratio: float,

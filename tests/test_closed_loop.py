@@ -183,3 +183,22 @@ def test_confirm_best_skips_a_choice_the_retiming_puts_over():
 
     assert cl.confirm_best([0, 1, 2], values.get, retime, 6.0) == 2
     assert cl.confirm_best([0], values.get, retime, 6.0) is None
+
+
+@pytest.mark.parametrize("size", [lambda k: -k, lambda k: 10 - k], ids=["path-index", "shifted"])
+def test_order_conflict_finds_the_point_most_at_odds_with_the_size_order(size):
+    """Points 0..3, largest subnet first: 3 measuring faster than it should is no conflict; 1 measuring below the
+    smaller 2 and 3 is (the worst: 3's 6.0 against 1's 2.0), and points of one size are never compared."""
+    ms = {0: 10.0, 1: 2.0, 2: 5.0, 3: 6.0}
+    assert cl.order_conflict(1, ms, size, ms.get) == 3
+    assert cl.order_conflict(3, ms, size, ms.get) == 1
+    assert cl.order_conflict(0, ms, size, ms.get) is None
+    ms = {0: 10.0, 1: 8.0, 2: 8.5}  # 2 slower than 1 by 6%: within PLAUSIBLE
+    assert cl.order_conflict(2, ms, size, ms.get) is None and cl.order_conflict(1, [1], size, ms.get) is None
+
+
+def test_order_conflict_with_pruning_ratios_as_the_size_key():
+    probes = [{"ratio": 0.2, "latency_ratio": 0.7}, {"ratio": 0.5, "latency_ratio": 0.45},
+              {"ratio": 0.35, "latency_ratio": 0.3}]  # pruned less than 0.5 yet faster by a third: a glitch
+    other = cl.order_conflict(probes[2], probes[:2], lambda p: -p["ratio"], lambda p: p["latency_ratio"])
+    assert other is probes[1]

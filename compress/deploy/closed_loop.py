@@ -10,7 +10,7 @@ point under the budget wins.
 from __future__ import annotations
 
 import warnings
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from compress.errors import BudgetNotMetError
 from compress.subnet.extract import extract_subnet
@@ -30,14 +30,20 @@ PLAUSIBLE = 0.10
 RETIMES = 2
 
 
-def _conflict(i: int, measured: dict[int, Any]) -> int | None:
-    """The measured point most at odds with point ``i`` (lower index = larger subnet), or None."""
-    m = measured[i].median_ms
+def order_conflict(point: Any, others: Iterable[Any], size: Callable[[Any], float],
+                   value: Callable[[Any], float]) -> Any | None:
+    """The one of ``others`` most at odds with ``point``, or None: a larger subnet (by ``size``) cannot cost less
+    (``value``, a latency or a ratio to the full model's); it does by more than ``PLAUSIBLE`` only in a timing
+    glitch. Every closed loop keys its points its own way (a path index, a width scale, a pruning ratio): ``size``
+    orders them, larger = bigger subnet; points of equal size are not compared."""
     worst, worst_gap = None, 1.0 + PLAUSIBLE
-    for j, other in measured.items():
-        gap = (other.median_ms / m if j > i else m / other.median_ms) if j != i else 0.0
+    for other in others:
+        if size(other) == size(point):
+            continue
+        big, small = (other, point) if size(other) > size(point) else (point, other)
+        gap = value(small) / max(value(big), 1e-12)
         if gap > worst_gap:
-            worst, worst_gap = j, gap
+            worst, worst_gap = other, gap
     return worst
 
 
@@ -74,7 +80,7 @@ def retime_conflicts(i: int, measured: dict[int, Any], time_point: Callable[[int
     """After point ``i`` was timed into ``measured``: if it contradicts the order of the points timed before (see
     ``PLAUSIBLE``), time it and the point it contradicts ``RETIMES`` more times each; each keeps the median of its
     measurements (in ``measured``, in place)."""
-    j = _conflict(i, measured)
+    j = order_conflict(i, list(measured), size=lambda k: -k, value=lambda k: measured[k].median_ms)
     if j is None:
         return
     log(f"  {what} {i} measured {measured[i].median_ms:.3f} ms against {what} {j}'s {measured[j].median_ms:.3f} ms "

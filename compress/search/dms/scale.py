@@ -15,7 +15,7 @@ from typing import Callable
 
 import numpy as np
 
-from compress.deploy.closed_loop import PLAUSIBLE, RETIMES, BudgetNotMetError, confirm_best, median_of_retimes
+from compress.deploy.closed_loop import RETIMES, BudgetNotMetError, confirm_best, median_of_retimes, order_conflict
 
 
 @dataclass
@@ -135,16 +135,13 @@ def _retime_conflicts(point: dict, tried: list[dict], cost: Callable[[dict], flo
                       log: Callable[[str], None]) -> None:
     """A larger scale costs at least as much. If ``point`` contradicts a point tried before by more than
     ``PLAUSIBLE`` (a timing glitch on a busy host), cost both ``RETIMES`` more times; each keeps the median."""
-    for other in tried:
-        if other is point or other["scale"] == point["scale"]:
-            continue
-        big, small = (other, point) if other["scale"] > point["scale"] else (point, other)
-        if small["value"] > big["value"] * (1.0 + PLAUSIBLE):
-            log(f"  scale {point['scale']:.3f} ({point['value']:.4g}) contradicts scale {other['scale']:.3f} "
-                f"({other['value']:.4g}): timing both again")
-            for q in (point, other):
-                q["value"] = seen[_key(q["config"])] = median_of_retimes(q["value"], lambda q=q: cost(q["config"]))
-            return
+    other = order_conflict(point, tried, size=lambda t: t["scale"], value=lambda t: t["value"])
+    if other is None:
+        return
+    log(f"  scale {point['scale']:.3f} ({point['value']:.4g}) contradicts scale {other['scale']:.3f} "
+        f"({other['value']:.4g}): timing both again")
+    for q in (point, other):
+        q["value"] = seen[_key(q["config"])] = median_of_retimes(q["value"], lambda q=q: cost(q["config"]))
 
 
 def _fill_between(space, under: dict, over: dict, cost: Callable[[dict], float], budget: float, limit: float,
