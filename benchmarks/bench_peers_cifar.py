@@ -57,6 +57,13 @@ it on a quiet machine after a run that shared the cores with other jobs). A file
 about 2% RMS between timings some seconds apart on this shared host (docs/measurement_noise.md), as much as the
 closed loops' headroom: one call is not enough to say whether a file chosen at 98% of its budget is under it.
 
+On a machine other jobs share, latency ratios can read a few % low (ResNet-20 x1.5 files chosen at 0.475-0.49 of
+the full model with three jobs on two cores measured 0.50-0.51 quiet; a guess at why: the full model's 2.4 MB of
+weights do not fit the 2 MB L2 cache, so it slows more under contention than a subnet): a subnet chosen there can
+measure over its budget when the machine is quiet. Then, with the machine quiet: ``--retime`` (the final check again), ``--rechoose-over-budget
+--choose-only`` (the rows over the budget chosen again and timed, nothing else running), and a plain rerun (their
+fine-tunes; both models side by side is fine).
+
 Resumable: the JSON (``--out``.json) is written after every step; a row's architecture and pruned weights are saved
 (``<work>/<key>.pt`` + the row's ``arch``) before its fine-tune, each seed's top-1 when that fine-tune is done; the
 supernet checkpoint is resumed. A run stopped in the middle of a fine-tune repeats that one fine-tune.
