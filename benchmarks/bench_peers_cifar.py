@@ -689,6 +689,11 @@ def rows_over_budget(rows: dict) -> list[str]:
             if r.get("budget_fraction") and "ratio" in r and r["ratio"] > r["budget_fraction"]]
 
 
+def checks(row: dict) -> str:
+    """'0.501, 0.494, 0.500': every final latency check of a row's file on record, oldest first."""
+    return ", ".join(f"{v:.3f}" for v in row.get("earlier_ratios", []) + [row["ratio"]])
+
+
 def ratio_cell(row: dict) -> str:
     """'0.493 (0.488-0.499)': the final check's median ratio to the full model (lowest-highest call)."""
     spread = f" ({row['ratio_min']:.3f}-{row['ratio_max']:.3f})" if "ratio_min" in row else ""
@@ -835,11 +840,10 @@ def write_report(rows: dict, state: dict, full_ms: float, full_flops: int, full_
         lines.append(f"- earlier final checks (before `--retime`) measured over the budget: "
                      f"{', '.join(over_budget_earlier(rows))}")
     for k, olds in state.get("replaced", {}).items():
-        lines.append(f"- {k} was chosen again (`--rechoose-over-budget`): its earlier choice measured "
-                     + ", ".join(f"{o['ratio']:.3f} (top-1 {' / '.join(f'{v:.2f}' for v in o.get('seeds', {}).values())})"
-                                 for o in olds)
-                     + " in the final check; the row above is the new choice, its search wall time includes the "
-                       "earlier one")
+        lines.append(f"- {k} was chosen again (`--rechoose-over-budget`): " + "; ".join(
+            f"an earlier choice measured {checks(o)} in the final checks, top-1 "
+            + " / ".join(f"{v:.2f}" for v in o.get("seeds", {}).values()) for o in olds)
+            + "; the row above is the new choice, its search wall time includes the earlier one")
     if bound:
         lines += verdicts(rows, args.budgets)
     else:

@@ -53,14 +53,14 @@ def test_report_names_every_file_over_its_budget(tmp_path):
     rows["b50_autoslim"]["earlier_ratios"] = [0.49, 0.507]  # over in an earlier check, under now (0.47)
     assert peers.over_budget_earlier(rows) == ["b50_autoslim (0.507)"]
     assert peers.rows_over_budget(rows) == ["b35_tp-l1-global"]  # the last check decides
-    full["replaced"] = {"b50_dms": [dict(rows["b50_dms"], ratio=0.503)]}
+    full["replaced"] = {"b50_dms": [dict(rows["b50_dms"], ratio=0.503, earlier_ratios=[0.499])]}
     lines = peers.write_report(rows, full, 1.0, 10**6, 10**4, {"weights": "w.pt", "pretrain_top1": 90.0,
                                                                "pretrain_epochs": 30}, "cmd", tmp_path / "r", args)
     latency = next(x for x in lines if x.startswith("- latency"))
     assert "6 of 7" in latency and "b35_tp-l1-global (0.360)" in latency
     assert any(x.startswith("- earlier final checks") and "b50_autoslim (0.507)" in x for x in lines)
     again = next(x for x in lines if x.startswith("- b50_dms was chosen again"))
-    assert "0.503 (top-1 82.00 / 82.20)" in again
+    assert "measured 0.499, 0.503 in the final checks, top-1 82.00 / 82.20" in again
     assert (tmp_path / "r.md").exists() and (tmp_path / "r.png").exists()
 
 
@@ -78,7 +78,7 @@ def test_summary_has_one_line_per_model_and_budget_with_the_margin(tmp_path):
     assert any("m2" in x and "NOT capacity-bound" in x for x in lines)
     assert any("6 of 7 exported files" in x and "b35_tp-l1-global (0.360)" in x for x in lines)
     again = summary.summary_lines({"m1": dict(state, replaced={"b50_dms": [dict(ROWS["b50_dms"], ratio=0.503)]})})
-    assert any("chosen again after the final check measured them over: b50_dms (earlier choice at 0.503)" in x
+    assert any("chosen again after a final check measured them over: b50_dms (earlier choice at 0.503)" in x
                for x in again)
     path = tmp_path / "s.json"
     path.write_text(__import__("json").dumps(dict(state, identity={"model": "m1"})))
