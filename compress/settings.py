@@ -271,8 +271,9 @@ class AutoSlimSettings(JsonSettings):
         profile_configs: subnets profiled in context to fit the latency predictor, int >= 4.
         max_measurements: closed loop: subnets exported and measured on the device at most, int >= 1.
         min_budget_use: closed loop: try a larger subnet while measured latency < this x budget, in (0, 1).
-        fill_measurements: closed loop: subnets measured at most to spend budget a latency step on the path left
-            unused (:func:`compress.deploy.closed_loop.fill_step`), int >= 0 (0: the choice stays a path point).
+        fill_measurements: closed loop: subnets measured at most to spend budget latency steps on the path left
+            unused (:func:`compress.deploy.closed_loop.fill_step`; about 4 per step filled), int >= 0 (0: the
+            choice stays a path point).
 
     Raises:
         InvalidParameterError: a field is out of the range given above (the message names the field).
@@ -288,7 +289,7 @@ class AutoSlimSettings(JsonSettings):
     profile_configs: int = 24         # subnets profiled in context to fit the latency predictor
     max_measurements: int = 6         # closed loop: subnets exported and measured at most
     min_budget_use: float = 0.95      # closed loop: try a larger subnet when measured < this x budget
-    fill_measurements: int = 4        # closed loop: measured subnets between the two points of a latency step
+    fill_measurements: int = 8        # closed loop: measured subnets filling latency steps (about 4 per step)
 
     def __post_init__(self) -> None:
         self.check_types()

@@ -172,7 +172,7 @@ def test_a_filled_latency_step_becomes_the_result_and_a_path_point(loaders, tmp_
 
     def fake_fill(net, path, index, measured, budget_ms, *args, **kwargs):
         picked.update(index=index, n=len(path), config=dict(path[index - 1]["config"]))
-        return {"config": picked["config"], "measurement": timed(0.9), "from_index": index - 1}
+        return {"config": picked["config"], "measurement": timed(0.9), "from_index": index - 1, "steps": 2}
 
     monkeypatch.setattr(api, "closed_loop", fake_loop)
     monkeypatch.setattr(api, "fill_step", fake_fill)
@@ -188,5 +188,5 @@ def test_a_filled_latency_step_becomes_the_result_and_a_path_point(loaders, tmp_
     assert res.path[i]["top1"] is None and res.path[i]["cost"] is not None
     by_index = {m["path_index"]: m["value"] for m in res.measurements}
     assert by_index == pytest.approx({i - 1: 1.1 * budget, i: 0.9 * budget, i + 1: 0.7 * budget})
-    assert any("latency step" in n for n in res.notes)
+    assert any("latency step" in n and "2 steps filled" in n for n in res.notes)
     assert res.flops == count_flops(res.subnet, torch.zeros(1, 3, 32, 32)).total

@@ -95,6 +95,39 @@ def test_fill_step_spends_the_budget_a_latency_step_left_unused(fake_device):
     assert calls == []
 
 
+def _two_step_latency(cfg):
+    """As ``_step_latency``, and group b also steps: 14 ms more above 24 channels."""
+    return SimpleNamespace(median_ms=cfg["a"] / 4 + cfg["b"] / 4 + (14 if cfg["b"] > 24 else 0)
+                           + (30 if cfg["c"] > 64 else 10))
+
+
+# P0 60, P1 58, P2 42 (b crosses its step), P3 40, P4 20 ms (c crosses its step)
+TWO_STEP_PATH = [{"cost": 0.0, "config": dict(zip("abc", w))}
+                 for w in [(32, 32, 72), (24, 32, 72), (24, 24, 72), (16, 24, 72), (16, 24, 64)]]
+
+
+def test_fill_step_goes_on_across_a_second_step_between_its_candidates(fake_device):
+    """Under a 30 ms budget the closed loop stops at P4 (20 ms; P3 is 40). With c kept narrow, P2's widths give
+    22 ms but P1's give 38 (b crosses its step between them): b keeps P2's width too and P0's other widths come
+    back, 24 ms. With measurements for the first step only, the fill stops at 22 ms."""
+    calls = []
+
+    def timer(cfg):
+        calls.append(dict(cfg))
+        return _two_step_latency(cfg)
+
+    measured = {i: _two_step_latency(TWO_STEP_PATH[i]["config"]) for i in (3, 4)}
+    best = cl.fill_step(NET, TWO_STEP_PATH, 4, measured, 30.0, None, timer=timer, log=lambda s: None)
+    assert best["config"] == {"a": 32, "b": 24, "c": 64} and best["measurement"].median_ms == 24.0
+    assert best["from_index"] == 0 and best["steps"] == 2
+    distinct = [c for i, c in enumerate(calls) if c not in calls[:i]]  # each timed once, the choices confirmed
+    assert distinct == [{"a": 24, "b": 32, "c": 64}, {"a": 24, "b": 24, "c": 64}, {"a": 32, "b": 24, "c": 64}]
+    assert len(calls) == 3 + 2 + 2
+    first = cl.fill_step(NET, TWO_STEP_PATH, 4, measured, 30.0, None, timer=timer, log=lambda s: None,
+                         max_measurements=2)
+    assert first["measurement"].median_ms == 22.0 and first["steps"] == 1
+
+
 def test_insert_point_keeps_the_path_order_and_rekeys_the_measurements():
     path = [{"n": i} for i in range(4)]
     measured = {1: "m1", 2: "m2", 3: "m3"}

@@ -177,7 +177,8 @@ def autoslim(model: nn.Module, *, latency_ms: float | None = None, flops: float 
             notes.append(f"a latency step between path points {index - 1} and {index} left "
                          f"{1 - meas[index + 1].median_ms / budget:.0%} of the budget unused; point {index} is path "
                          f"point {filled['from_index']} with the stepped groups kept narrow "
-                         f"({meas[index].median_ms:.3f} ms)")
+                         f"({meas[index].median_ms:.3f} ms"
+                         + (f"; {filled['steps']} steps filled" if filled["steps"] > 1 else "") + ")")
         warn_if_unused(meas[index].median_ms, budget)
         seconds["closed_loop"] = time.perf_counter() - t0
         measurements = [measurement_record(v.median_ms, "ms", v.p25_ms, v.p75_ms, path_index=k)
