@@ -8,7 +8,8 @@ CIFAR-10 subset shipped in data/.
 Fine-tunes a slimmable supernet from the trained weights after reordering channels by BN importance (the pretrained
 pipeline; with --weights none it trains one from random init instead), profiles latency in context on onnxruntime
 CPU (1 thread), searches greedily against predicted latency, confirms the budget by measurement, and compares with the same network
-uniformly narrowed to the same measured latency. The frontier plot has one latency axis: measured, with the path's
+uniformly narrowed to the same measured latency. The supernet trains on 900 of the 1,000 training images per class,
+the search scores candidates on the other 100, and every reported top-1 is on the 2,000 test images. The frontier plot has one latency axis: measured, with the path's
 predicted latencies calibrated by the full model's measured / predicted ratio (said in the legend). Writes out/autoslim_demo/: the ONNX file, result.json, the search path, a frontier plot.
 Rerunning resumes (supernet checkpoint, latency table, search path are kept in the work directory).
 """
@@ -29,7 +30,7 @@ import compress  # noqa: E402
 from compress.search.baselines import uniform_baseline  # noqa: E402
 from compress.io import save_json  # noqa: E402
 from compress.deploy.closed_loop import measure_module  # noqa: E402
-from compress.train.data import SHIPPED_CIFAR, cifar10_loaders  # noqa: E402
+from compress.train.data import SHIPPED_CIFAR, TensorLoader, load_image_folder  # noqa: E402
 from compress.train.evaluate import CalibratedScorer, evaluate, take_batches  # noqa: E402
 from compress.train.models import build_model  # noqa: E402
 from compress.train.pretrained import load_pretrained  # noqa: E402
@@ -40,8 +41,22 @@ from compress.search.objectives import LatencyCost, fit_latency_predictor  # noq
 from devices import get_device  # noqa: E402
 
 
-def plot_frontier(result, uniform: dict, uniform_scores: list[tuple[float, float]], budget_ms: float,
-                  path: Path) -> None:
+def demo_loaders(source: str | Path, held_per_class: int) -> tuple[TensorLoader, TensorLoader, TensorLoader]:
+    """Train (shuffled, augmented), held-out and test loaders. The greedy search scores its candidates on
+    ``held_per_class`` training images per class that the supernet never trains on, never on the test images whose
+    top-1 the demo reports (scoring on them would pick the subnet that fits the test set)."""
+    train, test = load_image_folder(source, "train"), load_image_folder(source, "test")
+    per_class = int((train.labels == 0).sum())
+    if not 0 < held_per_class < per_class:
+        raise SystemExit(f"error: --held-per-class must be in 1..{per_class - 1} ({source} has {per_class} training "
+                         f"images per class); got {held_per_class}")
+    kept = per_class - held_per_class
+    return (TensorLoader(train.subset(kept), 128, train=True, seed=0),
+            TensorLoader(train.subset(held_per_class, offset=kept), 256), TensorLoader(test, 256))
+
+
+def plot_frontier(result, auto_top1: float, uniform: dict, uniform_scores: list[tuple[float, float]],
+                  budget_ms: float, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -61,15 +76,15 @@ def plot_frontier(result, uniform: dict, uniform_scores: list[tuple[float, float
                 label="uniform width multiplier (same calibration; held-out top-1)")
     ax.axvline(budget_ms, color="red", lw=1, label=f"budget {budget_ms:.3f} ms")
     if result.measured_ms is not None:
-        ax.plot([result.measured_ms], [result.top1], "*", ms=14, color="C1",
-                label=f"AutoSlim chosen: measured {result.measured_ms:.3f} ms, top-1 {result.top1:.1f}%")
+        ax.plot([result.measured_ms], [auto_top1], "*", ms=14, color="C1",
+                label=f"AutoSlim chosen: measured {result.measured_ms:.3f} ms, test top-1 {auto_top1:.1f}%")
     if uniform.get("measured_ms") is not None:
         ax.plot([uniform["measured_ms"]], [uniform["top1"]], "P", ms=11, color="k",
                 label=f"uniform x{uniform['ratio']:.2f}: measured {uniform['measured_ms']:.3f} ms, "
-                      f"top-1 {uniform['top1']:.1f}%")
+                      f"test top-1 {uniform['top1']:.1f}%")
     ax.set_xlabel("measured latency (ms, onnxruntime CPU, 1 thread; path points calibrated, stars measured)")
-    ax.set_ylabel("top-1 (%)")
-    ax.set_title("Accuracy / latency frontier (stars: full validation set, after BN recalibration)")
+    ax.set_ylabel("top-1 (%): lines on held-out training images, markers on the test images")
+    ax.set_title("Accuracy / latency frontier (markers: every test image, after BN recalibration)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
@@ -95,14 +110,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", default=str(SHIPPED_CIFAR), help="ImageFolder .tar.gz or folder with train/ and test/")
     ap.add_argument("--search", default="{}", help='greedy search settings as JSON, e.g. \'{"eval_batches": 8}\' '
                     "(fields of compress.SearchSettings)")
+    ap.add_argument("--held-per-class", type=int, default=100,
+                    help="training images per class held out of the supernet's training to score the search on")
     ap.add_argument("--out", default="out/autoslim_demo")
     ap.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads of the measurements")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
     torch.manual_seed(0)
     out = Path(args.out)
-    train_loader, val_loader = cifar10_loaders(args.data)
-    print(f"data: {len(train_loader.data)} train / {len(val_loader.data)} val images from {args.data}")
+    train_loader, held_loader, test_loader = demo_loaders(args.data, args.held_per_class)
+    print(f"data: {len(train_loader.data)} train / {len(held_loader.data)} held-out (the search scores on them) / "
+          f"{len(test_loader.data)} test images from {args.data}")
     pretrained = args.weights.lower() != "none"
     if pretrained:
         model, record = load_pretrained(args.weights)
@@ -113,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         kwargs = {"width": args.width} if args.model == "cifar_resnet20" else {"width_mult": args.width / 2}
         model = build_model(args.model, **kwargs)
     epochs = args.epochs if args.epochs is not None else (2.0 if pretrained else 3.0)
-    full_trained_top1 = evaluate(model.eval(), val_loader)["top1"] if pretrained else None
+    full_trained_top1 = evaluate(model.eval(), test_loader)["top1"] if pretrained else None
     device = get_device("cpu", threads=args.threads)
     x = torch.zeros(1, 3, 32, 32)
     full_ms = measure_module(device, model.eval(), (x,)).median_ms
@@ -127,28 +145,29 @@ def main(argv: list[str] | None = None) -> int:
                                          search=compress.SearchSettings.from_json(args.search),
                                          threads=args.threads, pretrained=pretrained)
     result = compress.autoslim(model, latency_ms=budget_ms, device=device, train_loader=train_loader,
-                               val_loader=val_loader, settings=settings, work_dir=out / "work")
+                               val_loader=held_loader, settings=settings, work_dir=out / "work")
     net = result.supernet
     report = result.export_onnx(out / "autoslim.onnx")
+    auto_top1 = evaluate(result.subnet.eval(), test_loader)["top1"]  # result.top1 is on the held-out images
 
     print("uniform baseline: the same supernet narrowed by one width multiplier to the same measured latency")
     predictor = fit_latency_predictor(net, device, "model", out / "work" / "latency")
     cost = LatencyCost(net, predictor, "model")
     calib = take_batches(train_loader, 16, "train")
-    uniform = uniform_baseline(net, budget_ms, cost, calib, val_loader, device, settings.search.min_ratio)
+    uniform = uniform_baseline(net, budget_ms, cost, calib, test_loader, device, settings.search.min_ratio)
     scorer = CalibratedScorer(net, take_batches(train_loader, settings.search.calib_batches, "train"),
-                              take_batches(val_loader, settings.search.eval_batches, "val"))
+                              take_batches(held_loader, settings.search.eval_batches, "held-out"))
     upath = uniform["path"][::max(1, len(uniform["path"]) // 10)]
     uniform_scores = [(p["cost"], scorer(p["config"])["top1"]) for p in upath]
     net.set_config(net.space.max_config())
     compress.recalibrate_bn(net, calib)
-    full_top1 = evaluate(net, val_loader)["top1"]
-    plot_frontier(result, uniform, uniform_scores, budget_ms, out / "autoslim_frontier.png")
+    full_top1 = evaluate(net, test_loader)["top1"]
+    plot_frontier(result, auto_top1, uniform, uniform_scores, budget_ms, out / "autoslim_frontier.png")
 
     rows = ([("full model (trained)", result.full["flops"], result.full["cost"], result.full.get("measured_ms"),
               full_trained_top1)] if pretrained else [])
     rows += [("full (supernet)", result.full["flops"], result.full["cost"], result.full.get("measured_ms"), full_top1),
-            ("AutoSlim", result.flops, result.predicted_ms, result.measured_ms, result.top1),
+            ("AutoSlim", result.flops, result.predicted_ms, result.measured_ms, auto_top1),
             (f"uniform x{uniform['ratio']:.2f}", uniform["flops"], uniform["cost"], uniform["measured_ms"],
              uniform["top1"])]
     print(f"\n{'':18s} {'MFLOPs':>8s} {'predicted ms':>13s} {'measured ms':>12s} {'top-1 %':>8s}")
@@ -156,13 +175,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:18s} {fl / 1e6:8.2f} {pred:13.3f} {meas if meas is not None else float('nan'):12.3f} "
               f"{top1 if top1 is not None else float('nan'):8.2f}")
     print(f"\nbudget {budget_ms:.3f} ms: AutoSlim measured {result.measured_ms:.3f} ms "
-          f"({result.measured_ms / budget_ms:.0%} of budget), top-1 {result.top1:.2f}% vs uniform "
-          f"{uniform['top1']:.2f}% ({result.top1 - uniform['top1']:+.2f} points)")
+          f"({result.measured_ms / budget_ms:.0%} of budget), test top-1 {auto_top1:.2f}% vs uniform "
+          f"{uniform['top1']:.2f}% ({auto_top1 - uniform['top1']:+.2f} points)")
     print(f"ONNX: {report.path} ({report.num_nodes} nodes, max |onnxruntime - torch| = {report.max_abs_diff:.2e})")
     print(f"frontier plot: {out / 'autoslim_frontier.png'}; total {time.perf_counter() - t0:.0f} s")
     summary = {"model": args.model, "model_kwargs": kwargs, "weights": args.weights if pretrained else None,
                "budget_fraction": args.budget, "budget_ms": budget_ms,
-               "full_ms": full_ms, "autoslim": result.summary(),
+               "full_ms": full_ms, "autoslim": result.summary() | {"test_top1": auto_top1},
                "uniform": {k: v for k, v in uniform.items() if k not in ("subnet", "path")},
                "seconds": time.perf_counter() - t0}
     save_json(summary, out / "summary.json")

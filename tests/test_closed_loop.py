@@ -207,6 +207,23 @@ def test_a_glitch_on_the_choice_itself_is_caught_by_confirming_it(fake_device):
     assert index == 2 and measured[2].median_ms == 5.5 and measured[1].median_ms == 7.0
 
 
+def test_points_between_a_failed_confirmation_and_the_choice_are_tried(fake_device):
+    """Predictions read high: the walk times point 5 (4.6 ms, 64% of a 7.2 ms budget), then point 2, whose first
+    timing (6.9) is under but whose confirmation reads 7.5. Point 3, between the two, was never timed: it is
+    (6.9 ms, 96%) and is the choice, not point 5."""
+    true_ms = {12: 10.0, 11: 9.0, 10: 7.5, 9: 6.9, 8: 5.5, 7: 4.6}
+    first = {10: 6.9}
+    calls = []
+
+    def timer(cfg):
+        calls.append(cfg["ms"])
+        return SimpleNamespace(median_ms=first.pop(cfg["ms"], true_ms[cfg["ms"]]))
+
+    index, measured = closed_loop(NET, _path([12, 11, 10, 9, 8, 7]), 7.2, None, timer=timer, log=lambda s: None)
+    assert index == 3 and measured[3].median_ms == 6.9 and measured[2].median_ms == 7.5
+    assert calls[:2] == [7, 10] and 9 in calls
+
+
 def test_confirm_best_skips_a_choice_the_retiming_puts_over():
     values = {0: 9.0, 1: 5.0, 2: 4.0}
     truth = {0: 9.0, 1: 7.0, 2: 4.0}
