@@ -83,7 +83,7 @@ def plot_frontier(result, auto_top1: float, uniform: dict, uniform_scores: list[
                 label=f"uniform x{uniform['ratio']:.2f}: measured {uniform['measured_ms']:.3f} ms, "
                       f"test top-1 {uniform['top1']:.1f}%")
     ax.set_xlabel("measured latency (ms, onnxruntime CPU, 1 thread; path points calibrated, stars measured)")
-    ax.set_ylabel("top-1 (%): lines on held-out training images, markers on the test images")
+    ax.set_ylabel("top-1 (%); lines: held-out, markers: test")
     ax.set_title("Accuracy / latency frontier (markers: every test image, after BN recalibration)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
