@@ -101,7 +101,9 @@ def closed_loop(net, path: list[dict], budget_ms: float, device: Any, max_measur
     With a ``timer`` every point is timed interleaved with the full model (drift-free); else measured alone. The walk
     stops at a point using >= ``min_use`` of the budget or after ``max_measurements``; a choice using less than
     ``warn_below`` of it is warned about. A point is under the budget when it measures <= (1 - ``headroom``) x
-    the budget.
+    the budget. The choice is timed ``RETIMES`` more times before it is kept; if that puts it over, the walk goes
+    on (down the path, or to untimed points between it and a smaller choice, up to ``max_measurements`` +
+    ``RETIMES`` points in all).
 
     Raises:
         BudgetNotMetError: every point tried measured over the budget (the message gives the numbers).
