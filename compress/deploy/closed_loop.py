@@ -102,8 +102,8 @@ def closed_loop(net, path: list[dict], budget_ms: float, device: Any, max_measur
     stops at a point using >= ``min_use`` of the budget or after ``max_measurements``; a choice using less than
     ``warn_below`` of it is warned about. A point is under the budget when it measures <= (1 - ``headroom``) x
     the budget. The choice is timed ``RETIMES`` more times before it is kept; if that puts it over, the walk goes
-    on (down the path, or to untimed points between it and a smaller choice, up to ``max_measurements`` +
-    ``RETIMES`` points in all).
+    on down the path, and a smaller choice that uses less than ``min_use`` of the budget sends it back to the
+    untimed points between (while fewer than ``max_measurements`` + ``RETIMES`` points are timed).
 
     Raises:
         BudgetNotMetError: every point tried measured over the budget (the message gives the numbers).
