@@ -200,15 +200,16 @@ def retime_probes(probes: list[dict], measure: Callable[[float], float], log=pri
 
 
 def bisect_ratio(measure: Callable[[float], float], frac: float, max_probes: int, max_ratio: float,
-                 log=print) -> dict:
-    """The smallest pruning ratio in [0, max_ratio] whose measured latency ratio is under ``frac`` with HEADROOM,
+                 log=print, headroom: float = HEADROOM) -> dict:
+    """The smallest pruning ratio in [0, max_ratio] whose measured latency ratio is under ``frac`` with ``headroom``,
     searched by secant steps in a shrinking bracket (bisection when the secant falls outside its middle 80%);
     stops at a point using >= MIN_USE of the budget. ``measure(ratio)`` -> latency / full model.
 
     The closed loops' rules hold (``compress.deploy.closed_loop``): a probe that contradicts the order of those
     before it is timed again with the one it contradicts, and the choice is timed again before it is kept; if that
     puts it over, the search goes on (up to 4 probes more)."""
-    limit, aim = (1 - HEADROOM) * frac, (MIN_USE + 1 - HEADROOM) / 2 * frac
+    min_use = min(MIN_USE, 1 - 2 * headroom)  # the band [min_use, 1 - headroom] x frac stays open
+    limit, aim = (1 - headroom) * frac, (min_use + 1 - headroom) / 2 * frac
     probes: list[dict] = []
 
     def bracket() -> tuple[float, float, float, float | None]:
@@ -221,7 +222,7 @@ def bisect_ratio(measure: Callable[[float], float], frac: float, max_probes: int
     def next_ratio(r: float) -> float | None:
         m = probes[-1]["latency_ratio"]
         lo, lo_m, hi, hi_m = bracket()
-        if MIN_USE * frac <= m <= limit or (m > limit and r >= max_ratio) or hi - lo < 1e-3:
+        if min_use * frac <= m <= limit or (m > limit and r >= max_ratio) or hi - lo < 1e-3:
             return None
         if hi_m is None:
             if lo > 0 and hi - lo < 0.05:
@@ -369,6 +370,9 @@ def parse(argv):
     ap.add_argument("--retime", action="store_true",
                     help="only time every exported file again (the final latency check, e.g. on a quiet machine "
                          "after a run that shared it) and rewrite the report; nothing is chosen or trained")
+    ap.add_argument("--headroom", type=float, default=HEADROOM,
+                    help="every method's closed loop: a measured latency is under the budget only this fraction "
+                         "below it (and aims at >= 1 - 2 x headroom of it when that is below 95%%)")
     ap.add_argument("--final-repeats", type=int, default=FINAL_REPEATS,
                     help="interleaved calls of the final latency check (median kept)")
     ap.add_argument("--final-pause-s", type=float, default=FINAL_PAUSE_S, help="seconds between those calls")
@@ -443,6 +447,8 @@ def main(argv: list[str] | None = None) -> int:
                 "divisor": args.divisor, "min_ratio": args.min_ratio, "supernet_epochs": args.supernet_epochs,
                 "supernet_lr": args.supernet_lr,
                 "dms_search": args.dms_search, "tp_steps": args.tp_steps, "smoke": args.smoke}
+    if args.headroom != HEADROOM:  # another headroom chooses other subnets (the default keeps older results valid)
+        identity["headroom"] = args.headroom
     state = json.loads(out_json.read_text()) if out_json.exists() else {}
     if state and state.get("identity") != identity:
         raise PeerBenchmarkError(
@@ -490,7 +496,8 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         if width is None:
             path = uniform_path(net, LatencyCost(net, predictor, "model"), args.min_ratio)
-            index, meas = closed_loop(net, path, frac * full_ms, dev, timer=timer)
+            index, meas = closed_loop(net, path, frac * full_ms, dev, timer=timer, headroom=args.headroom,
+                                      min_use=min(MIN_USE, 1 - 2 * args.headroom))
             cfg, width, loop = path[index]["config"], path[index]["ratio"], meas[index].median_ms / full_ms
         else:
             cfg = net.space.uniform_config(width)
@@ -506,7 +513,7 @@ def main(argv: list[str] | None = None) -> int:
             return timer(tp_prune(pretrained, x, criterion, TP_MODES[mode], r, args.tp_steps, args.divisor,
                                   grad_batches, 1 - args.min_ratio)).median_ms / full_ms
 
-        found = bisect_ratio(measure, frac, args.tp_probes, 1 - args.min_ratio)
+        found = bisect_ratio(measure, frac, args.tp_probes, 1 - args.min_ratio, headroom=args.headroom)
         if found["ratio"] is None:
             return None, {"failed": f"no pruning ratio up to {1 - args.min_ratio:g} measured under the budget",
                           "probes": found["probes"]}
@@ -540,7 +547,9 @@ def main(argv: list[str] | None = None) -> int:
             own.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(others[0], own)
             print(f"{key}: greedy path resumed from {others[0]}")
-        settings = compress.AutoSlimSettings(divisor=args.divisor, pretrained=True, train=compress.TrainSettings(
+        settings = compress.AutoSlimSettings(divisor=args.divisor, pretrained=True, latency_headroom=args.headroom,
+                                             min_budget_use=min(MIN_USE, 1 - 2 * args.headroom),
+                                             train=compress.TrainSettings(
             epochs=args.supernet_epochs, lr=args.supernet_lr, warmup_epochs=0.0, min_ratio=args.min_ratio),
             search=compress.SearchSettings(min_ratio=args.min_ratio, **SMOKE_SEARCH if args.smoke else {}))
         res = compress.autoslim(net, latency_ms=frac * full_ms, device=dev, train_loader=train, val_loader=held,
@@ -554,6 +563,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def choose_dms(frac: float, key: str):
         settings = compress.DMSSettings(pipeline="pretrained", epochs=args.dms_search, lr=args.lr, train_epochs=0.0,
+                                        latency_headroom=args.headroom,
+                                        min_budget_use=min(MIN_USE, 1 - 2 * args.headroom),
                                         divisor=args.divisor, min_ratio=args.min_ratio,
                                         **SMOKE_DMS if args.smoke else {})
         t0 = time.perf_counter()
@@ -800,7 +811,7 @@ def write_report(rows: dict, state: dict, full_ms: float, full_flops: int, full_
              f"Protocol (see the script's docstring): {args.train_per_class} training images per class, "
              f"{args.held_per_class} held out, test on {args.test_per_class or 1000} per class. Budgets are "
              "fractions of the full model's measured latency; every latency is a drift-free ratio to the full model "
-             f"(interleaved timing), a point counts as under only with {HEADROOM:.0%} headroom. Every subnet is BN "
+             f"(interleaved timing), a point counts as under only with {args.headroom:.0%} headroom. Every subnet is BN "
              f"recalibrated and fine-tuned with one recipe (SGD lr {args.lr:g} cosine, batch {BATCH}, labels only). "
              f"Training budget per row: {args.epochs:g} epochs at full-width cost. Torch-Pruning and uniform rows "
              "fine-tune all of it; AutoSlim and DMS rows fine-tune the budget minus what their search used "

@@ -271,6 +271,10 @@ class AutoSlimSettings(JsonSettings):
         profile_configs: subnets profiled in context to fit the latency predictor, int >= 4.
         max_measurements: closed loop: subnets exported and measured on the device at most, int >= 1.
         min_budget_use: closed loop: try a larger subnet while measured latency < this x budget, in (0, 1).
+        latency_headroom: closed loop: a measured latency counts as under the budget only this fraction below it,
+            in [0, 0.5) and below ``1 - min_budget_use`` (default 0.02, ``compress.deploy.closed_loop.HEADROOM``:
+            what re-measuring one file moves on a quiet host; raise it where a file's latency drifts more between
+            measurements, e.g. a shared machine, and lower ``min_budget_use`` with it).
         fill_measurements: closed loop: subnets measured at most to spend budget latency steps on the path left
             unused (:func:`compress.deploy.closed_loop.fill_step`; about 4 per step filled), int >= 0 (0: the
             choice stays a path point).
@@ -290,6 +294,7 @@ class AutoSlimSettings(JsonSettings):
     max_measurements: int = 6         # closed loop: subnets exported and measured at most
     min_budget_use: float = 0.95      # closed loop: try a larger subnet when measured < this x budget
     fill_measurements: int = 8        # closed loop: measured subnets filling latency steps (about 4 per step)
+    latency_headroom: float = 0.02    # closed loop: under the budget = measured <= (1 - this) x budget (HEADROOM)
 
     def __post_init__(self) -> None:
         self.check_types()
@@ -304,6 +309,10 @@ class AutoSlimSettings(JsonSettings):
         self._check("max_measurements", isinstance(self.max_measurements, int) and self.max_measurements >= 1,
                     "an int >= 1")
         self._check("min_budget_use", 0 < self.min_budget_use < 1, "in (0, 1)")
+        self._check("latency_headroom", 0 <= self.latency_headroom < 0.5, "in [0, 0.5)")
+        self._check("latency_headroom", self.latency_headroom < 1 - self.min_budget_use - 1e-9,
+                    f"below 1 - min_budget_use = {1 - self.min_budget_use:g} (the closed loop looks for a latency "
+                    "between min_budget_use and 1 - latency_headroom of the budget; lower min_budget_use)")
 
 
 # DMS pipelines -> what happens to the weights: searched with the structure and then fine-tuned ("pretrained"),
@@ -336,6 +345,8 @@ class DMSSettings(JsonSettings):
         threads: intra-op threads of the device measurements, int >= 1.
         max_measurements: closed loop: scalings of the searched shape measured at most, int >= 1.
         min_budget_use: closed loop: scale up while measured latency < this x budget, in (0, 1).
+        latency_headroom: closed loop: as in AutoSlimSettings (a measured latency is under the budget only this
+            fraction below it; 0.02), in [0, 0.5) and below ``1 - min_budget_use``.
 
     Raises:
         InvalidParameterError: a field is out of the range given above (the message names the field).
@@ -356,6 +367,7 @@ class DMSSettings(JsonSettings):
     threads: int = 1                   # intra-op threads of the device measurements
     max_measurements: int = 8          # closed loop: scalings of the searched shape measured at most
     min_budget_use: float = 0.95       # closed loop: scale up while measured < this x budget
+    latency_headroom: float = 0.02     # closed loop: under the budget = measured <= (1 - this) x budget (HEADROOM)
 
     @property
     def search_only(self) -> bool:
@@ -378,3 +390,7 @@ class DMSSettings(JsonSettings):
         self._check("max_measurements", isinstance(self.max_measurements, int) and self.max_measurements >= 1,
                     "an int >= 1")
         self._check("min_budget_use", 0 < self.min_budget_use < 1, "in (0, 1)")
+        self._check("latency_headroom", 0 <= self.latency_headroom < 0.5, "in [0, 0.5)")
+        self._check("latency_headroom", self.latency_headroom < 1 - self.min_budget_use - 1e-9,
+                    f"below 1 - min_budget_use = {1 - self.min_budget_use:g} (the closed loop looks for a latency "
+                    "between min_budget_use and 1 - latency_headroom of the budget; lower min_budget_use)")

@@ -166,18 +166,20 @@ def test_a_filled_latency_step_becomes_the_result_and_a_path_point(loaders, tmp_
         return NS(median_ms=fraction * budget, p25_ms=fraction * budget, p75_ms=fraction * budget)
 
     def fake_loop(net, path, budget_ms, *args, **kwargs):  # the last point under (70%), the one before over
+        picked["headroom"] = kwargs["headroom"]
         return len(path) - 1, {len(path) - 2: timed(1.1), len(path) - 1: timed(0.7)}
 
     picked = {}
 
     def fake_fill(net, path, index, measured, budget_ms, *args, **kwargs):
-        picked.update(index=index, n=len(path), config=dict(path[index - 1]["config"]))
+        picked.update(index=index, n=len(path), config=dict(path[index - 1]["config"]), fill_headroom=kwargs["headroom"])
         return {"config": picked["config"], "measurement": timed(0.9), "from_index": index - 1, "steps": 2}
 
     monkeypatch.setattr(api, "closed_loop", fake_loop)
     monkeypatch.setattr(api, "fill_step", fake_fill)
     settings = _settings(overshoot=0.7)
     settings.profile_configs = 8
+    settings.latency_headroom = 0.04  # the closed loop and the fill both get it
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         res = autoslim(model, latency_ms=budget, device=dev, train_loader=train, val_loader=val, settings=settings,
@@ -189,4 +191,5 @@ def test_a_filled_latency_step_becomes_the_result_and_a_path_point(loaders, tmp_
     by_index = {m["path_index"]: m["value"] for m in res.measurements}
     assert by_index == pytest.approx({i - 1: 1.1 * budget, i: 0.9 * budget, i + 1: 0.7 * budget})
     assert any("latency step" in n and "2 steps filled" in n for n in res.notes)
+    assert picked["headroom"] == picked["fill_headroom"] == 0.04
     assert res.flops == count_flops(res.subnet, torch.zeros(1, 3, 32, 32)).total

@@ -20,6 +20,9 @@ from compress.settings import AutoSlimSettings, DMSSettings, SearchSettings, Tra
     (DMSSettings, {"structure_lr": -0.1}, r"DMSSettings\.structure_lr must be > 0\. Got -0\.1"),
     (SearchSettings, {"overshoot": 1.5}, r"SearchSettings\.overshoot must be in \(0, 1\]\. Got 1\.5"),
     (DMSSettings, {"pipeline": "fast"}, r"DMSSettings\.pipeline must be a known DMS pipeline \(Known: pretrained"),
+    (AutoSlimSettings, {"latency_headroom": -0.01}, r"AutoSlimSettings\.latency_headroom must be in \[0, 0\.5\)"),
+    (DMSSettings, {"latency_headroom": 0.05}, r"DMSSettings\.latency_headroom must be below 1 - min_budget_use = "
+                                              r"0\.05 .*lower min_budget_use\)\. Got 0\.05"),
 ])
 def test_out_of_range_settings(cls, kwargs, match):
     with pytest.raises(compress.InvalidParameterError, match=match):

@@ -124,11 +124,22 @@ def test_target_anneals_linearly_from_full_to_budget_then_stays():
     assert steps == pytest.approx([-6.0] * 9)
 
 
-def test_dms_latency_budget_is_met_on_the_device(loaders, tmp_path):
+def test_dms_latency_budget_is_met_on_the_device(loaders, tmp_path, monkeypatch):
     """Latency budget end to end: surrogate of the profiled predictor, search, closed loop by scaling with
-    drift-free timing; the returned subnet's latency is under the budget and uses >= 85% of it."""
+    drift-free timing; the returned subnet's latency is under the budget with the settings' headroom (3%) and uses
+    >= 85% of it."""
+    import compress.api.dms as api
     from compress.deploy.timing import ReferenceTimer
     from devices import get_device
+
+    seen = {}
+    real_fit = api.fit_scale
+
+    def fit_scale(*args, **kwargs):
+        seen["headroom"] = kwargs["headroom"]
+        return real_fit(*args, **kwargs)
+
+    monkeypatch.setattr(api, "fit_scale", fit_scale)
 
     train, val = loaders
     torch.manual_seed(0)
@@ -137,9 +148,9 @@ def test_dms_latency_budget_is_met_on_the_device(loaders, tmp_path):
     x = (torch.zeros(1, 3, 32, 32),)
     budget = 0.5 * ReferenceTimer(dev, model.eval(), x).reference_ms
     res = dms(model, latency_ms=budget, device=dev, train_loader=train, val_loader=val,
-              settings=DMSSettings(epochs=2, lambda_resource=5.0, pipeline="search_only"), work_dir=tmp_path,
-              progress=False, log=lambda s: None)
-    assert 0.85 * budget <= res.measured_ms <= budget
+              settings=DMSSettings(epochs=2, lambda_resource=5.0, pipeline="search_only", latency_headroom=0.03),
+              work_dir=tmp_path, progress=False, log=lambda s: None)
+    assert seen["headroom"] == 0.03 and 0.85 * budget <= res.measured_ms <= 0.97 * budget
     assert res.measurements and all(m["unit"] == "ms" and m["scale"] > 0 for m in res.measurements)
     assert res.measured_ms in [m["value"] for m in res.measurements]
     assert res.predicted_ms > 0 and set(res.seconds) >= {"search", "closed_loop"}

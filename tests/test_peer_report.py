@@ -45,7 +45,7 @@ def test_verdict_is_the_better_of_ours_minus_the_best_peer_with_per_seed_values(
 def test_report_names_every_file_over_its_budget(tmp_path):
     full = {"full_top1": 90.0}
     args = SimpleNamespace(model="m", train_per_class=1, held_per_class=1, test_per_class=1, epochs=3.0,
-                           supernet_epochs=0.5, dms_search=0.5, tp_steps=5, divisor=8, lr=0.01, budgets=[0.5, 0.35],
+                           supernet_epochs=0.5, dms_search=0.5, tp_steps=5, divisor=8, lr=0.01, budgets=[0.5, 0.35], headroom=0.02,
                            tp_criteria=["l1"], seeds=[0, 1])
     rows = {k: dict(v, flops=1e6, params=1e3, pre_ft_top1=10.0, search_s=1.0, search_epochs=0.0, ft_epochs=3.0)
             for k, v in ROWS.items()}

@@ -56,7 +56,7 @@ def test_dms_settings_live_beside_autoslim_settings():
     from compress.search.dms.search import DMSSettings as old_path
 
     assert old_path is compress.DMSSettings is DMSSettings is compress.settings.DMSSettings
-    shared = {"divisor", "threads", "max_measurements", "min_budget_use"}
+    shared = {"divisor", "threads", "max_measurements", "min_budget_use", "latency_headroom"}
     names = {f.name for f in dataclasses.fields(DMSSettings)}
     assert shared <= names and shared <= {f.name for f in dataclasses.fields(AutoSlimSettings)}
     assert "min_use" not in names and [n for n in names if "min_ratio" in n] == ["min_ratio"]

@@ -166,9 +166,10 @@ def autoslim(model: nn.Module, *, latency_ms: float | None = None, flops: float 
     if latency_ms is not None and measurable:
         t0 = time.perf_counter()
         index, meas = closed_loop(net, path, budget, device, settings.max_measurements, settings.min_budget_use,
-                                  log=log, timer=prep.timer, warn_below=0.0)  # warned below, after the fill
+                                  log=log, timer=prep.timer, warn_below=0.0,  # warned below, after the fill
+                                  headroom=settings.latency_headroom)
         filled = fill_step(net, path, index, meas, budget, device, settings.fill_measurements,
-                           settings.min_budget_use, log=log, timer=prep.timer)
+                           settings.min_budget_use, log=log, timer=prep.timer, headroom=settings.latency_headroom)
         if filled is not None:
             cfg = filled["config"]
             path, meas = insert_point(path, meas, index, {

@@ -20,7 +20,6 @@ from torch import nn
 
 from compress.api.checks import check_call_arguments
 from compress.subnet.bn import recalibrate_bn
-from compress.deploy.closed_loop import HEADROOM
 from compress.deploy.timing import ReferenceTimer, timed_ms
 from compress.errors import InvalidParameterError, check_parameter
 from compress.train.evaluate import take_batches
@@ -195,7 +194,7 @@ def dms(model: nn.Module, *, latency_ms: float | None = None, flops: float | Non
 
         fit = fit_scale(net.space, cfg, prep.floor_cfg, cost, budget, settings.min_budget_use,
                         settings.max_measurements, align=getattr(device, "channel_block", 1) if prep.latency else 1,
-                        log=log, headroom=HEADROOM if prep.latency else 0.0)
+                        log=log, headroom=settings.latency_headroom if prep.latency else 0.0)
         measurements = [measurement_record(t["value"], unit, scale=t["scale"]) for t in fit.tried]
         if fit.scale != 1.0:
             notes.append(f"searched widths scaled by {fit.scale:.3f} to meet the budget on the device")

@@ -8,7 +8,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from compress.subnet.bn import recalibrate_bn
-from compress.deploy.closed_loop import closed_loop
+from compress.deploy.closed_loop import HEADROOM, closed_loop
 from compress.train.evaluate import evaluate
 from compress.subnet.extract import extract_subnet
 
@@ -31,14 +31,15 @@ def uniform_path(net, cost: Callable, min_ratio: float = 0.25, steps: int = 64) 
 
 def uniform_baseline(net, budget: float, cost: Callable, calib: Iterable, val_loader: Iterable,
                      device: Any = None, min_ratio: float = 0.25, max_measurements: int = 6,
-                     log: Callable[[str], None] = print, timer: Any = None) -> dict:
+                     log: Callable[[str], None] = print, timer: Any = None, headroom: float = HEADROOM) -> dict:
     """The widest uniformly narrowed subnet under ``budget`` (measured on ``device`` when given, with ``timer``
     interleaved with the full model, else by ``cost``), BN recalibrated on ``calib`` and evaluated on
     ``val_loader``."""
     path = uniform_path(net, cost, min_ratio)
     measured = {}
     if device is not None:
-        index, meas = closed_loop(net, path, budget, device, max_measurements, log=log, timer=timer)
+        index, meas = closed_loop(net, path, budget, device, max_measurements, log=log, timer=timer,
+                                  headroom=headroom)
         measured = {k: v.median_ms for k, v in meas.items()}
     else:
         index = next((i for i, p in enumerate(path) if p["cost"] <= budget), len(path) - 1)
