@@ -186,6 +186,12 @@ def tp_prune(pretrained: nn.Module, x: torch.Tensor, criterion: str, global_prun
     return model.eval()
 
 
+def budget_floor(headroom: float) -> float:
+    """The fraction of the budget every method aims to use at least: MIN_USE, lowered to 1 - 2 x ``headroom`` when
+    that is less, so the band [floor, 1 - headroom] of the budget stays open."""
+    return min(MIN_USE, 1 - 2 * headroom)
+
+
 def retime_probes(probes: list[dict], measure: Callable[[float], float], log=print) -> None:
     """If the last probe contradicts an earlier one (a higher pruning ratio measuring more than ``PLAUSIBLE``
     slower, or a lower one faster), measure both ``RETIMES`` more times; each keeps the median (in place)."""
@@ -208,7 +214,7 @@ def bisect_ratio(measure: Callable[[float], float], frac: float, max_probes: int
     The closed loops' rules hold (``compress.deploy.closed_loop``): a probe that contradicts the order of those
     before it is timed again with the one it contradicts, and the choice is timed again before it is kept; if that
     puts it over, the search goes on (up to 4 probes more)."""
-    min_use = min(MIN_USE, 1 - 2 * headroom)  # the band [min_use, 1 - headroom] x frac stays open
+    min_use = budget_floor(headroom)
     limit, aim = (1 - headroom) * frac, (min_use + 1 - headroom) / 2 * frac
     probes: list[dict] = []
 
@@ -497,7 +503,7 @@ def main(argv: list[str] | None = None) -> int:
         if width is None:
             path = uniform_path(net, LatencyCost(net, predictor, "model"), args.min_ratio)
             index, meas = closed_loop(net, path, frac * full_ms, dev, timer=timer, headroom=args.headroom,
-                                      min_use=min(MIN_USE, 1 - 2 * args.headroom))
+                                      min_use=budget_floor(args.headroom))
             cfg, width, loop = path[index]["config"], path[index]["ratio"], meas[index].median_ms / full_ms
         else:
             cfg = net.space.uniform_config(width)
@@ -548,7 +554,7 @@ def main(argv: list[str] | None = None) -> int:
             shutil.copyfile(others[0], own)
             print(f"{key}: greedy path resumed from {others[0]}")
         settings = compress.AutoSlimSettings(divisor=args.divisor, pretrained=True, latency_headroom=args.headroom,
-                                             min_budget_use=min(MIN_USE, 1 - 2 * args.headroom),
+                                             min_budget_use=budget_floor(args.headroom),
                                              train=compress.TrainSettings(
             epochs=args.supernet_epochs, lr=args.supernet_lr, warmup_epochs=0.0, min_ratio=args.min_ratio),
             search=compress.SearchSettings(min_ratio=args.min_ratio, **SMOKE_SEARCH if args.smoke else {}))
@@ -564,7 +570,7 @@ def main(argv: list[str] | None = None) -> int:
     def choose_dms(frac: float, key: str):
         settings = compress.DMSSettings(pipeline="pretrained", epochs=args.dms_search, lr=args.lr, train_epochs=0.0,
                                         latency_headroom=args.headroom,
-                                        min_budget_use=min(MIN_USE, 1 - 2 * args.headroom),
+                                        min_budget_use=budget_floor(args.headroom),
                                         divisor=args.divisor, min_ratio=args.min_ratio,
                                         **SMOKE_DMS if args.smoke else {})
         t0 = time.perf_counter()
@@ -847,9 +853,9 @@ def write_report(rows: dict, state: dict, full_ms: float, full_flops: int, full_
     over = [f"{k} ({rows[k]['ratio']:.3f})" for k in rows_over_budget(rows)]
     lines.append(f"- latency: {len(timed) - len(over)} of {len(timed)} exported files measure <= their budget in the "
                  "final interleaved timing" + (f"; over: {', '.join(over)}" if over else ""))
-    if over_budget_earlier(rows):
-        lines.append(f"- earlier final checks (before `--retime`) measured over the budget: "
-                     f"{', '.join(over_budget_earlier(rows))}")
+    earlier = over_budget_earlier(rows)
+    if earlier:
+        lines.append(f"- earlier final checks (before `--retime`) measured over the budget: {', '.join(earlier)}")
     for k, olds in state.get("replaced", {}).items():
         lines.append(f"- {k} was chosen again (`--rechoose-over-budget`): " + "; ".join(
             f"an earlier choice measured {checks(o)} in the final checks, top-1 "

@@ -51,6 +51,7 @@ def summary_lines(states: dict[str, dict]) -> list[str]:
         bound, pre = precondition(rows, state["full_top1"])
         timed = [(k, r) for k, r in rows.items() if r.get("budget_fraction") and "ratio" in r]
         over = [f"{k} ({rows[k]['ratio']:.3f})" for k in rows_over_budget(rows)]
+        earlier = over_budget_earlier(rows)
         again = []
         for k, olds in state.get("replaced", {}).items():
             again.append(f"{k} (earlier choice at {'; '.join(checks(o) for o in olds)})")
@@ -59,8 +60,7 @@ def summary_lines(states: dict[str, dict]) -> list[str]:
                      + "; ".join(p.lstrip("- ") for p in pre)
                      + f"; {len(timed) - len(over)} of {len(timed)} exported files measure <= their budget"
                      + (f" (over: {', '.join(over)})" if over else "")
-                     + (f"; over in an earlier final check: {', '.join(over_budget_earlier(rows))}"
-                        if over_budget_earlier(rows) else "")
+                     + (f"; over in an earlier final check: {', '.join(earlier)}" if earlier else "")
                      + (f"; chosen again after a final check measured them over: {', '.join(again)}" if again else ""))
         budgets = sorted({r["budget_fraction"] for r in rows.values() if r.get("budget_fraction")}, reverse=True)
         for frac in budgets:
