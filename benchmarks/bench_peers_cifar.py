@@ -239,7 +239,7 @@ def bisect_ratio(measure: Callable[[float], float], frac: float, max_probes: int
         return lo + min(0.9, max(0.1, t)) * (hi - lo)
 
     def retime(p: dict) -> None:  # the choice is timed again before it is kept
-        p["latency_ratio"] = median_of_retimes(p["latency_ratio"], lambda: measure(p["ratio"]))
+        p["latency_ratio"] = median_of_retimes(p["latency_ratio"], lambda: measure(p["ratio"]), headroom)
         p["confirmed"] = True
         log(f"    pruning ratio {p['ratio']:.4f}: {p['latency_ratio']:.3f} after timing it {RETIMES} more times")
 

@@ -17,8 +17,8 @@ from compress.errors import (BudgetNotMetError, BudgetUnreachableError, Checkpoi
                              CompressError, CorruptFileError, ExportError, ExportMismatchError, FlopsMismatchError,
                              InputShapeError, InvalidConfigError, InvalidParameterError, MislabelledDataError,
                              NewerSchemaError, NothingToSlimError, PredictorMismatchError, PredictorUnavailableError,
-                             ReorderError, ResultFileError, SearchResumeError, SettingsSchemaError, TraceError,
-                             UnsupportedModelError, UnsupportedOpError, WeightsFileError, WorkDirBusyError,
+                             ReorderError, ResultFileError, SearchResumeError, SettingsSchemaError,
+                             TimingNoiseWarning, TraceError, UnsupportedModelError, UnsupportedOpError, WeightsFileError, WorkDirBusyError,
                              WorkDirMismatchError, WriteError)
 from compress.cost.flops import FlopReport, count_flops  # noqa: E402
 from compress.result import SlimResult  # noqa: E402
@@ -58,7 +58,7 @@ __all__ = [
     "ExportMismatchError", "ExportReport", "FlopReport", "FlopsMismatchError", "InputShapeError",
     "InvalidConfigError", "InvalidParameterError", "MislabelledDataError", "NewerSchemaError", "NothingToSlimError",
     "PredictorMismatchError", "PredictorUnavailableError", "ReorderError", "ResultFileError", "SearchResumeError",
-    "SearchSettings", "SettingsSchemaError", "SlimResult", "SlimmableNetwork", "TraceError", "TrainSettings",
+    "SearchSettings", "SettingsSchemaError", "SlimResult", "SlimmableNetwork", "TimingNoiseWarning", "TraceError", "TrainSettings",
     "UnsupportedModelError", "UnsupportedOpError", "WeightsFileError", "WorkDirBusyError", "WorkDirMismatchError",
     "WriteError", "autoslim", "count_flops", "dms",
     "export_onnx", "extract_subnet", "graph_digest", "recalibrate_bn", "reorder_channels_", "train_supernet",

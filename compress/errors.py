@@ -163,3 +163,8 @@ class ResultFileError(CompressError, OSError):
 class WeightsFileError(CompressError, OSError):
     """A trained-weights file (a state_dict ``.pt`` with the JSON record of its model beside it) is missing,
     corrupt, or does not fit the model its record names."""
+
+
+class TimingNoiseWarning(UserWarning):
+    """Timing the chosen subnet again moved its latency by more than the closed loop's headroom: a later measurement
+    of the exported file may read over the budget (raise ``latency_headroom`` or measure on a quieter device)."""

@@ -252,3 +252,43 @@ def test_order_conflict_with_pruning_ratios_as_the_size_key():
               {"ratio": 0.35, "latency_ratio": 0.3}]  # pruned less than 0.5 yet faster by a third: a glitch
     other = cl.order_conflict(probes[2], probes[:2], lambda p: -p["ratio"], lambda p: p["latency_ratio"])
     assert other is probes[1]
+
+
+def test_a_choice_whose_retimings_spread_more_than_the_headroom_is_warned_about(fake_device):
+    """The choice (6.4 -> 5.76 ms) is kept on its median, but one of its three timings read 6.2 ms, 7.6% above
+    it and over the budget: more than the 2% headroom, so a later measurement of the file may read over. That is
+    said (TimingNoiseWarning, with the three values), not left for the user to find."""
+    import warnings
+
+    path = _path([7.0, 6.6, 6.4, 6.0, 5.0])
+    reads = {6.4: iter([5.76, 6.2, 5.7])}
+
+    def timer(cfg):
+        return SimpleNamespace(median_ms=next(reads.get(cfg["ms"], iter([])), cfg["ms"] * 0.9))
+
+    with pytest.warns(cl.TimingNoiseWarning, match=r"5\.7, 5\.76, 6\.2 ms: the slowest is 7\.6% above their "
+                                                   r"median, more than the latency headroom of 2\.0%"):
+        index, measured = closed_loop(NET, path, 6.0, None, timer=timer, log=lambda s: None)
+    assert index == 2 and measured[2].median_ms == 5.76
+    with warnings.catch_warnings():  # the same spread inside a larger headroom, and steady timings: no warning
+        warnings.simplefilter("error")
+        reads[6.4] = iter([5.76, 5.8, 5.7])
+        closed_loop(NET, path, 6.0, None, timer=timer, log=lambda s: None)
+        assert cl.median_of_retimes(0.50, iter([0.52, 0.49]).__next__, headroom=0.05) == 0.50
+    with pytest.warns(cl.TimingNoiseWarning, match="0.49, 0.5, 0.53: the slowest is 6.0% above"):
+        assert cl.median_of_retimes(0.50, iter([0.53, 0.49]).__next__, headroom=0.05) == 0.50
+
+
+def test_fill_step_warns_when_its_choice_times_noisily(fake_device):
+    reads = iter([26.0, 26.0, 28.0])  # the fill's choice (26 ms): its second confirming timing reads 28
+
+    def timer(cfg):
+        m = _step_latency(cfg)
+        if cfg == {"a": 32, "b": 32, "c": 64}:
+            m.median_ms = next(reads)
+        return m
+
+    measured = {i: _step_latency(STEP_PATH[i]["config"]) for i in (3, 4)}
+    with pytest.warns(cl.TimingNoiseWarning, match="26, 26, 28 ms"):
+        best = cl.fill_step(NET, STEP_PATH, 4, measured, 30.0, None, timer=timer, log=lambda s: None)
+    assert best["from_index"] == 0 and best["measurement"].median_ms == 26.0

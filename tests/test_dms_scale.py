@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from compress import SlimmableNetwork
+from compress import SlimmableNetwork, TimingNoiseWarning
 from compress.deploy.closed_loop import BudgetNotMetError
 from compress.search.dms.scale import fit_scale, scaled_config
 from compress.train.models import cifar_resnet
@@ -120,4 +120,24 @@ def test_the_choice_is_timed_again_before_it_is_deployed(net):
 
     budget = 0.5 * truth(space.max_config())
     fit = fit_scale(space, _shape(net), floor, cost, budget, min_use=0.85, log=lambda s: None, headroom=0.02)
+    assert fit.value == truth(fit.config) <= 0.98 * budget
+
+
+def test_a_choice_whose_retimings_spread_more_than_the_headroom_is_warned_about(net):
+    """The second timing of every config reads 6% slow: the choice keeps its median (the truth) and the scale fit
+    says that its timings spread more than the 2% headroom (compress.TimingNoiseWarning)."""
+    space, floor = net.space, net.space.uniform_config(0.25)
+    calls: dict[tuple, int] = {}
+
+    def truth(cfg):
+        return float(net.flops(cfg)) + 2e6
+
+    def cost(cfg):
+        key = tuple(sorted(cfg.items()))
+        calls[key] = calls.get(key, 0) + 1
+        return truth(cfg) * (1.06 if calls[key] == 2 else 1.0)
+
+    budget = 0.5 * truth(space.max_config())
+    with pytest.warns(TimingNoiseWarning, match="the slowest is 6.0% above their median"):
+        fit = fit_scale(space, _shape(net), floor, cost, budget, min_use=0.85, log=lambda s: None, headroom=0.02)
     assert fit.value == truth(fit.config) <= 0.98 * budget

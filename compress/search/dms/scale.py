@@ -119,7 +119,7 @@ def fit_scale(space, config: dict[str, int], floor: dict[str, int], cost: Callab
                               log)
     if under is not None and headroom > 0:  # a measured cost: time the choice again before it is deployed
         def retime(t: dict) -> None:
-            t["value"] = seen[_key(t["config"])] = median_of_retimes(t["value"], lambda: cost(t["config"]))
+            t["value"] = seen[_key(t["config"])] = median_of_retimes(t["value"], lambda: cost(t["config"]), headroom)
             log(f"  {t['value']:.4g} after timing the choice {RETIMES} more times (budget {budget:.4g})")
 
         under = confirm_best(sorted(tried, key=lambda t: -t["value"]), lambda t: t["value"], retime, limit)
