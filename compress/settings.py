@@ -343,7 +343,8 @@ class DMSSettings(JsonSettings):
         train_epochs: epochs after the search: fine-tune ("pretrained") or train ("scratch") the subnet, >= 0.
         divisor: channel counts of slimmable groups are multiples of this (channels), int >= 1.
         threads: intra-op threads of the device measurements, int >= 1.
-        max_measurements: closed loop: scalings of the searched shape measured at most, int >= 1.
+        max_measurements: closed loop: configs of the searched shape measured at most (scalings, then groups
+            widened one by one, then a stepped group pinned and the others scaled down), int >= 1.
         min_budget_use: closed loop: scale up while measured latency < this x budget, in (0, 1).
         latency_headroom: closed loop: as in AutoSlimSettings (a measured latency is under the budget only this
             fraction below it; 0.02), in [0, 0.5) and below ``1 - min_budget_use``.
@@ -365,7 +366,7 @@ class DMSSettings(JsonSettings):
     train_epochs: float = 0.0          # after the search: fine-tune ("pretrained") or train ("scratch") the subnet
     divisor: int = 8
     threads: int = 1                   # intra-op threads of the device measurements
-    max_measurements: int = 8          # closed loop: scalings of the searched shape measured at most
+    max_measurements: int = 12         # closed loop: configs of the searched shape measured at most
     min_budget_use: float = 0.95       # closed loop: scale up while measured < this x budget
     latency_headroom: float = 0.02     # closed loop: under the budget = measured <= (1 - this) x budget (HEADROOM)
 
