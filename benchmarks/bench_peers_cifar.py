@@ -708,7 +708,16 @@ def rows_over_budget(rows: dict) -> list[str]:
 
 def checks(row: dict) -> str:
     """'0.501, 0.494, 0.500': every final latency check of a row's file on record, oldest first."""
-    return ", ".join(f"{v:.3f}" for v in row.get("earlier_ratios", []) + [row["ratio"]])
+    return ", ".join(f"{v:.3f}" for v in row.get("earlier_ratios", []) + ([row["ratio"]] if "ratio" in row else []))
+
+
+def replaced_text(old: dict) -> str:
+    """Why a replaced row was chosen again: its ``reason`` when recorded (a choice redone by hand, e.g. after a
+    closed-loop fix, before any final check), else the final checks that measured it over the budget."""
+    top1 = " / ".join(f"{v:.2f}" for v in old.get("seeds", {}).values()) or "not fine-tuned"
+    if "reason" in old:
+        return f"an earlier choice at {old['closed_loop_ratio']:.3f} of the full model ({old['reason']}), top-1 {top1}"
+    return f"an earlier choice measured {checks(old)} in the final checks, top-1 {top1}"
 
 
 def ratio_cell(row: dict) -> str:
@@ -857,10 +866,8 @@ def write_report(rows: dict, state: dict, full_ms: float, full_flops: int, full_
     if earlier:
         lines.append(f"- earlier final checks (before `--retime`) measured over the budget: {', '.join(earlier)}")
     for k, olds in state.get("replaced", {}).items():
-        lines.append(f"- {k} was chosen again (`--rechoose-over-budget`): " + "; ".join(
-            f"an earlier choice measured {checks(o)} in the final checks, top-1 "
-            + " / ".join(f"{v:.2f}" for v in o.get("seeds", {}).values()) for o in olds)
-            + "; the row above is the new choice, its search wall time includes the earlier one")
+        lines.append(f"- {k} was chosen again: " + "; ".join(replaced_text(o) for o in olds)
+                     + "; the row above is the new choice, its search wall time includes the earlier one")
     if bound:
         lines += verdicts(rows, args.budgets)
     else:

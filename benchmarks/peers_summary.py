@@ -17,7 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench_peers_cifar import (TARGETS, checks, mean_top1, over_budget_earlier, precondition,  # noqa: E402
+from bench_peers_cifar import (TARGETS, mean_top1, over_budget_earlier, precondition, replaced_text,  # noqa: E402
                                rows_over_budget)
 from compress.io import save_text  # noqa: E402
 
@@ -54,14 +54,14 @@ def summary_lines(states: dict[str, dict]) -> list[str]:
         earlier = over_budget_earlier(rows)
         again = []
         for k, olds in state.get("replaced", {}).items():
-            again.append(f"{k} (earlier choice at {'; '.join(checks(o) for o in olds)})")
+            again.append(f"{k} ({'; '.join(replaced_text(o) for o in olds)})")
         notes.append(f"**{model}** (full model {state['full_top1']:.2f}%, {state['full_ms']:.3f} ms): "
                      + ("capacity-bound" if bound else "NOT capacity-bound (no ranking)") + "; "
                      + "; ".join(p.lstrip("- ") for p in pre)
                      + f"; {len(timed) - len(over)} of {len(timed)} exported files measure <= their budget"
                      + (f" (over: {', '.join(over)})" if over else "")
                      + (f"; over in an earlier final check: {', '.join(earlier)}" if earlier else "")
-                     + (f"; chosen again after a final check measured them over: {', '.join(again)}" if again else ""))
+                     + (f"; chosen again: {', '.join(again)}" if again else ""))
         budgets = sorted({r["budget_fraction"] for r in rows.values() if r.get("budget_fraction")}, reverse=True)
         for frac in budgets:
             tag = f"b{round(frac * 100)}"

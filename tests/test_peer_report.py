@@ -61,6 +61,12 @@ def test_report_names_every_file_over_its_budget(tmp_path):
     assert any(x.startswith("- earlier final checks") and "b50_autoslim (0.507)" in x for x in lines)
     again = next(x for x in lines if x.startswith("- b50_dms was chosen again"))
     assert "measured 0.499, 0.503 in the final checks, top-1 82.00 / 82.20" in again
+    by_hand = {k: v for k, v in rows["b50_dms"].items() if k not in ("ratio", "seeds")}  # before any check
+    full["replaced"] = {"b50_dms": [dict(by_hand, closed_loop_ratio=0.428, reason="a closed-loop fix")]}
+    lines = peers.write_report(rows, full, 1.0, 10**6, 10**4, {"weights": "w.pt", "pretrain_top1": 90.0,
+                                                               "pretrain_epochs": 30}, "cmd", tmp_path / "r", args)
+    again = next(x for x in lines if x.startswith("- b50_dms was chosen again"))
+    assert "an earlier choice at 0.428 of the full model (a closed-loop fix), top-1 not fine-tuned" in again
     assert (tmp_path / "r.md").exists() and (tmp_path / "r.png").exists()
 
 
@@ -78,8 +84,7 @@ def test_summary_has_one_line_per_model_and_budget_with_the_margin(tmp_path):
     assert any("m2" in x and "NOT capacity-bound" in x for x in lines)
     assert any("6 of 7 exported files" in x and "b35_tp-l1-global (0.360)" in x for x in lines)
     again = summary.summary_lines({"m1": dict(state, replaced={"b50_dms": [dict(ROWS["b50_dms"], ratio=0.503)]})})
-    assert any("chosen again after a final check measured them over: b50_dms (earlier choice at 0.503)" in x
-               for x in again)
+    assert any("chosen again: b50_dms (an earlier choice measured 0.503 in the final checks" in x for x in again)
     path = tmp_path / "s.json"
     path.write_text(__import__("json").dumps(dict(state, identity={"model": "m1"})))
     assert summary.main([str(path), "--out", str(tmp_path / "s.md")]) == 0
