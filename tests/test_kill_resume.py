@@ -20,6 +20,8 @@ import sys
 import time
 from pathlib import Path
 
+import warnings
+
 import pytest
 import torch
 from torch import nn
@@ -139,18 +141,24 @@ def test_a_dms_search_checkpoint_is_resumed_only_by_the_same_search(tmp_path):
     loader = TensorLoader(ImageSet(torch.randint(0, 256, (32, 3, 16, 16), dtype=torch.uint8, generator=g),
                                    torch.arange(32) % 4, list("abcd")), 16, train=True)
 
-    def search(budget: float):
+    def search(budget: float, **settings):
         torch.manual_seed(0)
         net = compress.SlimmableNetwork(cifar_resnet(8, num_classes=4), torch.randn(1, 3, 16, 16))
         dmsnet = DMSNetwork(net, 0.25, True)
         log = dms_search(dmsnet, loader, dmsnet.soft_flops, budget * float(dmsnet.soft_flops()),
-                         DMSSettings(epochs=2, seed=0), progress=False, checkpoint=tmp_path / "dms_search.pt",
-                         identity={"budget": budget})
+                         DMSSettings(epochs=2, seed=0, **settings), progress=False,
+                         checkpoint=tmp_path / "dms_search.pt", identity={"budget": budget})
         return log, {k: v.clone() for k, v in dmsnet.state_dict().items()}
 
     log, weights = search(0.5)
     assert torch.load(tmp_path / "dms_search.pt", weights_only=True)["step"] == 4
     again_log, again = search(0.5)  # resumed at its end: nothing moves
+    assert again_log == log and all(torch.equal(weights[k], again[k]) for k in weights)
+    # settings used only after the search (closed loop, fine-tune) do not make it another search
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        again_log, again = search(0.5, max_measurements=20, min_budget_use=0.9, latency_headroom=0.05,
+                                  train_epochs=3.0)
     assert again_log == log and all(torch.equal(weights[k], again[k]) for k in weights)
     with pytest.warns(UserWarning, match="was written for another search .* starting this search from its first step"):
         other_log, _ = search(0.3)

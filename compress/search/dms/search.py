@@ -39,6 +39,16 @@ def annealed_target(full: float, final: float, step: int, anneal_steps: int) -> 
 
 CHECKPOINT_EVERY = 20  # search steps between checkpoints (one is also written on Ctrl-C and at the end)
 
+# DMSSettings fields used only after the search (the closed loop on the device, the fine-tune): a checkpoint
+# written with other values is resumed (a rerun with another max_measurements restarted a finished search).
+AFTER_SEARCH = ("max_measurements", "min_budget_use", "latency_headroom", "train_epochs")
+
+
+def search_identity(ident: dict) -> dict:
+    """``ident`` without the settings that do not change the search (:data:`AFTER_SEARCH`)."""
+    settings = {k: v for k, v in (ident.get("settings") or {}).items() if k not in AFTER_SEARCH}
+    return {**ident, "settings": settings}
+
 
 def dms_search(dms: DMSNetwork, train_loader: Iterable, soft_cost: Callable[[], torch.Tensor], target: float,
                settings: DMSSettings | None = None, progress: bool = True,
@@ -57,7 +67,7 @@ def dms_search(dms: DMSNetwork, train_loader: Iterable, soft_cost: Callable[[], 
         checkpoint: file written atomically every ``checkpoint_every`` steps, on Ctrl-C (every finished step)
             and at the end; when it exists, the search resumes from it (keeping the full cost and target it
             started with) and ends as an uninterrupted one would. A checkpoint of another search (settings,
-            network, ``identity``) is replaced, with a warning.
+            network, ``identity``; the settings in :data:`AFTER_SEARCH` may differ) is replaced, with a warning.
         checkpoint_every: steps between checkpoints (None: ``CHECKPOINT_EVERY``).
         identity: anything else a checkpoint must match to be resumed (JSON-able), e.g. the user's budget: a rerun
             with another budget starts afresh instead of resuming a search towards the old one.
@@ -94,7 +104,9 @@ def dms_search(dms: DMSNetwork, train_loader: Iterable, soft_cost: Callable[[], 
     ident = {"settings": settings.to_dict(), "steps": steps, "params": sum(p.numel() for p in dms.parameters()),
              "structure": [t.n for t in dms.structure_modules()], "identity": identity or {}}
     state = load_checkpoint(checkpoint) if checkpoint is not None and Path(checkpoint).exists() else None
-    if state is not None and state.get("identity") != ident:  # another search's: start afresh (it is overwritten)
+    if state is not None and (not isinstance(state.get("identity"), dict)
+                              or search_identity(state["identity"]) != search_identity(ident)):
+        # another search's: start afresh (it is overwritten)
         warnings.warn(f"The DMS search checkpoint {str(checkpoint)!r} was written for another search (other "
                       "settings, network or budget); starting this search from its first step and replacing it.",
                       stacklevel=2)
