@@ -93,7 +93,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import compress  # noqa: E402
 from pretrain_cifar import PRESETS, build_preset  # noqa: E402
 from compress.deploy.closed_loop import (HEADROOM, RETIMES, closed_loop, confirm_best, median_of_retimes,  # noqa: E402
-                                        order_conflict)
+                                        order_conflict, warn_if_noisy)
 from compress.deploy.timing import ReferenceTimer, measure_module  # noqa: E402
 from compress.io import atomic_write, load_checkpoint, save_checkpoint, save_json, save_text, weights_digest  # noqa: E402
 from compress.search.baselines import uniform_path  # noqa: E402
@@ -239,7 +239,8 @@ def bisect_ratio(measure: Callable[[float], float], frac: float, max_probes: int
         return lo + min(0.9, max(0.1, t)) * (hi - lo)
 
     def retime(p: dict) -> None:  # the choice is timed again before it is kept
-        p["latency_ratio"] = median_of_retimes(p["latency_ratio"], lambda: measure(p["ratio"]), headroom)
+        p["runs"] = []
+        p["latency_ratio"] = median_of_retimes(p["latency_ratio"], lambda: measure(p["ratio"]), p["runs"])
         p["confirmed"] = True
         log(f"    pruning ratio {p['ratio']:.4f}: {p['latency_ratio']:.3f} after timing it {RETIMES} more times")
 
@@ -258,6 +259,8 @@ def bisect_ratio(measure: Callable[[float], float], frac: float, max_probes: int
         if best is not None or lo >= max_ratio or len(probes) >= max_probes + 4:
             break
         r, allowed = (lo + max_ratio) / 2, len(probes) + 1  # the choice was a glitch: on towards max_ratio
+    if best is not None:
+        warn_if_noisy(best.get("runs"), frac, "of the full model", advice="--headroom")
     return {"ratio": best["ratio"] if best else None, "latency_ratio": best["latency_ratio"] if best else None,
             "probes": probes}
 
@@ -715,9 +718,11 @@ def replaced_text(old: dict) -> str:
     """Why a replaced row was chosen again: its ``reason`` when recorded (a choice redone by hand, e.g. after a
     closed-loop fix, before any final check), else the final checks that measured it over the budget."""
     top1 = " / ".join(f"{v:.2f}" for v in old.get("seeds", {}).values()) or "not fine-tuned"
-    if "reason" in old:
-        return f"an earlier choice at {old['closed_loop_ratio']:.3f} of the full model ({old['reason']}), top-1 {top1}"
-    return f"an earlier choice measured {checks(old)} in the final checks, top-1 {top1}"
+    chosen = old.get("closed_loop_ratio")
+    at = f" at {chosen:.3f} of the full model" if isinstance(chosen, (int, float)) else ""
+    timed = f", measured {checks(old)} in the final checks" if checks(old) else ""
+    why = f" ({old['reason']})" if "reason" in old else ""
+    return f"an earlier choice{at}{timed}{why}, top-1 {top1}"
 
 
 def ratio_cell(row: dict) -> str:

@@ -123,9 +123,9 @@ def test_the_choice_is_timed_again_before_it_is_deployed(net):
     assert fit.value == truth(fit.config) <= 0.98 * budget
 
 
-def test_a_choice_whose_retimings_spread_more_than_the_headroom_is_warned_about(net):
-    """The second timing of every config reads 6% slow: the choice keeps its median (the truth) and the scale fit
-    says that its timings spread more than the 2% headroom (compress.TimingNoiseWarning)."""
+def test_a_choice_with_a_confirming_timing_over_the_budget_is_warned_about(net):
+    """The second timing of every config reads 20% slow: the choice keeps its median (the truth) and the scale fit
+    says that one of its timings read over the budget (compress.TimingNoiseWarning)."""
     space, floor = net.space, net.space.uniform_config(0.25)
     calls: dict[tuple, int] = {}
 
@@ -135,10 +135,10 @@ def test_a_choice_whose_retimings_spread_more_than_the_headroom_is_warned_about(
     def cost(cfg):
         key = tuple(sorted(cfg.items()))
         calls[key] = calls.get(key, 0) + 1
-        return truth(cfg) * (1.06 if calls[key] == 2 else 1.0)
+        return truth(cfg) * (1.2 if calls[key] == 2 else 1.0)
 
     budget = 0.5 * truth(space.max_config())
-    with pytest.warns(TimingNoiseWarning, match="the slowest is 6.0% above their median"):
+    with pytest.warns(TimingNoiseWarning, match="the slowest is over the budget"):
         fit = fit_scale(space, _shape(net), floor, cost, budget, min_use=0.85, log=lambda s: None, headroom=0.02)
     assert fit.value == truth(fit.config) <= 0.98 * budget
 
@@ -163,3 +163,38 @@ def test_a_group_whose_next_width_is_the_step_is_pinned_and_the_others_scaled_do
     assert best_unpinned < 0.7 * budget and len(fit.tried) <= 12
     pinned = [t for t in fit.tried if t.get("pinned") == step]
     assert pinned and all(t["config"][step] == 24 for t in pinned)
+    assert f"{step} pinned at 24 channels and the other groups scaled by" in fit.how  # the result's note says so
+
+
+def test_the_pinned_loop_stays_at_its_pin_and_within_max_evals():
+    """Four groups, exact costs with a step once g0 > 16 (found by review): the pinned loop scales the other
+    groups down from a config known over the budget, never up past it (the pinned group would widen beyond its
+    pin), and its points are not compared with the first loop's for glitches (their scales mean other things):
+    at most max_evals costs are taken."""
+    from types import SimpleNamespace
+
+    class G:
+        def __init__(self, name, width):
+            self.name, self.width = name, width
+
+        def allowed_widths(self):
+            return list(range(8, self.width + 1, 8))
+
+    space = SimpleNamespace(free=[G("g0", 32), G("g1", 64), G("g2", 128), G("g3", 64)])
+    block, wts = {"g0": 8, "g1": 32, "g2": 32, "g3": 8}, {"g0": 0.65, "g1": 1.0, "g2": 2.27, "g3": 2.62}
+    calls = []
+
+    def cost(cfg):
+        calls.append(dict(cfg))
+        return 20 + sum(wts[k] * (-(-w // block[k]) * block[k]) for k, w in cfg.items()) + 158.5 * (cfg["g0"] > 16)
+
+    budget = 0.419 * cost({g.name: g.width for g in space.free})
+    for max_evals in (8, 12):
+        calls.clear()
+        fit = fit_scale(space, {"g0": 16, "g1": 48, "g2": 72, "g3": 64}, {g.name: 8 for g in space.free}, cost,
+                        budget, min_use=0.95, max_evals=max_evals, log=lambda s: None)
+        assert len(calls) <= max_evals and fit.value <= budget
+        pinned = [t for t in fit.tried if "pinned" in t]
+        assert pinned and all(t["pinned_scale"] < 1 and t["config"][t["pinned"]] == pinned[0]["config"][t["pinned"]]
+                              for t in pinned)
+        assert fit.how.startswith("searched widths scaled by")

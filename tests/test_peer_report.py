@@ -67,6 +67,10 @@ def test_report_names_every_file_over_its_budget(tmp_path):
                                                                "pretrain_epochs": 30}, "cmd", tmp_path / "r", args)
     again = next(x for x in lines if x.startswith("- b50_dms was chosen again"))
     assert "an earlier choice at 0.428 of the full model (a closed-loop fix), top-1 not fine-tuned" in again
+    # a uniform row has no closed-loop ratio, a failed row no ratio at all: both can be chosen again by hand
+    assert peers.replaced_text({"closed_loop_ratio": None, "reason": "x", "seeds": {}}) == \
+        "an earlier choice (x), top-1 not fine-tuned"
+    assert peers.replaced_text({"failed": "BudgetNotMetError", "reason": "y"}) == "an earlier choice (y), top-1 not fine-tuned"
     assert (tmp_path / "r.md").exists() and (tmp_path / "r.png").exists()
 
 
@@ -84,7 +88,8 @@ def test_summary_has_one_line_per_model_and_budget_with_the_margin(tmp_path):
     assert any("m2" in x and "NOT capacity-bound" in x for x in lines)
     assert any("6 of 7 exported files" in x and "b35_tp-l1-global (0.360)" in x for x in lines)
     again = summary.summary_lines({"m1": dict(state, replaced={"b50_dms": [dict(ROWS["b50_dms"], ratio=0.503)]})})
-    assert any("chosen again: b50_dms (an earlier choice measured 0.503 in the final checks" in x for x in again)
+    assert any("chosen again: b50_dms (an earlier choice" in x and "measured 0.503 in the final checks" in x
+               for x in again)
     path = tmp_path / "s.json"
     path.write_text(__import__("json").dumps(dict(state, identity={"model": "m1"})))
     assert summary.main([str(path), "--out", str(tmp_path / "s.md")]) == 0

@@ -196,8 +196,8 @@ def dms(model: nn.Module, *, latency_ms: float | None = None, flops: float | Non
                         settings.max_measurements, align=getattr(device, "channel_block", 1) if prep.latency else 1,
                         log=log, headroom=settings.latency_headroom if prep.latency else 0.0)
         measurements = [measurement_record(t["value"], unit, scale=t["scale"]) for t in fit.tried]
-        if fit.scale != 1.0:
-            notes.append(f"searched widths scaled by {fit.scale:.3f} to meet the budget on the device")
+        if fit.config != cfg:
+            notes.append(f"{fit.how} to meet the budget on the device")
         cfg = fit.config
     else:
         notes.append(f"device {getattr(device, 'name', device)!r} cannot be measured from here: the subnet rests "

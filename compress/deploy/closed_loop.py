@@ -64,37 +64,37 @@ def confirm_best(order: list, value: Callable[[Any], float], retime: Callable[[A
     return None
 
 
-def _median_run(first: Any, again: Callable[[], Any], headroom: float | None = None) -> Any:
+def _median_run(first: Any, again: Callable[[], Any], runs_out: list | None = None) -> Any:
     runs = sorted([first] + [again() for _ in range(RETIMES)], key=lambda v: v.median_ms)
-    if headroom is not None:
-        warn_if_noisy([v.median_ms for v in runs], headroom, "ms")
+    if runs_out is not None:
+        runs_out[:] = [v.median_ms for v in runs]
     return runs[len(runs) // 2]
 
 
-def median_of_retimes(first: float, again: Callable[[], float], headroom: float | None = None) -> float:
-    """The median of ``first`` and ``RETIMES`` more values of ``again()`` (a cost or latency ratio timed again).
-    With ``headroom`` (the choice being confirmed), their spread is checked against it (:func:`warn_if_noisy`)."""
+def median_of_retimes(first: float, again: Callable[[], float], runs_out: list | None = None) -> float:
+    """The median of ``first`` and ``RETIMES`` more values of ``again()`` (a cost or latency ratio timed again);
+    every value (sorted) goes into ``runs_out`` when given (for :func:`warn_if_noisy` once the choice is final)."""
     runs = sorted([first] + [float(again()) for _ in range(RETIMES)])
-    if headroom is not None:
-        warn_if_noisy(runs, headroom)
+    if runs_out is not None:
+        runs_out[:] = runs
     return runs[len(runs) // 2]
 
 
-def warn_if_noisy(runs: list[float], headroom: float, unit: str = "") -> None:
-    """Warn (:class:`TimingNoiseWarning`) when the slowest of ``runs`` (one subnet timed 1 + ``RETIMES`` times, to
-    confirm it as the choice) is more than ``headroom`` above their median: the choice keeps the median, so a later
-    measurement of its file reading like that slowest one would be over the budget. The headroom is the only margin
-    the closed loop keeps for it (docs/peers_cifar.md: on a shared 2-core host one file's ratio to the full model
-    moved by up to 4% between checks minutes apart, more than the default 2%)."""
+def warn_if_noisy(runs: list[float] | None, budget: float, unit: str = "",
+                  advice: str = "latency_headroom in AutoSlimSettings / DMSSettings") -> None:
+    """Warn (:class:`TimingNoiseWarning`) when one of ``runs`` (the final choice timed 1 + ``RETIMES`` times to
+    confirm it; its median is kept) read over ``budget``: a later measurement of its file may read over it too.
+    The latency headroom is the only margin a closed loop keeps for that (docs/peers_cifar.md: on a shared 2-core
+    host one file's ratio to the full model moved by up to 4% between checks minutes apart, the default is 2%).
+    ``advice`` names the setting to raise. No runs (a choice not timed again): nothing to say."""
+    if not runs or max(runs) <= budget:
+        return
     runs = sorted(runs)
-    median = runs[len(runs) // 2]
-    if median > 0 and runs[-1] / median - 1.0 > headroom:
-        values = ", ".join(f"{v:.4g}" for v in runs)
-        warnings.warn(f"Timing the chosen subnet {len(runs)} times gave {values}{' ' + unit if unit else ''}: the "
-                      f"slowest is {runs[-1] / median - 1.0:.1%} above their median, more than the latency headroom "
-                      f"of {headroom:.1%}. A later measurement of the exported file may read over the budget: raise "
-                      "latency_headroom (AutoSlimSettings / DMSSettings) or measure on a quieter device.",
-                      TimingNoiseWarning, stacklevel=4)
+    values = ", ".join(f"{v:.4g}" for v in runs)
+    warnings.warn(f"Timing the chosen subnet {len(runs)} times gave {values}{' ' + unit if unit else ''} (median "
+                  f"kept): the slowest is over the budget of {budget:.4g}{' ' + unit if unit else ''}, so a later "
+                  f"measurement of the exported file may be too. Raise the latency headroom ({advice}) or measure "
+                  "on a quieter device.", TimingNoiseWarning, stacklevel=3)
 
 
 def retime_conflicts(i: int, measured: dict[int, Any], time_point: Callable[[int], Any],
@@ -146,13 +146,13 @@ def closed_loop(net, path: list[dict], budget_ms: float, device: Any, max_measur
         sub = extract_subnet(net, path[j]["config"])
         return timer(sub) if timer is not None else measure_module(device, sub, x)
 
-    confirmed: set[int] = set()
+    confirmed: dict[int, list] = {}  # path index -> its confirming timings (ms)
 
     def retime(k: int) -> None:
         if k in confirmed:
             return
-        confirmed.add(k)
-        measured[k] = _median_run(measured[k], lambda: time_point(k), headroom)
+        confirmed[k] = []
+        measured[k] = _median_run(measured[k], lambda: time_point(k), confirmed[k])
         log(f"  path point {k} timed {RETIMES} more times to confirm it: median {measured[k].median_ms:.3f} ms")
 
     allowed = max_measurements
@@ -195,6 +195,7 @@ def closed_loop(net, path: list[dict], budget_ms: float, device: Any, max_measur
             f"ends at a predicted {path[-1]['cost']:.3f} ms; lower SearchSettings.overshoot so the search goes "
             "further, raise the budget, or check that the device is not busy.")
     warn_if_unused(measured[under].median_ms, budget_ms, warn_below)
+    warn_if_noisy(confirmed.get(under), budget_ms, "ms")
     return under, measured
 
 
@@ -278,14 +279,17 @@ def fill_step(net, path: list[dict], index: int, measured: dict[int, Any], budge
             else:
                 hi = mid
 
-        def retime(c: int, timed=timed, time_candidate=time_candidate) -> None:
-            timed[c] = _median_run(timed[c], lambda: time_candidate(c), headroom)
+        runs: dict[int, list] = {}  # candidate -> its confirming timings (ms)
+
+        def retime(c: int, timed=timed, time_candidate=time_candidate, runs=runs) -> None:
+            runs[c] = []
+            timed[c] = _median_run(timed[c], lambda: time_candidate(c), runs[c])
 
         c = confirm_best(sorted(k for k in timed if k < len(candidates)), lambda k: timed[k].median_ms, retime,
                          limit_ms)
         if c is not None and timed[c].median_ms > base_m.median_ms:
             best = {"config": candidates[c][1], "measurement": timed[c], "from_index": candidates[c][0],
-                    "steps": steps}
+                    "steps": steps, "runs": runs.get(c)}
             base_cfg, base_m = candidates[c][1], timed[c]
         under = c if c is not None else len(candidates)
         if base_m.median_ms >= min_use * budget_ms or hi < 0 or under != hi + 1:
@@ -294,6 +298,8 @@ def fill_step(net, path: list[dict], index: int, measured: dict[int, Any], budge
         over_k, over_cfg = candidates[hi]
         kept.update({g: w for g, w in base_cfg.items() if over_cfg[g] != w})
         top = over_k
+    if best is not None:
+        warn_if_noisy(best.pop("runs"), budget_ms, "ms")
     return best
 
 

@@ -15,7 +15,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from compress.deploy.closed_loop import RETIMES, BudgetNotMetError, confirm_best, median_of_retimes, order_conflict
+from compress.deploy.closed_loop import (RETIMES, BudgetNotMetError, confirm_best, median_of_retimes, order_conflict,
+                                         warn_if_noisy)
 
 
 @dataclass
@@ -26,6 +27,7 @@ class ScaleFit:
     config: dict[str, int]
     value: float
     tried: list[dict] = field(default_factory=list)
+    how: str = ""  # how the config came from the searched shape, for the result's notes
 
 
 def _choices(g, floor_width: int, align: int) -> np.ndarray:
@@ -52,7 +54,7 @@ def scaled_config(space, config: dict[str, int], floor: dict[str, int], s: float
 
 
 def fit_scale(space, config: dict[str, int], floor: dict[str, int], cost: Callable[[dict], float], budget: float,
-              min_use: float = 0.95, max_evals: int = 8, exponent: float = 1.5, align: int = 1,
+              min_use: float = 0.95, max_evals: int = 12, exponent: float = 1.5, align: int = 1,
               log: Callable[[str], None] = print, headroom: float = 0.0) -> ScaleFit:
     """Largest scale of ``config`` whose ``cost`` is <= ``budget``, stopping once one uses >= ``min_use`` of it.
 
@@ -63,9 +65,11 @@ def fit_scale(space, config: dict[str, int], floor: dict[str, int], cost: Callab
     when the bracket closes with the subnet under the budget using less than ``min_use`` of it, the groups that
     differ between the under and the over config are taken over one by one (late groups first: fewer pixels, finer
     steps), bisecting on how many, then on the width of the group whose widening crosses the budget. When that
-    group's next width is itself the step (no width between: ResNet-20 x1.5's stage-1 group, 16 -> 24 channels,
-    took a subnet from 0.386 to 0.469 ms under a 0.451 ms budget), the group is pinned at the wider width and the
-    other groups are scaled down again to fit; the largest subnet measured under the budget wins.
+    group's widths still leave the subnet under ``min_use`` of the budget (its next width is the step itself:
+    ResNet-20 x1.5's stage-1 group, 16 -> 24 channels, took a subnet from 0.386 to 0.469 ms under a 0.451 ms
+    budget), the group is pinned at its first width over and the other groups are scaled down (never up) to fit;
+    the largest subnet measured under the budget wins. At most ``max_evals`` costs are taken, besides the
+    confirming and glitch re-timings of measured costs.
 
     A cost counts as under the budget only with ``headroom`` (a fraction of it) to spare: for measured latency,
     what a re-measurement can move (``compress.closed_loop.HEADROOM``); 0 for exact FLOPs.
@@ -86,22 +90,42 @@ def fit_scale(space, config: dict[str, int], floor: dict[str, int], cost: Callab
             name, wide = crossing["name"], crossing["config"]
             log(f"  {name} pinned at {wide[name]}, the other groups scaled down to fit")
             s0 = (fit.aim / crossing["value"]) ** (1.0 / exponent)
-            fit.scale_loop(wide, {**floor, name: wide[name]}, s0, left, pinned=name, report_scale=under["scale"])
+            fit.scale_loop(wide, {**floor, name: wide[name]}, min(s0, 1.0), left, pinned=name,
+                           report_scale=under["scale"])
             under = max((t for t in tried if t["value"] <= limit), key=lambda t: t["value"])
     elif under is not None:
         under = max((t for t in tried if t["value"] <= limit), key=lambda t: t["value"])
     if under is not None and headroom > 0:  # a measured cost: time the choice again before it is deployed
+        runs: dict[int, list] = {}  # id of a tried point -> its confirming timings
+
         def retime(t: dict) -> None:
-            t["value"] = seen[_key(t["config"])] = median_of_retimes(t["value"], lambda: cost(t["config"]), headroom)
+            runs[id(t)] = []
+            t["value"] = seen[_key(t["config"])] = median_of_retimes(t["value"], lambda: cost(t["config"]),
+                                                                     runs[id(t)])
             log(f"  {t['value']:.4g} after timing the choice {RETIMES} more times (budget {budget:.4g})")
 
         under = confirm_best(sorted(tried, key=lambda t: -t["value"]), lambda t: t["value"], retime, limit)
+        if under is not None:
+            warn_if_noisy(runs.get(id(under)), budget, "ms")
     if under is None:
         lines = ", ".join(f"x{t['scale']:.2f}: {t['value']:.4g}" for t in tried)
         raise BudgetNotMetError(
             f"No scale of the DMS subnet fits the budget of {budget:.4g} ({lines}). Raise the budget, lower "
             "DMSSettings.min_ratio, or give the search a tighter resource target (lambda_resource).")
-    return ScaleFit(under["scale"], under["config"], under["value"], tried)
+    return ScaleFit(under["scale"], under["config"], under["value"], tried, how=_how(under))
+
+
+def _how(point: dict) -> str:
+    """'searched widths scaled by 1.224, then 4 of the groups that differ from the next scale widened, ...'."""
+    text = f"searched widths scaled by {point['scale']:.3f}"
+    if "groups_from_over" in point:
+        text += f", then {point['groups_from_over']} of the groups that differ from the next scale tried widened"
+    if "partial" in point:
+        text += f" and {point['partial']} to {point['config'][point['partial']]} channels"
+    if "pinned" in point:
+        text += (f", then {point['pinned']} pinned at {point['config'][point['pinned']]} channels and the other "
+                 f"groups scaled by {point['pinned_scale']:.3f}")
+    return text
 
 
 @dataclass
@@ -129,7 +153,8 @@ class _Fit:
         ``evals`` new costs; returns the largest scale under the limit and the smallest over it (of this loop).
         Points of a loop with a ``pinned`` group are recorded with ``report_scale`` and the pinned group's name."""
         space, floor_of = self.space, floor
-        s_max = max(g.width / max(config[g.name], 1) for g in space.free)
+        # a pinned loop scales down from a config known over the budget (s = 1): never up to it again
+        s_max = 1.0 if pinned else max(g.width / max(config[g.name], 1) for g in space.free)
         s_min = min(floor_of[g.name] / max(config[g.name], 1) for g in space.free)
         mine: list[dict] = []
         under = over = None
@@ -148,7 +173,8 @@ class _Fit:
             mine.append({"s": s, "point": point})
             self.log(f"  scale {s:.3f}{f' ({pinned} pinned)' if pinned else ''}: {value:.4g} "
                      f"(budget {self.budget:.4g})")
-            _retime_conflicts(point, self.tried, self.cost, self.seen, self.log)
+            _retime_conflicts(point, [m["point"] for m in mine], lambda t: t.get("pinned_scale", t["scale"]),
+                              self.cost, self.seen, self.log)
             value = point["value"]
             under = max((m for m in mine if m["point"]["value"] <= self.limit), key=lambda m: m["s"], default=None)
             over = min((m for m in mine if m["point"]["value"] > self.limit), key=lambda m: m["s"], default=None)
@@ -176,11 +202,12 @@ class _Fit:
         return (under["point"] if under else None), (over["point"] if over else None)
 
 
-def _retime_conflicts(point: dict, tried: list[dict], cost: Callable[[dict], float], seen: dict,
-                      log: Callable[[str], None]) -> None:
-    """A larger scale costs at least as much. If ``point`` contradicts a point tried before by more than
-    ``PLAUSIBLE`` (a timing glitch on a busy host), cost both ``RETIMES`` more times; each keeps the median."""
-    other = order_conflict(point, tried, size=lambda t: t["scale"], value=lambda t: t["value"])
+def _retime_conflicts(point: dict, tried: list[dict], size: Callable[[dict], float], cost: Callable[[dict], float],
+                      seen: dict, log: Callable[[str], None]) -> None:
+    """A larger scale (``size``: the scale of one scale loop) costs at least as much. If ``point`` contradicts a
+    point of ``tried`` by more than ``PLAUSIBLE`` (a timing glitch on a busy host), cost both ``RETIMES`` more
+    times; each keeps the median."""
+    other = order_conflict(point, tried, size=size, value=lambda t: t["value"])
     if other is None:
         return
     log(f"  scale {point['scale']:.3f} ({point['value']:.4g}) contradicts scale {other['scale']:.3f} "
