@@ -26,10 +26,11 @@ def test_the_demo_runs_from_the_shipped_weights(tmp_path, capsys):
     demo = _demo()
     out = tmp_path / "demo"
     assert demo.main(["--epochs", "0.02", "--search", '{"eval_batches": 1, "calib_batches": 1}',
-                      "--out", str(out)]) == 0
+                      "--finetune-epochs", "0.02", "--out", str(out)]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["weights"] == str(demo.DEFAULT_WEIGHTS) and summary["model_kwargs"] == {"width": 1.5}
-    assert summary["autoslim"]["measured_ms"] <= summary["budget_ms"]
+    assert summary["autoslim"]["measured_ms"] <= summary["budget_ms"] and summary["finetune_epochs"] == 0.02
+    assert summary["autoslim"]["seconds"].get("finetune", 0) > 0  # both subnets fine-tuned, AutoSlim's in autoslim
     assert (out / "autoslim.onnx").stat().st_size > 0 and (out / "autoslim_frontier.png").stat().st_size > 0
     text = capsys.readouterr().out
     assert "full model (trained)" in text and "uniform x" in text
