@@ -64,6 +64,9 @@ measure over its budget when the machine is quiet. Then, with the machine quiet:
 --choose-only`` (the rows over the budget chosen again and timed, nothing else running), and a plain rerun (their
 fine-tunes; both models side by side is fine).
 
+Files: this script runs the rows; ``peers_tp.py`` prunes with Torch-Pruning and bisects its ratio on measured
+latency; ``peers_report.py`` writes the page (verdicts, precondition, plot); ``peers_summary.py`` joins models.
+
 Resumable: the JSON (``--out``.json) is written after every step; a row's architecture and pruned weights are saved
 (``<work>/<key>.pt`` + the row's ``arch``) before its fine-tune, each seed's top-1 when that fine-tune is done; the
 supernet checkpoint is resumed. A run stopped in the middle of a fine-tune repeats that one fine-tune.
@@ -74,7 +77,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import math
 import shutil
 import statistics
 import sys
@@ -83,7 +85,6 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -92,10 +93,9 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import compress  # noqa: E402
 from pretrain_cifar import PRESETS, build_preset  # noqa: E402
-from compress.deploy.closed_loop import (HEADROOM, RETIMES, closed_loop, confirm_best, median_of_retimes,  # noqa: E402
-                                        order_conflict, warn_if_noisy)
+from compress.deploy.closed_loop import HEADROOM, closed_loop  # noqa: E402
 from compress.deploy.timing import ReferenceTimer, measure_module  # noqa: E402
-from compress.io import atomic_write, load_checkpoint, save_checkpoint, save_json, save_text, weights_digest  # noqa: E402
+from compress.io import load_checkpoint, save_checkpoint, save_json, weights_digest  # noqa: E402
 from compress.search.baselines import uniform_path  # noqa: E402
 from compress.search.dms.masked import extract_with_depth  # noqa: E402
 from compress.search.objectives import LatencyCost, fit_latency_predictor  # noqa: E402
@@ -105,206 +105,17 @@ from compress.train.finetune import finetune  # noqa: E402
 from compress.train.supernet import sandwich_configs  # noqa: E402
 from devices import get_device  # noqa: E402
 from devices.profile_device import round_ratio  # noqa: E402
+from peers_report import rows_over_budget, write_report  # noqa: E402
+from peers_tp import (TP_CRITERIA, TP_MODES, PeerBenchmarkError, bisect_ratio, budget_floor,  # noqa: E402
+                      module_shapes, tp_prune, with_shapes)
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "cifar10-jpg.tar.gz"
 FINAL_REPEATS = 9       # interleaved calls of the final latency check, median kept (and the range)
 FINAL_PAUSE_S = 10.0    # between them: the host's speed drifts over tens of seconds (docs/measurement_noise.md)
-MIN_USE = 0.95          # aim: a chosen subnet uses at least this fraction of the budget (as the closed loop does)
-TARGETS = {0.35: 1.0, 0.5: 0.5}  # budget fraction -> top-1 points ours should lead the best Torch-Pruning row by
 BATCH = 128
 SMOKE_SEARCH = {"eval_batches": 1, "calib_batches": 1}  # the greedy search's scoring, cut down in a smoke run
 SMOKE_DMS = {"structure_lr": 0.1}  # a 4-step smoke search moves the pruning ratios far enough to reach the budgets
 CALIB_BATCHES = 16
-
-
-class PeerBenchmarkError(RuntimeError):
-    """The benchmark cannot go on as asked (missing weights or Torch-Pruning, a state file of another setup)."""
-
-
-# ---- Torch-Pruning ---------------------------------------------------------------------------------------------
-
-def import_tp():
-    try:
-        import torch_pruning as tp
-    except ImportError:
-        raise PeerBenchmarkError("torch_pruning is not installed; it is a benchmark-only dependency: "
-                                 "`pip install -e \".[bench]\"` or `make bench-peers` installs it.") from None
-    return tp
-
-
-def group_norm_importance(tp):
-    """DepGraph's group-level L2 norm: ``GroupNormImportance`` in older Torch-Pruning, ``GroupMagnitudeImportance``
-    (p=2, mean over the group) from 1.3 on."""
-    cls = getattr(tp.importance, "GroupNormImportance", None) or tp.importance.GroupMagnitudeImportance
-    return cls(p=2)
-
-
-# criterion -> (importance factory taking the torch_pruning module, needs gradients, what it is)
-TP_CRITERIA: dict[str, tuple[Callable, bool, str]] = {
-    "l1": (lambda tp: tp.importance.MagnitudeImportance(p=1), False,
-           "weight magnitude, L1 (Li et al. 2017), MagnitudeImportance(p=1)"),
-    "bn_scale": (lambda tp: tp.importance.BNScaleImportance(), False,
-                 "BN scale |gamma| (Liu et al. 2017, network slimming; no sparsity training), BNScaleImportance()"),
-    "group_norm": (group_norm_importance, False,
-                   "group L2 norm over every coupled layer (Fang et al. 2023, DepGraph; no sparsity training)"),
-    "taylor": (lambda tp: tp.importance.TaylorImportance(), True,
-               "first-order Taylor |w * dL/dw| (Molchanov et al. 2019) on fixed held-out batches, "
-               "TaylorImportance()"),
-}
-TP_MODES = {"global": True, "local": False}  # mode -> MetaPruner(global_pruning=...)
-
-
-def last_linear(model: nn.Module) -> nn.Module:
-    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    if not linears:
-        raise PeerBenchmarkError(f"{type(model).__name__} has no nn.Linear classifier to leave unpruned.")
-    return linears[-1]
-
-
-def tp_prune(pretrained: nn.Module, x: torch.Tensor, criterion: str, global_pruning: bool, ratio: float,
-             steps: int, round_to: int, grad_batches: list, max_ratio: float) -> nn.Module:
-    """A deep copy of ``pretrained`` pruned by Torch-Pruning to channel ``ratio`` (0: unpruned; no layer pruned by
-    more than ``max_ratio``) in ``steps`` iterative steps; with a gradient criterion, gradients are taken on
-    ``grad_batches`` before every step."""
-    tp = import_tp()
-    model = copy.deepcopy(pretrained).eval()
-    if ratio <= 0:
-        return model
-    make, needs_grad, _ = TP_CRITERIA[criterion]
-    pruner = tp.pruner.MetaPruner(model, x, importance=make(tp), global_pruning=global_pruning,
-                                  pruning_ratio=ratio, max_pruning_ratio=max_ratio, iterative_steps=steps,
-                                  ignored_layers=[last_linear(model)], round_to=round_to)
-    for _ in range(steps):
-        if needs_grad:
-            model.zero_grad(set_to_none=True)
-            for xb, yb in grad_batches:  # eval mode: BN statistics stay as pretrained
-                F.cross_entropy(model(xb), yb).backward()
-        pruner.step()
-    model.zero_grad(set_to_none=True)
-    for p in model.parameters():
-        p.grad = None
-    return model.eval()
-
-
-def budget_floor(headroom: float) -> float:
-    """The fraction of the budget every method aims to use at least: MIN_USE, lowered to 1 - 2 x ``headroom`` when
-    that is less, so the band [floor, 1 - headroom] of the budget stays open."""
-    return min(MIN_USE, 1 - 2 * headroom)
-
-
-def retime_probes(probes: list[dict], measure: Callable[[float], float], log=print) -> None:
-    """If the last probe contradicts an earlier one (a higher pruning ratio measuring more than ``PLAUSIBLE``
-    slower, or a lower one faster), measure both ``RETIMES`` more times; each keeps the median (in place)."""
-    last = probes[-1]
-    other = order_conflict(last, probes[:-1], size=lambda p: -p["ratio"], value=lambda p: p["latency_ratio"])
-    if other is None:
-        return
-    log(f"    pruning ratio {last['ratio']:.4f} ({last['latency_ratio']:.3f}) contradicts "
-        f"{other['ratio']:.4f} ({other['latency_ratio']:.3f}): timing both again")
-    for p in (last, other):
-        p["latency_ratio"] = median_of_retimes(p["latency_ratio"], lambda p=p: measure(p["ratio"]))
-
-
-def bisect_ratio(measure: Callable[[float], float], frac: float, max_probes: int, max_ratio: float,
-                 log=print, headroom: float = HEADROOM) -> dict:
-    """The smallest pruning ratio in [0, max_ratio] whose measured latency ratio is under ``frac`` with ``headroom``,
-    searched by secant steps in a shrinking bracket (bisection when the secant falls outside its middle 80%);
-    stops at a point using >= MIN_USE of the budget. ``measure(ratio)`` -> latency / full model.
-
-    The closed loops' rules hold (``compress.deploy.closed_loop``): a probe that contradicts the order of those
-    before it is timed again with the one it contradicts, and the choice is timed again before it is kept; if that
-    puts it over, the search goes on, and if it puts it under MIN_USE of the budget, the ratios between it and the
-    largest one over are tried (up to 4 probes more in all)."""
-    min_use = budget_floor(headroom)
-    limit, aim = (1 - headroom) * frac, (min_use + 1 - headroom) / 2 * frac
-    probes: list[dict] = []
-
-    def bracket() -> tuple[float, float, float, float | None]:
-        lo, lo_m = max(((p["ratio"], p["latency_ratio"]) for p in probes if p["latency_ratio"] > limit),
-                       default=(0.0, 1.0))  # ratio 0 is the full model
-        hi, hi_m = min(((p["ratio"], p["latency_ratio"]) for p in probes if p["latency_ratio"] <= limit),
-                       default=(max_ratio, None))  # measured only if the bracket needs it
-        return lo, lo_m, hi, hi_m
-
-    def next_ratio(r: float) -> float | None:
-        m = probes[-1]["latency_ratio"]
-        lo, lo_m, hi, hi_m = bracket()
-        if min_use * frac <= m <= limit or (m > limit and r >= max_ratio) or hi - lo < 1e-3:
-            return None
-        if hi_m is None:
-            if lo > 0 and hi - lo < 0.05:
-                return hi
-            return (lo + hi) / 2 if lo > 0 else min(max_ratio, r + (max_ratio - r) / 2)
-        # secant in log latency between the bracket ends
-        t = (math.log(lo_m) - math.log(aim)) / max(math.log(lo_m) - math.log(hi_m), 1e-9)
-        return lo + min(0.9, max(0.1, t)) * (hi - lo)
-
-    def retime(p: dict) -> None:  # the choice is timed again before it is kept
-        p["runs"] = []
-        p["latency_ratio"] = median_of_retimes(p["latency_ratio"], lambda: measure(p["ratio"]), p["runs"])
-        p["confirmed"] = True
-        log(f"    pruning ratio {p['ratio']:.4f}: {p['latency_ratio']:.3f} after timing it {RETIMES} more times")
-
-    r: float | None = min(max_ratio, 1 - math.sqrt(aim))  # conv cost ~ (1 - ratio)^2
-    allowed = max_probes
-    while True:
-        while r is not None and len(probes) < allowed:
-            probes.append({"ratio": r, "latency_ratio": measure(r)})
-            log(f"    pruning ratio {r:.4f}: latency {probes[-1]['latency_ratio']:.3f} of the full model "
-                f"(budget {frac:.2f})")
-            retime_probes(probes, measure, log)
-            r = next_ratio(r)
-        best = confirm_best(sorted(probes, key=lambda p: p["ratio"]), lambda p: p["latency_ratio"],
-                            lambda p: None if p.get("confirmed") else retime(p), limit)
-        lo, lo_m = bracket()[:2]
-        if (best is not None and best["latency_ratio"] < min_use * frac and best["ratio"] - lo >= 1e-3
-                and len(probes) < max_probes + 4):
-            # timed again, the choice reads lower than its first timing (MobileNetV2 at 50%: 0.465, then a median
-            # of 0.436): try between it and the largest ratio over, as compress's closed loop does
-            t = (math.log(lo_m) - math.log(aim)) / max(math.log(lo_m) - math.log(best["latency_ratio"]), 1e-9)
-            r = lo + min(0.9, max(0.1, t)) * (best["ratio"] - lo)
-            if all(abs(p["ratio"] - r) > 1e-4 for p in probes):
-                allowed = len(probes) + 1
-                continue
-        if best is not None or lo >= max_ratio or len(probes) >= max_probes + 4:
-            break
-        r, allowed = (lo + max_ratio) / 2, len(probes) + 1  # the choice was a glitch: on towards max_ratio
-    if best is not None:
-        warn_if_noisy(best.get("runs"), frac, "of the full model", advice="--headroom")
-    return {"ratio": best["ratio"] if best else None, "latency_ratio": best["latency_ratio"] if best else None,
-            "probes": probes}
-
-
-# ---- rebuilding a saved subnet --------------------------------------------------------------------------------
-
-# module type -> (its shape record, a module of that shape built like ``old``)
-SHAPES: dict[type, tuple[Callable, Callable]] = {
-    nn.Conv2d: (lambda m: {"in": m.in_channels, "out": m.out_channels, "groups": m.groups},
-                lambda old, s: nn.Conv2d(s["in"], s["out"], old.kernel_size, old.stride, old.padding, old.dilation,
-                                         s["groups"], bias=old.bias is not None, padding_mode=old.padding_mode)),
-    nn.BatchNorm2d: (lambda m: {"features": m.num_features},
-                     lambda old, s: nn.BatchNorm2d(s["features"], old.eps, old.momentum, old.affine,
-                                                   old.track_running_stats)),
-    nn.Linear: (lambda m: {"in": m.in_features, "out": m.out_features},
-                lambda old, s: nn.Linear(s["in"], s["out"], bias=old.bias is not None)),
-}
-
-
-def module_shapes(model: nn.Module) -> dict:
-    """Name -> shape record of every conv, BN and linear layer (what Torch-Pruning changes)."""
-    return {name: SHAPES[type(m)][0](m) for name, m in model.named_modules() if type(m) in SHAPES}
-
-
-def with_shapes(model: nn.Module, shapes: dict) -> nn.Module:
-    """``model`` with every layer named in ``shapes`` replaced by a layer of the recorded shape (weights to load)."""
-    for name, shape in shapes.items():
-        parent_name, _, attr = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        old = getattr(parent, attr)
-        record, rebuild = SHAPES[type(old)]
-        if record(old) != shape:
-            setattr(parent, attr, rebuild(old, shape))
-    return model
 
 
 def flops_images(net, configs_per_step: list[list[dict]], batch: int) -> float:
@@ -706,190 +517,9 @@ def main(argv: list[str] | None = None) -> int:
         save()
     save()
     report = write_report(rows, state | {"full_top1": full_top1, "replaced": replaced}, full_ms, full_flops,
-                          n_params(pretrained), origin, command, Path(args.out), args)
+                          n_params(pretrained), origin, command, Path(args.out), args, BATCH)
     print("\n".join(report))
     return 0
-
-
-# ---- report ------------------------------------------------------------------------------------------------------
-
-def rows_over_budget(rows: dict) -> list[str]:
-    """Keys of the rows whose exported file measured over its budget in the last final latency check (``ratio``)."""
-    return [k for k, r in rows.items()
-            if r.get("budget_fraction") and "ratio" in r and r["ratio"] > r["budget_fraction"]]
-
-
-def checks(row: dict) -> str:
-    """'0.501, 0.494, 0.500': every final latency check of a row's file on record, oldest first."""
-    return ", ".join(f"{v:.3f}" for v in row.get("earlier_ratios", []) + ([row["ratio"]] if "ratio" in row else []))
-
-
-def replaced_text(old: dict) -> str:
-    """Why a replaced row was chosen again: its ``reason`` when recorded (a choice redone by hand, e.g. after a
-    closed-loop fix, before any final check), else the final checks that measured it over the budget."""
-    top1 = " / ".join(f"{v:.2f}" for v in old.get("seeds", {}).values()) or "not fine-tuned"
-    chosen = old.get("closed_loop_ratio")
-    at = f" at {chosen:.3f} of the full model" if isinstance(chosen, (int, float)) else ""
-    timed = f", measured {checks(old)} in the final checks" if checks(old) else ""
-    why = f" ({old['reason']})" if "reason" in old else ""
-    return f"an earlier choice{at}{timed}{why}, top-1 {top1}"
-
-
-def ratio_cell(row: dict) -> str:
-    """'0.493 (0.488-0.499)': the final check's median ratio to the full model (lowest-highest call)."""
-    spread = f" ({row['ratio_min']:.3f}-{row['ratio_max']:.3f})" if "ratio_min" in row else ""
-    return f"{row['ratio']:.3f}{spread}"
-
-
-def over_budget_earlier(rows: dict) -> list[str]:
-    """'key (ratio)' of the rows whose file measured over its budget in an earlier final check (``--retime``
-    keeps them in ``earlier_ratios``), the highest such ratio each."""
-    return [f"{k} ({max(r['earlier_ratios']):.3f})" for k, r in rows.items()
-            if r.get("budget_fraction") and max(r.get("earlier_ratios") or [0.0]) > r["budget_fraction"]]
-
-
-def mean_top1(row: dict) -> float | None:
-    return statistics.mean(row["seeds"].values()) if row.get("seeds") else None
-
-
-def precondition(rows: dict, full_top1: float) -> tuple[bool, list[str]]:
-    """(capacity-bound, lines): the full model above every subnet, uniform top-1 falling with width."""
-    done = {k: r for k, r in rows.items() if mean_top1(r) is not None}
-    best = max(done.items(), key=lambda kv: mean_top1(kv[1]), default=None)
-    above = best is None or full_top1 > mean_top1(best[1])
-    uni = sorted((r.get("width", 1.0), k, mean_top1(r)) for k, r in done.items() if r["method"] == "uniform")
-    chain = [(1.0, "full", full_top1)] + uni[::-1]
-    falls = all(a[2] > b[2] for a, b in zip(chain, chain[1:]))
-    has_both = {k for _, k, _ in uni} >= {"b50_uniform", "b35_uniform"}
-    lines = [f"- full model (as pretrained, not fine-tuned further) {full_top1:.2f}% vs the best subnet "
-             + (f"{best[0]} {mean_top1(best[1]):.2f}%: {'above' if above else 'NOT above'}" if best else "(none)"),
-             "- uniform width, widest first: " + ", ".join(f"{k} (width {w:.2f}) {t:.2f}%" for w, k, t in chain)
-             + f": {'falls monotonically' if falls else 'does NOT fall monotonically'}"
-             + ("" if has_both else " (the 50% and 35% uniform rows are not both done)")]
-    return above and falls and has_both, lines
-
-
-def verdicts(rows: dict, budgets: list[float]) -> list[str]:
-    lines = []
-    for frac in budgets:
-        tag = f"b{round(frac * 100)}"
-        ours = [(mean_top1(rows[k]), k) for k in (f"{tag}_autoslim", f"{tag}_dms")
-                if k in rows and mean_top1(rows[k]) is not None]
-        peers = [(mean_top1(r), k) for k, r in rows.items() if k.startswith(f"{tag}_tp-") and mean_top1(r) is not None]
-        if not ours or not peers:
-            lines.append(f"- {frac:.0%}: not enough finished rows for a verdict")
-            continue
-        (o, ok), (p, pk) = max(ours), max(peers)
-        common = [s for s in rows[ok]["seeds"] if s in rows[pk]["seeds"]]
-        per = ", ".join(f"seed {s}: {rows[ok]['seeds'][s] - rows[pk]['seeds'][s]:+.2f}" for s in common)
-        target = TARGETS.get(round(frac, 2))
-        met = "" if target is None else f" (target >= {target:+.1f}: {'met' if round(o - p, 2) >= target else 'NOT met'})"
-        lines.append(f"- {frac:.0%}: better of AutoSlim/DMS ({ok.split('_', 1)[1]}, {o:.2f}%) minus best "
-                     f"Torch-Pruning ({pk.split('_', 1)[1]}, {p:.2f}%) = {o - p:+.2f} points{met}; per seed: {per}")
-    return lines
-
-
-def plot(rows: dict, full_top1: float, path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    series: dict[str, list] = {}
-    for k, r in rows.items():
-        if mean_top1(r) is None or "ratio" not in r:
-            continue
-        name = r["method"] if r["method"] != "tp" else "TP " + k.split("_tp-", 1)[1]
-        series.setdefault(name, []).append((r["ratio"], mean_top1(r), min(r["seeds"].values()),
-                                            max(r["seeds"].values())))
-    styles = {"uniform": ("k", "s-"), "autoslim": ("tab:blue", "o-"), "dms": ("tab:red", "D-")}
-    peer_colors = iter(["tab:green", "tab:orange", "tab:purple", "tab:brown", "tab:olive", "tab:cyan", "tab:pink",
-                        "tab:gray"] * 2)  # Torch-Pruning rows: dashed, colours unused by ours
-    for name, pts in sorted(series.items()):
-        pts.sort()
-        xs, ys = [p[0] for p in pts], [p[1] for p in pts]
-        err = [[p[1] - p[2] for p in pts], [p[3] - p[1] for p in pts]]
-        color, fmt = styles.get(name) or (next(peer_colors), "^--")
-        ax.errorbar(xs, ys, yerr=err, fmt=fmt, color=color, label=name, capsize=3, alpha=0.9 if name in styles else 0.6)
-    ax.plot([1.0], [full_top1], "k*", markersize=12, label="full model (pretrained)")
-    for frac in sorted({r["budget_fraction"] for r in rows.values() if r.get("budget_fraction")}):
-        ax.axvline(frac, color="red", lw=0.8, ls=":")  # every point must sit left of its budget line
-    ax.set_xlabel("measured latency / full model (onnxruntime CPU, 1 thread, interleaved)")
-    ax.set_ylabel("test top-1 (%), mean over seeds (bars: min-max)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
-    plt.close(fig)
-
-
-def write_report(rows: dict, state: dict, full_ms: float, full_flops: int, full_params: int, origin: dict,
-                 command: str, out: Path, args) -> list[str]:
-    full_top1 = state["full_top1"]
-    bound, pre_lines = precondition(rows, full_top1)
-    png = out.parent / f"{out.name}.png"
-    plot(rows, full_top1, png, f"{args.model}: AutoSlim / DMS vs Torch-Pruning vs uniform (CIFAR-10)")
-    pre_top1 = origin.get("pretrain_top1")
-    lines = [f"# AutoSlim and DMS vs Torch-Pruning vs uniform width: {args.model} on CIFAR-10, equal measured latency",
-             "", f"Command: `{command.strip()}`", "",
-             f"Starting point: {origin.get('weights') or 'RANDOM INIT (smoke run: no weights file)'}"
-             + (f", pretrained {origin.get('pretrain_epochs')} epochs to {pre_top1:.2f}%" if pre_top1 else "")
-             + f". Full model: {full_ms:.3f} ms (onnxruntime CPU, 1 thread), {full_flops / 1e6:.1f} MFLOPs, "
-             f"{full_params / 1e3:.1f} k parameters, {full_top1:.2f}% test top-1 as evaluated here.", "",
-             f"Protocol (see the script's docstring): {args.train_per_class} training images per class, "
-             f"{args.held_per_class} held out, test on {args.test_per_class or 1000} per class. Budgets are "
-             "fractions of the full model's measured latency; every latency is a drift-free ratio to the full model "
-             f"(interleaved timing), a point counts as under only with {args.headroom:.0%} headroom. Every subnet is BN "
-             f"recalibrated and fine-tuned with one recipe (SGD lr {args.lr:g} cosine, batch {BATCH}, labels only). "
-             f"Training budget per row: {args.epochs:g} epochs at full-width cost. Torch-Pruning and uniform rows "
-             "fine-tune all of it; AutoSlim and DMS rows fine-tune the budget minus what their search used "
-             f"(`search ep.`: AutoSlim's supernet, {args.supernet_epochs:g} epochs of sandwich steps with each "
-             f"subnet weighted by its FLOPs, shared by the budgets and charged to each; DMS {args.dms_search:g} "
-             "epoch(s) of search at full cost), so `ft ep.` = budget - `search ep.`. `search s`: wall time of "
-             "choosing (supernet, search, closed loop, Torch-Pruning's measured probes); `ft s`: wall time of one "
-             "fine-tune (mean over seeds). Torch-Pruning: "
-             f"{args.tp_steps} iterative steps, channels rounded to {args.divisor} (as every method), classifier "
-             "kept, pruning ratio bisected on measured latency.", "",
-             "Torch-Pruning criteria: " + "; ".join(f"`{c}`: {TP_CRITERIA[c][2]}" for c in args.tp_criteria) + ".",
-             "", "## Precondition", ""] + pre_lines + [
-             "", f"Result: {'capacity-bound: the ranking below holds' if bound else 'not capacity-bound'}.", "",
-             "## Rows", "",
-             "| budget | method | latency / full (range) | closed-loop | MFLOPs | k params | top-1 mean | per seed | "
-             "before ft | search s | search ep. | ft ep. | ft s |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for k, r in rows.items():
-        budget = f"{r['budget_fraction']:.0%}" if r.get("budget_fraction") else f"width {r.get('width', 0):.2f}"
-        name = k.split("_", 1)[1]
-        if "failed" in r:
-            lines.append(f"| {budget} | {name} | failed: {r['failed']} | | | | | | | | | | |")
-            continue
-        m = mean_top1(r)
-        loop = f"{r['closed_loop_ratio']:.3f}" if r.get("closed_loop_ratio") else ""
-        ft_s = f"{statistics.mean(r['ft_s'].values()):.0f}" if r.get("ft_s") else ""
-        lines.append(
-            f"| {budget} | {name} | {ratio_cell(r)} | {loop} | {r['flops'] / 1e6:.1f} | {r['params'] / 1e3:.1f} | "
-            f"{m:.2f} | {' / '.join(f'{v:.2f}' for v in r['seeds'].values())} | {r['pre_ft_top1']:.2f} | "
-            f"{r['search_s']:.0f} | {r['search_epochs']:.2f} | {r['ft_epochs']:.2f} | {ft_s} |"
-            if m is not None and "ratio" in r else f"| {budget} | {name} | (unfinished) | | | | | | | | | | |")
-    lines += ["", "## Verdict", ""]
-    timed = [(k, r) for k, r in rows.items() if r.get("budget_fraction") and "ratio" in r]
-    over = [f"{k} ({rows[k]['ratio']:.3f})" for k in rows_over_budget(rows)]
-    lines.append(f"- latency: {len(timed) - len(over)} of {len(timed)} exported files measure <= their budget in the "
-                 "final interleaved timing" + (f"; over: {', '.join(over)}" if over else ""))
-    earlier = over_budget_earlier(rows)
-    if earlier:
-        lines.append(f"- earlier final checks (before `--retime`) measured over the budget: {', '.join(earlier)}")
-    for k, olds in state.get("replaced", {}).items():
-        lines.append(f"- {k} was chosen again: " + "; ".join(replaced_text(o) for o in olds)
-                     + "; the row above is the new choice, its search wall time includes the earlier one")
-    if bound:
-        lines += verdicts(rows, args.budgets)
-    else:
-        lines += ["not capacity-bound: the precondition above fails, so no method is ranked."]
-    lines += ["", f"![frontier]({png.name})"]
-    save_text("\n".join(lines) + "\n", out.parent / f"{out.name}.md")
-    return lines
 
 
 if __name__ == "__main__":

@@ -17,8 +17,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench_peers_cifar import (TARGETS, mean_top1, over_budget_earlier, precondition, replaced_text,  # noqa: E402
-                               rows_over_budget)
+from peers_report import (TARGETS, mean_top1, over_budget_earlier, precondition, replaced_text,  # noqa: E402
+                          rows_over_budget)
 from compress.io import save_text  # noqa: E402
 
 OURS = ("autoslim", "dms")
