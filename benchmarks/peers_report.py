@@ -18,6 +18,13 @@ def rows_over_budget(rows: dict) -> list[str]:
             if r.get("budget_fraction") and "ratio" in r and r["ratio"] > r["budget_fraction"]]
 
 
+def rows_under_use(rows: dict, use: float) -> list[str]:
+    """Keys of the rows whose exported file used less than ``use`` of its budget in the last final latency check
+    (chosen while other jobs shared the cores, a file can read several % high then: it was given less budget)."""
+    return [k for k, r in rows.items()
+            if r.get("budget_fraction") and "ratio" in r and r["ratio"] < use * r["budget_fraction"]]
+
+
 def checks(row: dict) -> str:
     """'0.501, 0.494, 0.500': every final latency check of a row's file on record, oldest first."""
     return ", ".join(f"{v:.3f}" for v in row.get("earlier_ratios", []) + ([row["ratio"]] if "ratio" in row else []))

@@ -77,6 +77,18 @@ def test_report_names_every_file_over_its_budget(tmp_path):
     assert (tmp_path / "r.md").exists() and (tmp_path / "r.png").exists()
 
 
+def test_rows_under_use_and_a_rechoice_that_lands_where_the_old_one_started():
+    rows = {"b50_a": row("tp", 0.5, [80.0], ratio=0.41), "b50_b": row("tp", 0.5, [80.0], ratio=0.46),
+            "b35_c": row("dms", 0.35, [80.0], ratio=0.36), "w75_uniform": row("uniform", None, [85.0])}
+    assert report.rows_under_use(rows, 0.85) == ["b50_a"]  # 82% of 0.5; 92% and an over-budget row are not
+    old = {"arch": {"kind": "slim", "config": {"a": 8}}, "pre_ft_top1": 71.2, "seeds": {"0": 80.0},
+           "ft_s": {"0": 300.0}}
+    assert peers.same_start({"arch": {"kind": "slim", "config": {"a": 8}}, "pre_ft_top1": 71.2}, old) is old
+    assert peers.same_start({"arch": {"kind": "slim", "config": {"a": 16}}, "pre_ft_top1": 71.2}, old) is None
+    assert peers.same_start({"arch": old["arch"], "pre_ft_top1": 70.0}, old) is None  # other pruned weights
+    assert peers.same_start({"arch": old["arch"], "pre_ft_top1": 71.2}, dict(old, seeds={})) is None
+
+
 def test_summary_has_one_line_per_model_and_budget_with_the_margin(tmp_path):
     summary = pytest.importorskip("peers_summary")
     state = {"full_top1": 90.0, "full_ms": 1.0, "rows": ROWS}
@@ -120,15 +132,19 @@ def test_smoke_run_end_to_end_and_a_row_whose_work_files_are_gone_is_chosen_agai
     Path(row["weights"]).unlink()
     row["seeds"] = {}
     over = next(k for k, r in state["rows"].items() if "onnx" in r and r.get("budget_fraction") and k != "b50_uniform")
+    under = next(k for k, r in state["rows"].items()
+                 if "onnx" in r and r.get("budget_fraction") and k not in ("b50_uniform", over))
     for k, r in state["rows"].items():  # a loaded machine can read a smoke row over: only `over` is, here
         if "ratio" in r and r.get("budget_fraction"):
-            r["ratio"] = 0.99 if k == over else min(r["ratio"], 0.9 * r["budget_fraction"])
+            r["ratio"] = {over: 0.99, under: 0.3 * r["budget_fraction"]}.get(k, min(r["ratio"],
+                                                                                   0.9 * r["budget_fraction"]))
     out.write_text(json.dumps(state))
-    second = subprocess.run(cmd + ["--rechoose-over-budget", "--choose-only"], capture_output=True, text=True,
-                            timeout=1200)
+    second = subprocess.run(cmd + ["--rechoose-over-budget", "--rechoose-under-use", "0.5", "--choose-only"],
+                            capture_output=True, text=True, timeout=1200)
     assert second.returncode == 0, second.stderr[-3000:]
     assert "b50_uniform: its pruned weights" in second.stdout and "choosing it again" in second.stdout
     assert f"{over}: its exported file measured 0.990" in second.stdout
+    assert f"{under}: its exported file measured" in second.stdout and "under 50% of the budget" in second.stdout
     chosen = json.loads(out.read_text())["rows"]
     assert chosen[over]["seeds"] == {} and chosen["b50_uniform"]["seeds"] == {}  # --choose-only: no fine-tune
     third = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
@@ -137,6 +153,7 @@ def test_smoke_run_end_to_end_and_a_row_whose_work_files_are_gone_is_chosen_agai
     again = result["rows"]["b50_uniform"]
     assert Path(again["weights"]).exists() and "0" in again["seeds"]
     assert result["replaced"][over][0]["ratio"] == 0.99 and result["rows"][over]["rechosen"] == 1
+    assert result["rows"][under]["rechosen"] == 1 and result["rows"][under]["seeds"]
     assert result["rows"][over]["ratio"] < 0.99 and result["rows"][over]["seeds"]
     assert f"{over} was chosen again" in (tmp_path / "w" / "peers_cifar_cifar_resnet20.md").read_text()
 
