@@ -36,6 +36,13 @@ def test_the_demo_runs_from_the_shipped_weights(tmp_path, capsys):
     assert "full model (trained)" in text and "uniform x" in text
 
 
+def test_the_search_scores_on_every_held_out_image_unless_told():
+    demo = _demo()
+    assert demo.search_settings("{}", 4).eval_batches == 4  # all 1,000 held-out images (4 batches of 256)
+    assert demo.search_settings('{"eval_batches": 1, "calib_batches": 2}', 4).eval_batches == 1
+    assert demo.search_settings('{"calib_batches": 2}', 4).calib_batches == 2
+
+
 def test_the_demo_names_a_bad_weights_file(tmp_path):
     from compress.errors import WeightsFileError
     with pytest.raises(WeightsFileError, match="No trained-weights file"):
