@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 .PHONY: install demo demo-space test test-slow zoo bench bench-latency bench-autoslim bench-autoslim-cifar bench-search-cifar bench-peers bench-peers-h5 bench-peers-h5-check pretrain
 install: $(VENV)/.installed
 
-demo: $(VENV)/.installed  ## the main job: autoslim from the shipped converged ResNet-20 x1.5 on the shipped CIFAR-10 subset (~7 min)
+demo: $(VENV)/.installed  ## the main job: autoslim from the shipped converged ResNet-20 x1.5 on the shipped CIFAR-10 subset (~6 min idle)
 	$(PY) examples/autoslim_cifar.py
 
 demo-space: $(VENV)/.installed  ## channel space of mobilenet_v2: groups, FLOPs, extraction, ONNX, latency
