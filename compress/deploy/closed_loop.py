@@ -125,7 +125,9 @@ def closed_loop(net, path: list[dict], budget_ms: float, device: Any, max_measur
     ``warn_below`` of it is warned about. A point is under the budget when it measures <= (1 - ``headroom``) x
     the budget. The choice is timed ``RETIMES`` more times before it is kept; if that puts it over, the walk goes
     on down the path, and a smaller choice that uses less than ``min_use`` of the budget sends it back to the
-    untimed points between (while fewer than ``max_measurements`` + ``RETIMES`` points are timed).
+    untimed points between (while fewer than ``max_measurements`` + ``RETIMES`` points are timed); such a choice
+    also has the nearest larger point that read over the limit by less than ``headroom`` timed again, and kept
+    when its median is under.
 
     Raises:
         BudgetNotMetError: every point tried measured over the budget (the message gives the numbers).
@@ -172,6 +174,16 @@ def closed_loop(net, path: list[dict], budget_ms: float, device: Any, max_measur
             if under is None and i is None and over + 1 < len(path):
                 i = over + 1
         under = confirm_best(sorted(measured), lambda k: measured[k].median_ms, retime, limit_ms)
+        if under is not None and measured[under].median_ms < min_use * budget_ms:
+            # a larger point that read just over the limit once (by less than the headroom) may be timing noise
+            # (demo: the uniform width x0.75 read 0.480 ms against a 0.476 ms limit and x0.70, at 83% of the
+            # budget, was kept): time the nearest such point again like a choice and keep it if its median is under
+            near = [k for k in measured if k < under and k not in confirmed
+                    and limit_ms < measured[k].median_ms <= (1.0 + headroom) * limit_ms]
+            if near:
+                retime(max(near))
+                if measured[max(near)].median_ms <= limit_ms:
+                    under = max(near)
         if under is not None:
             # a larger point that failed its confirmation can leave unmeasured points between it and the choice
             # (demo: point 15 read 0.468 ms, then 0.473 over the limit; point 18 at 78% of the budget was kept and
