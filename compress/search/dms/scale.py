@@ -152,14 +152,14 @@ class _Fit:
         """Scale ``config`` (secant on cost ~ s^p, bisection where the secant leaves the bracket) for at most
         ``evals`` new costs; returns the largest scale under the limit and the smallest over it (of this loop).
         Points of a loop with a ``pinned`` group are recorded with ``report_scale`` and the pinned group's name."""
-        space, floor_of = self.space, floor
+        space = self.space
         # a pinned loop scales down from a config known over the budget (s = 1): never up to it again
         s_max = 1.0 if pinned else max(g.width / max(config[g.name], 1) for g in space.free)
-        s_min = min(floor_of[g.name] / max(config[g.name], 1) for g in space.free)
+        s_min = min(floor[g.name] / max(config[g.name], 1) for g in space.free)
         mine: list[dict] = []
         under = over = None
         while len(mine) < evals:
-            cfg = scaled_config(space, config, floor_of, s, self.align)
+            cfg = scaled_config(space, config, floor, s, self.align)
             key = _key(cfg)
             if key in self.seen and pinned and not mine and s > s_min:
                 s = max(s_min, 0.97 * s)  # the other groups round back to the over config's widths: go lower
@@ -194,9 +194,9 @@ class _Fit:
             if not lo < guess < hi:  # outside the bracket: bisect it (geometrically)
                 guess = math.sqrt(max(lo, 1e-6) * hi)
             guess = min(max(guess, s_min), s_max)
-            if _key(scaled_config(space, config, floor_of, guess, self.align)) in self.seen:
+            if _key(scaled_config(space, config, floor, guess, self.align)) in self.seen:
                 guess = 0.5 * (lo + hi)
-                if _key(scaled_config(space, config, floor_of, guess, self.align)) in self.seen:
+                if _key(scaled_config(space, config, floor, guess, self.align)) in self.seen:
                     break
             s = guess
         return (under["point"] if under else None), (over["point"] if over else None)
