@@ -433,8 +433,48 @@ def main(argv: list[str] | None = None) -> int:
             sub = extract_with_depth(net, arch["config"], arch["removed_blocks"])
         else:
             sub = with_shapes(build_preset(args.model), arch["shapes"])
-        sub.load_state_dict(load_checkpoint(row["weights"]))
+        if row["weights"] is not None:
+            sub.load_state_dict(load_checkpoint(row["weights"]))
         return sub.eval()
+
+    def derive(key: str, row: dict) -> nn.Module | None:
+        """The row's subnet before fine-tuning, made again from the pretrained model where it follows from it alone
+        (uniform: the reordered network at the recorded config; Torch-Pruning: the recorded criterion and ratio),
+        BN recalibrated; None for AutoSlim and DMS (their weights come from a supernet or a search)."""
+        if row["method"] == "uniform":
+            sub = compress.extract_subnet(slim_net(), row["arch"]["config"])
+        elif row["method"] == "tp":
+            criterion, mode = key.split("_tp-", 1)[1].rsplit("-", 1)
+            sub = tp_prune(pretrained, x, criterion, TP_MODES[mode], row["tp_ratio"], args.tp_steps, args.divisor,
+                           grad_batches, 1 - args.min_ratio)
+            if json.loads(json.dumps(module_shapes(sub))) != row["arch"]["shapes"]:
+                return None
+        else:
+            return None
+        compress.recalibrate_bn(sub, calib)
+        return sub.eval()
+
+    def restore_files(key: str, row: dict) -> None:
+        """A row recorded on another machine (a fresh clone has the JSON but not ``--work``): its pruned weights made
+        again (``derive``) when seeds are left to fine-tune, kept only if they score the recorded top-1 before
+        fine-tuning (else the row is chosen again); its ONNX file rebuilt from its architecture for the latency
+        checks (latency depends on the architecture, not on the weights' values)."""
+        weights, onnx = Path(row["weights"]), Path(row["onnx"])
+        if set(map(str, args.seeds)) - set(row["seeds"]) and not weights.exists():
+            sub = derive(key, row)
+            if sub is not None and evaluate(sub, test)["top1"] == row["pre_ft_top1"]:
+                save_checkpoint(sub.state_dict(), weights)
+                compress.export_onnx(sub, (x,), onnx)
+                print(f"== {key}: pruned weights made again from the pretrained model (top-1 before fine-tuning "
+                      f"{row['pre_ft_top1']:.2f}% as recorded)")
+                return
+        if not onnx.exists():
+            with torch.random.fork_rng():
+                torch.manual_seed(0)
+                arch_only = rebuild({**row, "weights": None})
+            compress.export_onnx(arch_only, (x,), onnx)
+            row["onnx_rebuilt"] = "from the recorded architecture, random weights (the pruned weights are elsewhere)"
+            print(f"== {key}: ONNX file rebuilt from its recorded architecture for the latency checks")
 
     def record(key: str, method: str, frac: float | None, chosen) -> None:
         """Save the chosen subnet (BN recalibrated) and its row before any fine-tune."""
@@ -502,6 +542,9 @@ def main(argv: list[str] | None = None) -> int:
                 for mode in args.tp_modes:
                     jobs.append((f"{tag}_tp-{crit}-{mode}", "tp", frac,
                                  lambda f, k, c=crit, m=mode: choose_tp(f, k, c, m)))
+    for key, row in list(rows.items()):
+        if "onnx" in row and not (Path(row["onnx"]).exists() and Path(row["weights"]).exists()):
+            restore_files(key, row)
     for key, method, frac, choose in ([] if args.retime else jobs):
         row = rows.get(key, {})
         if method == "autoslim" and "weights" in row and "greedy_s" not in row:  # rows recorded before greedy_s

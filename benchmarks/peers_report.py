@@ -183,6 +183,10 @@ def write_report(rows: dict, state: dict, full_ms: float, full_flops: int, full_
     over = [f"{k} ({rows[k]['ratio']:.3f})" for k in rows_over_budget(rows)]
     lines.append(f"- latency: {len(timed) - len(over)} of {len(timed)} exported files measure <= their budget in the "
                  "final interleaved timing" + (f"; over: {', '.join(over)}" if over else ""))
+    rebuilt = [k for k in rows if "onnx_rebuilt" in rows[k]]
+    if rebuilt:
+        lines.append(f"- {len(rebuilt)} of those files were rebuilt from the row's recorded architecture with random "
+                     "weights (the run that chose them was on another machine): latency depends on the architecture")
     earlier = over_budget_earlier(rows)
     if earlier:
         lines.append(f"- earlier final checks (before `--retime`) measured over the budget: {', '.join(earlier)}")

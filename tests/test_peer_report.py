@@ -114,10 +114,12 @@ def test_summary_has_one_line_per_model_and_budget_with_the_margin(tmp_path):
 
 
 @pytest.mark.slow
-def test_smoke_run_end_to_end_and_a_row_whose_work_files_are_gone_is_chosen_again(tmp_path):
+def test_smoke_run_end_to_end_then_a_fresh_clone_without_work_files_and_rows_chosen_again(tmp_path):
     """The whole script on the shipped subset (about 4 min); then, as in a fresh clone holding the committed JSON
-    but not out/, a row with a seed left and no pruned weights is chosen again instead of crashing; and with
-    --rechoose-over-budget a row whose file measured over its budget is chosen again and the old one kept."""
+    but not out/: a uniform row with a seed left gets its pruned weights made again from the pretrained model and
+    its fine-tune gives the recorded top-1 again (deterministic); a DMS row with a seed left (its weights come from a
+    search) is chosen again; a finished row's ONNX file is rebuilt from its architecture for the latency check. And
+    with --rechoose-over-budget / --rechoose-under-use the rows outside the band are chosen again, the old ones kept."""
     import json
     import subprocess
 
@@ -127,13 +129,18 @@ def test_smoke_run_end_to_end_and_a_row_whose_work_files_are_gone_is_chosen_agai
     assert first.returncode == 0, first.stderr[-3000:]
     out = tmp_path / "w" / "peers_cifar_cifar_resnet20.json"
     state = json.loads(out.read_text())
-    row = state["rows"]["b50_uniform"]
-    assert (tmp_path / "w" / "peers_cifar_cifar_resnet20.md").exists() and row["seeds"]
-    Path(row["weights"]).unlink()
-    row["seeds"] = {}
-    over = next(k for k, r in state["rows"].items() if "onnx" in r and r.get("budget_fraction") and k != "b50_uniform")
+    assert (tmp_path / "w" / "peers_cifar_cifar_resnet20.md").exists()
+    uniform_top1 = state["rows"]["b50_uniform"]["seeds"]["0"]
+    done_tp = next(k for k, r in state["rows"].items() if r["method"] == "tp" and "weights" in r)
+    for key, keep_seeds in (("b50_uniform", False), ("b50_dms", False), (done_tp, True)):
+        Path(state["rows"][key]["weights"]).unlink()
+        Path(state["rows"][key]["onnx"]).unlink()
+        if not keep_seeds:
+            state["rows"][key]["seeds"] = {}
+    special = ("b50_uniform", "b50_dms", done_tp)
+    over = next(k for k, r in state["rows"].items() if "onnx" in r and r.get("budget_fraction") and k not in special)
     under = next(k for k, r in state["rows"].items()
-                 if "onnx" in r and r.get("budget_fraction") and k not in ("b50_uniform", over))
+                 if "onnx" in r and r.get("budget_fraction") and k not in (*special, over))
     for k, r in state["rows"].items():  # a loaded machine can read a smoke row over: only `over` is, here
         if "ratio" in r and r.get("budget_fraction"):
             r["ratio"] = {over: 0.99, under: 0.3 * r["budget_fraction"]}.get(k, min(r["ratio"],
@@ -142,20 +149,24 @@ def test_smoke_run_end_to_end_and_a_row_whose_work_files_are_gone_is_chosen_agai
     second = subprocess.run(cmd + ["--rechoose-over-budget", "--rechoose-under-use", "0.5", "--choose-only"],
                             capture_output=True, text=True, timeout=1200)
     assert second.returncode == 0, second.stderr[-3000:]
-    assert "b50_uniform: its pruned weights" in second.stdout and "choosing it again" in second.stdout
+    assert "b50_uniform: pruned weights made again from the pretrained model" in second.stdout
+    assert "b50_dms: its pruned weights" in second.stdout and "choosing it again" in second.stdout
+    assert f"{done_tp}: ONNX file rebuilt from its recorded architecture" in second.stdout
     assert f"{over}: its exported file measured 0.990" in second.stdout
     assert f"{under}: its exported file measured" in second.stdout and "under 50% of the budget" in second.stdout
     chosen = json.loads(out.read_text())["rows"]
-    assert chosen[over]["seeds"] == {} and chosen["b50_uniform"]["seeds"] == {}  # --choose-only: no fine-tune
+    assert chosen[over]["seeds"] == {} and chosen["b50_dms"]["seeds"] == {}  # --choose-only: no fine-tune
+    assert "onnx_rebuilt" in chosen[done_tp] and "onnx_rebuilt" not in chosen["b50_uniform"]
     third = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
     assert third.returncode == 0, third.stderr[-3000:]
     result = json.loads(out.read_text())
-    again = result["rows"]["b50_uniform"]
-    assert Path(again["weights"]).exists() and "0" in again["seeds"]
+    assert result["rows"]["b50_uniform"]["seeds"]["0"] == uniform_top1
+    assert Path(result["rows"]["b50_dms"]["weights"]).exists() and "0" in result["rows"]["b50_dms"]["seeds"]
     assert result["replaced"][over][0]["ratio"] == 0.99 and result["rows"][over]["rechosen"] == 1
     assert result["rows"][under]["rechosen"] == 1 and result["rows"][under]["seeds"]
     assert result["rows"][over]["ratio"] < 0.99 and result["rows"][over]["seeds"]
-    assert f"{over} was chosen again" in (tmp_path / "w" / "peers_cifar_cifar_resnet20.md").read_text()
+    page = (tmp_path / "w" / "peers_cifar_cifar_resnet20.md").read_text()
+    assert f"{over} was chosen again" in page and "1 of those files were rebuilt" in page
 
 
 def _latency(r):
