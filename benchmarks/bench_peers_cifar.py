@@ -72,7 +72,15 @@ latency; ``peers_report.py`` writes the page (verdicts, precondition, plot); ``p
 
 Resumable: the JSON (``--out``.json) is written after every step; a row's architecture and pruned weights are saved
 (``<work>/<key>.pt`` + the row's ``arch``) before its fine-tune, each seed's top-1 when that fine-tune is done; the
-supernet checkpoint is resumed. A run stopped in the middle of a fine-tune repeats that one fine-tune.
+supernet checkpoint is resumed. A run stopped in the middle of a fine-tune repeats that one fine-tune. A fresh clone
+(the committed JSON, no ``--work`` files) rebuilds each row's ONNX file from its recorded architecture for the
+latency checks, and makes a row's pruned weights again where they follow from the pretrained model alone (uniform,
+Torch-Pruning at its recorded ratio: kept only if they score the recorded top-1 before fine-tuning), so its seeds
+left can be fine-tuned; other rows with seeds left are chosen again.
+
+Devices: every row records the CPU it was chosen on (``chosen_on``) and every final check the CPU it ran on
+(``ratio_cpu``). Latency ratios are device-specific, so a run refuses to choose a row on a CPU other than the one
+the table's rows were chosen on (``PeerBenchmarkError``); fine-tunes and ``--retime`` run anywhere.
 """
 
 from __future__ import annotations
@@ -167,6 +175,11 @@ def greedy_seconds(path_file: Path) -> float:
     earlier run or another budget's row searched: the path is resumed, its cost is not)."""
     points = json.loads(path_file.read_text())["path"] if path_file.exists() else []
     return float(points[-1]["seconds"]) if points else 0.0
+
+
+def cpu_of(fingerprint: dict) -> str:
+    """The CPU a device fingerprint names (latency ratios hold for that CPU only)."""
+    return str(fingerprint.get("cpu", "an unknown CPU"))
 
 
 def n_params(m: nn.Module) -> int:
@@ -301,18 +314,35 @@ def main(argv: list[str] | None = None) -> int:
             "--out / --work, or move the old files away.")
     rows: dict = state.get("rows", {})
     replaced: dict = state.get("replaced", {})  # row key -> the rows it replaced (over budget in the final check)
+    dev = get_device("cpu", threads=1)
+    here = cpu_of(dev.fingerprint())
+    for r in [*rows.values(), *(o for olds in replaced.values() for o in olds)]:
+        # rows recorded before chosen_on was: on the machine of the run that saved the state last
+        r.setdefault("chosen_on", cpu_of(state.get("fingerprint") or dev.fingerprint()))
+
+    def ensure_chosen_here(what: str) -> None:
+        """Latency is device-specific (a file's ratio to the full model moved from 0.314 to 0.255 between two
+        hosts): one table must not hold subnets chosen for different CPUs."""
+        others = sorted({r["chosen_on"] for r in rows.values()} - {here})
+        if others:
+            raise PeerBenchmarkError(
+                f"{what} on this machine ({here}), but rows of {out_json} were chosen on {', '.join(others)}: the "
+                "table would compare subnets chosen for different CPUs. Fine-tunes and --retime run on any machine; "
+                "to choose rows here, start a new run with another --out and --work.")
+
     again = {}  # key -> why it is chosen again (the last final check only: it is the most precise one on record)
     if args.rechoose_over_budget and not args.retime:
         again |= {k: "over" for k in rows_over_budget(rows)}
     if args.rechoose_under_use is not None and not args.retime:
         again |= {k: f"under {args.rechoose_under_use:.0%} of" for k in rows_under_use(rows, args.rechoose_under_use)}
+    if again:
+        ensure_chosen_here(f"{', '.join(again)} would be chosen again")
     for key, why in again.items():
         old = rows.pop(key)
         print(f"== {key}: its exported file measured {old['ratio']:.3f} of the full model in the final latency "
               f"check, {why} the budget of {old['budget_fraction']:.2f}: choosing it again")
         replaced.setdefault(key, []).append({k: v for k, v in old.items() if k != "probes"})
 
-    dev = get_device("cpu", threads=1)
     full_net = compress.SlimmableNetwork(copy.deepcopy(pretrained), x, divisor=args.divisor)
     full = compress.extract_subnet(full_net, None)
     full_ms = state.get("full_ms") or measure_module(dev, full, (x,)).median_ms
@@ -480,7 +510,7 @@ def main(argv: list[str] | None = None) -> int:
         """Save the chosen subnet (BN recalibrated) and its row before any fine-tune."""
         sub, fields = chosen
         if sub is None:
-            rows[key] = {"method": method, "budget_fraction": frac, **fields}
+            rows[key] = {"method": method, "budget_fraction": frac, **fields, "chosen_on": here}
             print(f"{key}: {fields['failed']}")
             save()
             return
@@ -491,7 +521,8 @@ def main(argv: list[str] | None = None) -> int:
         compress.export_onnx(sub, (x,), onnx)
         search_epochs = fields["search_images"] / n_train
         ft = max(0.0, args.epochs - search_epochs)
-        row = {"method": method, "budget_fraction": frac, **fields, "weights": str(weights), "onnx": str(onnx),
+        row = {"method": method, "budget_fraction": frac, **fields, "chosen_on": here, "weights": str(weights),
+               "onnx": str(onnx),
                "flops": int(compress.count_flops(sub, (x,)).total), "params": n_params(sub),
                "search_epochs": search_epochs, "ft_epochs": ft, "pre_ft_top1": evaluate(sub, test)["top1"],
                "seeds": {}}
@@ -555,8 +586,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"== {key}: its pruned weights {row['weights']} are missing and seeds "
                   f"{sorted(set(map(str, args.seeds)) - set(row['seeds']))} are left: choosing it again "
                   f"(finished seeds {sorted(row['seeds'])} dropped)")
+            ensure_chosen_here(f"{key} would be chosen again")
             del rows[key]
         if key not in rows:
+            ensure_chosen_here(f"{key} would be chosen")
             print(f"== {key}: choosing")
             try:
                 chosen = choose(frac, key)
@@ -580,7 +613,7 @@ def main(argv: list[str] | None = None) -> int:
                                                 args.final_repeats, args.final_pause_s)):
             if "ratio" in rows[k]:  # timed again with a new row of its budget: the earlier check stays on record
                 rows[k].setdefault("earlier_ratios", []).append(rows[k]["ratio"])
-            rows[k].update(timing)
+            rows[k].update(timing, ratio_cpu=here)
         save()
     save()
     report = write_report(rows, state | {"full_top1": full_top1, "replaced": replaced}, full_ms, full_flops,

@@ -54,6 +54,20 @@ def over_budget_earlier(rows: dict) -> list[str]:
             if r.get("budget_fraction") and max(r.get("earlier_ratios") or [0.0]) > r["budget_fraction"]]
 
 
+def devices_text(rows: dict) -> str:
+    """Where the rows were chosen and where their files were last timed (latency ratios are device-specific)."""
+    def count(field: str) -> str:
+        cpus = [r[field] for r in rows.values() if field in r]
+        return ", ".join(f"{cpus.count(c)} on {c}" for c in sorted(set(cpus)))
+    chosen, checked = count("chosen_on"), count("ratio_cpu")
+    if not chosen or not checked:
+        return ""
+    text = f" (rows chosen: {chosen}; final check: {checked}"
+    if {r.get("chosen_on") for r in rows.values()} != {r.get("ratio_cpu") for r in rows.values() if "ratio_cpu" in r}:
+        text += "; the closed-loop column is the choosing CPU's reading, latency ratios differ between CPUs"
+    return text + ")"
+
+
 def mean_top1(row: dict) -> float | None:
     return statistics.mean(row["seeds"].values()) if row.get("seeds") else None
 
@@ -182,7 +196,7 @@ def write_report(rows: dict, state: dict, full_ms: float, full_flops: int, full_
     timed = [(k, r) for k, r in rows.items() if r.get("budget_fraction") and "ratio" in r]
     over = [f"{k} ({rows[k]['ratio']:.3f})" for k in rows_over_budget(rows)]
     lines.append(f"- latency: {len(timed) - len(over)} of {len(timed)} exported files measure <= their budget in the "
-                 "final interleaved timing" + (f"; over: {', '.join(over)}" if over else ""))
+                 "final interleaved timing" + (f"; over: {', '.join(over)}" if over else "") + devices_text(rows))
     rebuilt = [k for k in rows if "onnx_rebuilt" in rows[k]]
     if rebuilt:
         lines.append(f"- {len(rebuilt)} of those files were rebuilt from the row's recorded architecture with random "

@@ -17,8 +17,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from peers_report import (TARGETS, mean_top1, over_budget_earlier, precondition, replaced_text,  # noqa: E402
-                          rows_over_budget)
+from peers_report import (TARGETS, devices_text, mean_top1, over_budget_earlier, precondition,  # noqa: E402
+                          replaced_text, rows_over_budget)
 from compress.io import save_text  # noqa: E402
 
 OURS = ("autoslim", "dms")
@@ -59,7 +59,7 @@ def summary_lines(states: dict[str, dict]) -> list[str]:
                      + ("capacity-bound" if bound else "NOT capacity-bound (no ranking)") + "; "
                      + "; ".join(p.lstrip("- ") for p in pre)
                      + f"; {len(timed) - len(over)} of {len(timed)} exported files measure <= their budget"
-                     + (f" (over: {', '.join(over)})" if over else "")
+                     + (f" (over: {', '.join(over)})" if over else "") + devices_text(rows)
                      + (f"; over in an earlier final check: {', '.join(earlier)}" if earlier else "")
                      + (f"; chosen again: {', '.join(again)}" if again else ""))
         budgets = sorted({r["budget_fraction"] for r in rows.values() if r.get("budget_fraction")}, reverse=True)
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
             sys.exit(f"error: {f} is not a peer benchmark result ({type(e).__name__}: {e}); pass the .json files "
                      "benchmarks/bench_peers_cifar.py writes")
     lines = ["# AutoSlim and DMS vs Torch-Pruning at equal measured latency, from converged CIFAR-10 models", "",
-             "Command: `python benchmarks/peers_summary.py " + " ".join(args.files) + "` (after `make bench-peers`)."
+             "Command: `python benchmarks/peers_summary.py " + " ".join(args.files) + "` (after the runs that wrote them)."
              " Cells: mean test top-1 over seeds (per seed) @ measured latency / full model (interleaved, "
              "onnxruntime CPU, 1 thread). Per-model reports with every row, FLOPs, parameters and search cost: "
              + ", ".join(f"`{Path(f).name.removesuffix('.json')}.md`" for f in args.files) + ".", ""]

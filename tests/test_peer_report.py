@@ -77,6 +77,15 @@ def test_report_names_every_file_over_its_budget(tmp_path):
     assert (tmp_path / "r.md").exists() and (tmp_path / "r.png").exists()
 
 
+def test_report_says_where_rows_were_chosen_and_timed_and_warns_when_the_cpus_differ():
+    same = {"a": {"chosen_on": "X", "ratio_cpu": "X"}, "b": {"chosen_on": "X", "ratio_cpu": "X"}}
+    assert report.devices_text(same) == " (rows chosen: 2 on X; final check: 2 on X)"
+    mixed = {"a": {"chosen_on": "X", "ratio_cpu": "Y"}, "b": {"chosen_on": "X"}}
+    text = report.devices_text(mixed)
+    assert "rows chosen: 2 on X; final check: 1 on Y" in text and "latency ratios differ between CPUs" in text
+    assert report.devices_text({"a": {}}) == ""
+
+
 def test_rows_under_use_and_a_rechoice_that_lands_where_the_old_one_started():
     rows = {"b50_a": row("tp", 0.5, [80.0], ratio=0.41), "b50_b": row("tp", 0.5, [80.0], ratio=0.46),
             "b35_c": row("dms", 0.35, [80.0], ratio=0.36), "w75_uniform": row("uniform", None, [85.0])}
@@ -167,6 +176,14 @@ def test_smoke_run_end_to_end_then_a_fresh_clone_without_work_files_and_rows_cho
     assert result["rows"][over]["ratio"] < 0.99 and result["rows"][over]["seeds"]
     page = (tmp_path / "w" / "peers_cifar_cifar_resnet20.md").read_text()
     assert f"{over} was chosen again" in page and "1 of those files were rebuilt" in page
+    # rows chosen on another CPU: choosing a row here would mix devices in one table, so the run stops and says so
+    for r in result["rows"].values():
+        r["chosen_on"] = "Another CPU"
+    del result["rows"][over]
+    out.write_text(json.dumps(result))
+    fourth = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
+    assert fourth.returncode != 0 and "were chosen on Another CPU" in fourth.stderr
+    assert f"{under}" in json.loads(out.read_text())["rows"]  # nothing saved before it stopped
 
 
 def _latency(r):
