@@ -55,7 +55,10 @@ def over_budget_earlier(rows: dict) -> list[str]:
 
 
 def devices_text(rows: dict) -> str:
-    """Where the rows were chosen and where their files were last timed (latency ratios are device-specific)."""
+    """Where the budget rows were chosen and where their files were last timed (latency ratios are
+    device-specific)."""
+    rows = {k: r for k, r in rows.items() if r.get("budget_fraction")}
+
     def count(field: str) -> str:
         cpus = [r[field] for r in rows.values() if field in r]
         return ", ".join(f"{cpus.count(c)} on {c}" for c in sorted(set(cpus)))

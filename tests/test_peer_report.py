@@ -78,9 +78,12 @@ def test_report_names_every_file_over_its_budget(tmp_path):
 
 
 def test_report_says_where_rows_were_chosen_and_timed_and_warns_when_the_cpus_differ():
-    same = {"a": {"chosen_on": "X", "ratio_cpu": "X"}, "b": {"chosen_on": "X", "ratio_cpu": "X"}}
+    same = {"a": {"chosen_on": "X", "ratio_cpu": "X", "budget_fraction": 0.5},
+            "b": {"chosen_on": "X", "ratio_cpu": "X", "budget_fraction": 0.35},
+            "w75_uniform": {"chosen_on": "Z", "ratio_cpu": "Z", "budget_fraction": None}}  # not a budget row
     assert report.devices_text(same) == " (rows chosen: 2 on X; final check: 2 on X)"
-    mixed = {"a": {"chosen_on": "X", "ratio_cpu": "Y"}, "b": {"chosen_on": "X"}}
+    mixed = {"a": {"chosen_on": "X", "ratio_cpu": "Y", "budget_fraction": 0.5},
+             "b": {"chosen_on": "X", "budget_fraction": 0.5}}
     text = report.devices_text(mixed)
     assert "rows chosen: 2 on X; final check: 1 on Y" in text and "latency ratios differ between CPUs" in text
     assert report.devices_text({"a": {}}) == ""
