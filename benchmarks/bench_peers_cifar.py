@@ -498,7 +498,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"== {key}: pruned weights made again from the pretrained model (top-1 before fine-tuning "
                       f"{row['pre_ft_top1']:.2f}% as recorded)")
                 return
-        if not onnx.exists():
+        if not onnx.exists() and weights.exists():
+            compress.export_onnx(rebuild(row), (x,), onnx)
+        elif not onnx.exists():
             with torch.random.fork_rng():
                 torch.manual_seed(0)
                 arch_only = rebuild({**row, "weights": None})

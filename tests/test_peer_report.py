@@ -149,6 +149,7 @@ def test_smoke_run_end_to_end_then_a_fresh_clone_without_work_files_and_rows_cho
         Path(state["rows"][key]["onnx"]).unlink()
         if not keep_seeds:
             state["rows"][key]["seeds"] = {}
+    Path(state["rows"]["w75_uniform"]["onnx"]).unlink()  # its weights are still there: exported from them
     special = ("b50_uniform", "b50_dms", done_tp)
     over = next(k for k, r in state["rows"].items() if "onnx" in r and r.get("budget_fraction") and k not in special)
     under = next(k for k, r in state["rows"].items()
@@ -169,6 +170,7 @@ def test_smoke_run_end_to_end_then_a_fresh_clone_without_work_files_and_rows_cho
     chosen = json.loads(out.read_text())["rows"]
     assert chosen[over]["seeds"] == {} and chosen["b50_dms"]["seeds"] == {}  # --choose-only: no fine-tune
     assert "onnx_rebuilt" in chosen[done_tp] and "onnx_rebuilt" not in chosen["b50_uniform"]
+    assert Path(chosen["w75_uniform"]["onnx"]).exists() and "onnx_rebuilt" not in chosen["w75_uniform"]
     third = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
     assert third.returncode == 0, third.stderr[-3000:]
     result = json.loads(out.read_text())
