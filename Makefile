@@ -85,6 +85,8 @@ bench-peers-h5-%: $(VENV)/.bench
 
 # On a quiet machine, nothing else running: the final latency check again, then the rows over the budget or using
 # under 85% of it chosen again (no fine-tune); then `make -j2 bench-peers-h5` fine-tunes those and rewrites the pages.
+# Choosing again needs the CPU the rows were chosen on (the committed rows: an AMD EPYC host); on another CPU the
+# benchmark stops with PeerBenchmarkError after the check (latency ratios are device-specific).
 H5_OF = --headroom 0.05 --out docs/peers_cifar_h5_$$m --work out/bench_peers_cifar_h5/$$m
 bench-peers-h5-check: $(VENV)/.bench  ## on a quiet machine after bench-peers-h5: time every file again, choose again the rows outside the band
 	for m in $(PEER_MODELS); do $(PEERS) --model $$m $(TP_GLOBAL) $(H5_OF) --retime || exit 1; done
