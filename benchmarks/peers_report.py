@@ -75,20 +75,22 @@ def mean_top1(row: dict) -> float | None:
     return statistics.mean(row["seeds"].values()) if row.get("seeds") else None
 
 
-def precondition(rows: dict, full_top1: float) -> tuple[bool, list[str]]:
-    """(capacity-bound, lines): the full model above every subnet, uniform top-1 falling with width."""
+def precondition(rows: dict, full_top1: float, budgets=(0.5, 0.35)) -> tuple[bool, list[str]]:
+    """(capacity-bound, lines): the full model above every subnet, uniform top-1 falling with width (the uniform
+    row of every budget in ``budgets`` done)."""
     done = {k: r for k, r in rows.items() if mean_top1(r) is not None}
     best = max(done.items(), key=lambda kv: mean_top1(kv[1]), default=None)
     above = best is None or full_top1 > mean_top1(best[1])
     uni = sorted((r.get("width", 1.0), k, mean_top1(r)) for k, r in done.items() if r["method"] == "uniform")
     chain = [(1.0, "full", full_top1)] + uni[::-1]
     falls = all(a[2] > b[2] for a, b in zip(chain, chain[1:]))
-    has_both = {k for _, k, _ in uni} >= {"b50_uniform", "b35_uniform"}
+    has_both = {k for _, k, _ in uni} >= {f"b{round(f * 100)}_uniform" for f in budgets}
     lines = [f"- full model (as pretrained, not fine-tuned further) {full_top1:.2f}% vs the best subnet "
              + (f"{best[0]} {mean_top1(best[1]):.2f}%: {'above' if above else 'NOT above'}" if best else "(none)"),
              "- uniform width, widest first: " + ", ".join(f"{k} (width {w:.2f}) {t:.2f}%" for w, k, t in chain)
              + f": {'falls monotonically' if falls else 'does NOT fall monotonically'}"
-             + ("" if has_both else " (the 50% and 35% uniform rows are not both done)")]
+             + ("" if has_both else " (the uniform rows of " + " and ".join(f"{f:.0%}" for f in budgets)
+                                   + " are not all done)")]
     return above and falls and has_both, lines
 
 
@@ -151,7 +153,7 @@ def plot(rows: dict, full_top1: float, path: Path, title: str) -> None:
 def write_report(rows: dict, state: dict, full_ms: float, full_flops: int, full_params: int, origin: dict,
                  command: str, out: Path, args, batch: int = 128) -> list[str]:
     full_top1 = state["full_top1"]
-    bound, pre_lines = precondition(rows, full_top1)
+    bound, pre_lines = precondition(rows, full_top1, args.budgets)
     png = out.parent / f"{out.name}.png"
     plot(rows, full_top1, png, f"{args.model}: AutoSlim / DMS vs Torch-Pruning vs uniform (CIFAR-10)")
     pre_top1 = origin.get("pretrain_top1")

@@ -48,7 +48,7 @@ def summary_lines(states: dict[str, dict]) -> list[str]:
     notes = []
     for model, state in states.items():
         rows = state.get("rows", {})
-        bound, pre = precondition(rows, state["full_top1"])
+        bound, pre = precondition(rows, state["full_top1"], state.get("args", {}).get("budgets", (0.5, 0.35)))
         timed = [(k, r) for k, r in rows.items() if r.get("budget_fraction") and "ratio" in r]
         over = [f"{k} ({rows[k]['ratio']:.3f})" for k in rows_over_budget(rows)]
         earlier = over_budget_earlier(rows)

@@ -36,6 +36,8 @@ def test_precondition_holds_only_with_the_full_model_on_top_and_uniform_falling(
     rising = dict(ROWS, b35_uniform=row("uniform", 0.35, [81.0, 81.0], 0.34, width=0.55))
     assert not report.precondition(rising, 90.0)[0]
     assert not report.precondition({k: v for k, v in ROWS.items() if k != "b35_uniform"}, 90.0)[0]
+    only35 = {k: v for k, v in ROWS.items() if k.startswith("b35")}  # a run of one budget needs its own row only
+    assert report.precondition(only35, 90.0, [0.35])[0] and not report.precondition(only35, 90.0)[0]
 
 
 def test_verdict_is_the_better_of_ours_minus_the_best_peer_with_per_seed_values():
