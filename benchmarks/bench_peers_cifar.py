@@ -316,9 +316,9 @@ def main(argv: list[str] | None = None) -> int:
     replaced: dict = state.get("replaced", {})  # row key -> the rows it replaced (over budget in the final check)
     dev = get_device("cpu", threads=1)
     here = cpu_of(dev.fingerprint())
+    saved_on = cpu_of(state["fingerprint"]) if state.get("fingerprint") else here
     for r in [*rows.values(), *(o for olds in replaced.values() for o in olds)]:
-        # rows recorded before chosen_on was: on the machine of the run that saved the state last
-        r.setdefault("chosen_on", cpu_of(state.get("fingerprint") or dev.fingerprint()))
+        r.setdefault("chosen_on", saved_on)  # rows recorded before chosen_on was: the last run's machine
 
     def ensure_chosen_here(what: str) -> None:
         """Latency is device-specific (a file's ratio to the full model moved from 0.314 to 0.255 between two
@@ -467,6 +467,9 @@ def main(argv: list[str] | None = None) -> int:
             sub.load_state_dict(load_checkpoint(row["weights"]))
         return sub.eval()
 
+    def seeds_left(row: dict) -> list[str]:
+        return sorted(set(map(str, args.seeds)) - set(row["seeds"]))
+
     def derive(key: str, row: dict) -> nn.Module | None:
         """The row's subnet before fine-tuning, made again from the pretrained model where it follows from it alone
         (uniform: the reordered network at the recorded config; Torch-Pruning: the recorded criterion and ratio),
@@ -490,7 +493,7 @@ def main(argv: list[str] | None = None) -> int:
         fine-tuning (else the row is chosen again); its ONNX file rebuilt from its architecture for the latency
         checks (latency depends on the architecture, not on the weights' values)."""
         weights, onnx = Path(row["weights"]), Path(row["onnx"])
-        if set(map(str, args.seeds)) - set(row["seeds"]) and not weights.exists():
+        if seeds_left(row) and not weights.exists():
             sub = derive(key, row)
             if sub is not None and evaluate(sub, test)["top1"] == row["pre_ft_top1"]:
                 save_checkpoint(sub.state_dict(), weights)
@@ -583,12 +586,11 @@ def main(argv: list[str] | None = None) -> int:
         if method == "autoslim" and "weights" in row and "greedy_s" not in row:  # rows recorded before greedy_s
             row["greedy_s"] = greedy_seconds(work / key / "path.json")
             row["search_s"] = max(row["search_s"], row["supernet_s"] + row["greedy_s"])
-        if "weights" in row and not Path(row["weights"]).exists() and set(map(str, args.seeds)) - set(row["seeds"]):
+        if "weights" in row and not Path(row["weights"]).exists() and seeds_left(row):
             # e.g. a fresh clone with the committed JSON but not out/: the row's seeds must share one architecture
             print(f"== {key}: its pruned weights {row['weights']} are missing and seeds "
-                  f"{sorted(set(map(str, args.seeds)) - set(row['seeds']))} are left: choosing it again "
+                  f"{seeds_left(row)} are left: choosing it again "
                   f"(finished seeds {sorted(row['seeds'])} dropped)")
-            ensure_chosen_here(f"{key} would be chosen again")
             del rows[key]
         if key not in rows:
             ensure_chosen_here(f"{key} would be chosen")
