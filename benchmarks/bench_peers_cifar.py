@@ -80,7 +80,9 @@ left can be fine-tuned; other rows with seeds left are chosen again.
 
 Devices: every row records the CPU it was chosen on (``chosen_on``) and every final check the CPU it ran on
 (``ratio_cpu``). Latency ratios are device-specific, so a run refuses to choose a row on a CPU other than the one
-the table's rows were chosen on (``PeerBenchmarkError``); fine-tunes and ``--retime`` run anywhere.
+the table's rows were chosen on, or where the full model measures more than ``SPEED_TOLERANCE`` times faster or
+slower than the table's ``full_ms`` (another host with the same CPU name, or a loaded one): ``PeerBenchmarkError``.
+Fine-tunes and ``--retime`` run anywhere.
 """
 
 from __future__ import annotations
@@ -127,6 +129,11 @@ BATCH = 128
 SMOKE_SEARCH = {"eval_batches": 1, "calib_batches": 1}  # the greedy search's scoring, cut down in a smoke run
 SMOKE_DMS = {"structure_lr": 0.1}  # a 4-step smoke search moves the pruning ratios far enough to reach the budgets
 CALIB_BATCHES = 16
+# Choosing rows needs the machine the table's budgets were set on: the same CPU name, and the full model measuring
+# within this factor of the table's full_ms. Two hosts named "AMD EPYC" measured it at 0.90 and 2.25 ms, and their
+# latency ratios differed too (one Torch-Pruning subnet: 0.341 vs 0.301 of the full model); a loaded machine reads
+# ratios a few % off as well. Quiet re-measurements on one host stayed within about 5%.
+SPEED_TOLERANCE = 1.25
 
 
 def flops_images(net, configs_per_step: list[list[dict]], batch: int) -> float:
@@ -180,6 +187,30 @@ def greedy_seconds(path_file: Path) -> float:
 def cpu_of(fingerprint: dict) -> str:
     """The CPU a device fingerprint names (latency ratios hold for that CPU only)."""
     return str(fingerprint.get("cpu", "an unknown CPU"))
+
+
+def rebuild_row(model: str, row: dict, x: torch.Tensor, divisor: int) -> nn.Module:
+    """A row's subnet from its recorded architecture (``arch``) and, where ``row["weights"]`` is not None, its saved
+    weights (before fine-tuning); in eval mode."""
+    arch = row["arch"]
+    if arch["kind"] == "slim":
+        net = compress.SlimmableNetwork(build_preset(model), x, divisor=divisor)
+        sub = extract_with_depth(net, arch["config"], arch["removed_blocks"])
+    else:
+        sub = with_shapes(build_preset(model), arch["shapes"])
+    if row["weights"] is not None:
+        sub.load_state_dict(load_checkpoint(row["weights"]))
+    return sub.eval()
+
+
+def fine_tune_row(sub: nn.Module, train_set, seed: int, epochs: float, lr: float,
+                  teacher: nn.Module | None = None) -> None:
+    """The benchmark's one fine-tune recipe, in place: SGD with Nesterov momentum, lr cosine to 0, ``epochs`` passes
+    over ``train_set`` in batches of BATCH, data order and augmentation from ``seed``; labels only, or with a
+    ``teacher`` labels plus KL to its output (``compress.train.finetune``)."""
+    torch.manual_seed(seed)
+    if epochs > 0:
+        finetune(sub, teacher, TensorLoader(train_set, BATCH, train=True, seed=seed), epochs, lr=lr)
 
 
 def n_params(m: nn.Module) -> int:
@@ -320,15 +351,29 @@ def main(argv: list[str] | None = None) -> int:
     for r in [*rows.values(), *(o for olds in replaced.values() for o in olds)]:
         r.setdefault("chosen_on", saved_on)  # rows recorded before chosen_on was: the last run's machine
 
+    full_net = compress.SlimmableNetwork(copy.deepcopy(pretrained), x, divisor=args.divisor)
+    full = compress.extract_subnet(full_net, None)
+    now_ms = measure_module(dev, full, (x,)).median_ms
+    full_ms = state.get("full_ms") or now_ms
+
     def ensure_chosen_here(what: str) -> None:
         """Latency is device-specific (a file's ratio to the full model moved from 0.314 to 0.255 between two
-        hosts): one table must not hold subnets chosen for different CPUs."""
+        hosts): one table must not hold subnets chosen for different CPUs, nor subnets chosen where the full model
+        runs at another speed than where the budgets were set."""
         others = sorted({r["chosen_on"] for r in rows.values()} - {here})
         if others:
             raise PeerBenchmarkError(
                 f"{what} on this machine ({here}), but rows of {out_json} were chosen on {', '.join(others)}: the "
                 "table would compare subnets chosen for different CPUs. Fine-tunes and --retime run on any machine; "
                 "to choose rows here, start a new run with another --out and --work.")
+        speed = now_ms / full_ms
+        if not 1 / SPEED_TOLERANCE <= speed <= SPEED_TOLERANCE:
+            raise PeerBenchmarkError(
+                f"{what} on this machine, but the full model measures {now_ms:.3f} ms here and measured "
+                f"{full_ms:.3f} ms where {out_json}'s budgets were set ({speed:.2f}x, more than {SPEED_TOLERANCE:g}x "
+                f"either way): another machine with the same CPU name ({here}), or this one under load. Latency "
+                "ratios differ between such machines. Choose rows on a quiet machine of the table's kind; "
+                "fine-tunes and --retime run on any machine; or start a new run with another --out and --work.")
 
     again = {}  # key -> why it is chosen again (the last final check only: it is the most precise one on record)
     if args.rechoose_over_budget and not args.retime:
@@ -343,9 +388,6 @@ def main(argv: list[str] | None = None) -> int:
               f"check, {why} the budget of {old['budget_fraction']:.2f}: choosing it again")
         replaced.setdefault(key, []).append({k: v for k, v in old.items() if k != "probes"})
 
-    full_net = compress.SlimmableNetwork(copy.deepcopy(pretrained), x, divisor=args.divisor)
-    full = compress.extract_subnet(full_net, None)
-    full_ms = state.get("full_ms") or measure_module(dev, full, (x,)).median_ms
     timer = ReferenceTimer(dev, full, (x,), reference_ms=full_ms)  # every latency below is a ratio to it
     predictor = fit_latency_predictor(full_net, dev, "model", work / "latency", args.profile_configs)
     full_flops = int(compress.count_flops(full, (x,)).total)
@@ -355,8 +397,8 @@ def main(argv: list[str] | None = None) -> int:
     if "full_top1" not in state:
         state["full_top1"] = evaluate(pretrained, test)["top1"]
     full_top1 = state["full_top1"]
-    print(f"full model: {full_ms:.3f} ms, {full_flops / 1e6:.1f} MFLOPs, test top-1 {full_top1:.2f}% "
-          f"(evaluated as pretrained)")
+    print(f"full model: {full_ms:.3f} ms (here now: {now_ms:.3f} ms), {full_flops / 1e6:.1f} MFLOPs, test top-1 "
+          f"{full_top1:.2f}% (evaluated as pretrained)")
 
     def save() -> None:
         save_json({"command": command, "identity": identity, "origin": origin, "full_ms": full_ms,
@@ -456,16 +498,7 @@ def main(argv: list[str] | None = None) -> int:
                             "search_images": float(steps * BATCH), "notes": res.notes}
 
     def rebuild(row: dict) -> nn.Module:
-        arch = row["arch"]
-        if arch["kind"] == "slim":
-            net = compress.SlimmableNetwork(build_preset(args.model), x,
-                                            divisor=args.divisor)
-            sub = extract_with_depth(net, arch["config"], arch["removed_blocks"])
-        else:
-            sub = with_shapes(build_preset(args.model), arch["shapes"])
-        if row["weights"] is not None:
-            sub.load_state_dict(load_checkpoint(row["weights"]))
-        return sub.eval()
+        return rebuild_row(args.model, row, x, args.divisor)
 
     def seeds_left(row: dict) -> list[str]:
         return sorted(set(map(str, args.seeds)) - set(row["seeds"]))
@@ -551,11 +584,8 @@ def main(argv: list[str] | None = None) -> int:
             if "failed" in row or str(seed) in row["seeds"]:
                 continue
             sub = rebuild(row)
-            torch.manual_seed(seed)
             t0 = time.perf_counter()
-            if row["ft_epochs"] > 0:
-                finetune(sub, None, TensorLoader(train_set, BATCH, train=True, seed=seed), row["ft_epochs"],
-                         lr=args.lr)
+            fine_tune_row(sub, train_set, seed, row["ft_epochs"], args.lr)
             row["seeds"][str(seed)] = evaluate(sub, test)["top1"]
             row.setdefault("ft_s", {})[str(seed)] = time.perf_counter() - t0
             print(f"{key} seed {seed}: test top-1 {row['seeds'][str(seed)]:.2f}%")

@@ -11,6 +11,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 peers = pytest.importorskip("bench_peers_cifar")  # needs torch_pruning, as its two modules do
 report = pytest.importorskip("peers_report")
 peers_tp = pytest.importorskip("peers_tp")
+recipe = pytest.importorskip("peers_recipe")
 
 
 def row(method, frac, seeds, ratio=None, width=None):
@@ -127,6 +128,38 @@ def test_summary_has_one_line_per_model_and_budget_with_the_margin(tmp_path):
         summary.main([str(tmp_path / "s.md"), "--out", str(tmp_path / "t.md")])
 
 
+def test_recipe_comparison_refuses_runs_and_rows_it_cannot_fine_tune(tmp_path):
+    import json
+
+    with pytest.raises(peers_tp.PeerBenchmarkError, match="no peer-benchmark result at"):
+        recipe.load_run(str(tmp_path / "nothing"), ["b35_dms"])
+    (tmp_path / "other.json").write_text(json.dumps({"rows": {}}))
+    with pytest.raises(peers_tp.PeerBenchmarkError, match="not a peer-benchmark result"):
+        recipe.load_run(str(tmp_path / "other"), ["b35_dms"])
+    run = {"args": {}, "rows": {"b35_dms": {"weights": str(tmp_path / "gone.pt")}, "b35_uniform": {"failed": "x"}}}
+    (tmp_path / "run.json").write_text(json.dumps(run))
+    with pytest.raises(peers_tp.PeerBenchmarkError, match=r"no chosen row 'b35_uniform'; chosen rows: \['b35_dms'\]"):
+        recipe.load_run(str(tmp_path / "run"), ["b35_uniform"])
+    with pytest.raises(peers_tp.PeerBenchmarkError, match="pruned weights .*gone.pt are missing"):
+        recipe.load_run(str(tmp_path / "run"), ["b35_dms"])
+
+
+def test_recipe_page_gives_each_recipes_margin_and_checks_the_runs_own_top1():
+    state = {"args": {"model": "m", "lr": 0.01}, "full_top1": 88.0,
+             "rows": {"a": {"ft_epochs": 2.5, "seeds": {"0": 84.0}}, "b": {"ft_epochs": 3.0, "seeds": {"0": 83.0}},
+                      "c": {"ft_epochs": 3.0, "seeds": {}}}}
+    results = {"a": {"labels": {"0": 84.0, "1": 84.4}, "kd": {"0": 85.0}},
+               "b": {"labels": {"0": 83.5}, "kd": {"0": 84.1}}, "c": {"labels": {"0": 83.9}}}
+    args = SimpleNamespace(run="r", keys=["a", "b", "c"], recipes=["labels", "kd"])
+    text = "\n".join(recipe.page(results, state, args, "cmd"))
+    assert "| a | 2.50 | 84.20 (84.00 / 84.40) | 85.00 (85.00) | 84.00 |" in text
+    assert "| c | 3.00 | 83.90 (83.90) | - | - |" in text
+    assert "- labels: a minus the best other row (c) = +0.30 points" in text
+    assert "- kd: a minus the best other row (b) = +0.90 points" in text
+    assert "- a, labels: equals the run's own top-1 for seeds ['0']" in text
+    assert "- b, labels: DIFFERS from the run's own top-1 for seeds ['0']" in text
+
+
 @pytest.mark.slow
 def test_smoke_run_end_to_end_then_a_fresh_clone_without_work_files_and_rows_chosen_again(tmp_path):
     """The whole script on the shipped subset (about 4 min); then, as in a fresh clone holding the committed JSON
@@ -151,6 +184,13 @@ def test_smoke_run_end_to_end_then_a_fresh_clone_without_work_files_and_rows_cho
 
     uni, searched, done_tp = first(["uniform"]), first(["dms", "autoslim"]), first(["tp"])
     uniform_top1 = state["rows"][uni]["seeds"]["0"]
+    # the recipe comparison fine-tunes rows again: its labels-only recipe must give the run's own top-1 back
+    again = subprocess.run([sys.executable, str(Path(recipe.__file__)), "--run", str(out)[:-len(".json")],
+                            "--keys", uni, done_tp, "--recipes", "labels", "kd", "--out", str(tmp_path / "recipe")],
+                           capture_output=True, text=True, timeout=1200)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"- {uni}, labels: equals the run's own top-1 for seeds ['0']" in again.stdout
+    assert f"- kd: {uni} minus the best other row ({done_tp})" in again.stdout
     for key, keep_seeds in ((uni, False), (searched, False), (done_tp, True)):
         Path(state["rows"][key]["weights"]).unlink()
         Path(state["rows"][key]["onnx"]).unlink()
@@ -191,6 +231,7 @@ def test_smoke_run_end_to_end_then_a_fresh_clone_without_work_files_and_rows_cho
     page = (tmp_path / "w" / "peers_cifar_cifar_resnet20.md").read_text()
     assert f"{over} was chosen again" in page and "1 of those files were rebuilt" in page
     # rows chosen on another CPU: choosing a row here would mix devices in one table, so the run stops and says so
+    here = result["rows"][under]["chosen_on"]
     for r in result["rows"].values():
         r["chosen_on"] = "Another CPU"
     del result["rows"][over]
@@ -198,6 +239,14 @@ def test_smoke_run_end_to_end_then_a_fresh_clone_without_work_files_and_rows_cho
     fourth = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
     assert fourth.returncode != 0 and "were chosen on Another CPU" in fourth.stderr
     assert f"{under}" in json.loads(out.read_text())["rows"]  # nothing saved before it stopped
+    # the same CPU name, but the full model ran 3x faster where the budgets were set: another host, or this one loaded
+    for r in result["rows"].values():
+        r["chosen_on"] = here
+    result["full_ms"] /= 3
+    out.write_text(json.dumps(result))
+    fifth = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
+    assert fifth.returncode != 0 and "the full model measures" in fifth.stderr and "more than 1.25x" in fifth.stderr
+    assert over not in json.loads(out.read_text())["rows"]
 
 
 def _latency(r):
