@@ -190,6 +190,15 @@ def cpu_of(fingerprint: dict) -> str:
     return str(fingerprint.get("cpu", "an unknown CPU"))
 
 
+def benchmark_data(args):
+    """(every training image, the ``--train-per-class`` training subset, the test set) of a run's arguments."""
+    all_train = load_image_folder(args.data, "train")
+    test_set = load_image_folder(args.data, "test")
+    if args.test_per_class:
+        test_set = test_set.subset(args.test_per_class)
+    return all_train, all_train.subset(args.train_per_class), test_set
+
+
 def rebuild_row(model: str, row: dict, x: torch.Tensor, divisor: int) -> nn.Module:
     """A row's subnet from its recorded architecture (``arch``) and, where ``row["weights"]`` is not None, its saved
     weights (before fine-tuning); in eval mode."""
@@ -318,11 +327,7 @@ def main(argv: list[str] | None = None) -> int:
     pretrained, origin = load_pretrained(args)
     x = torch.zeros(1, 3, 32, 32)
 
-    all_train = load_image_folder(args.data, "train")
-    test_set = load_image_folder(args.data, "test")
-    if args.test_per_class:
-        test_set = test_set.subset(args.test_per_class)
-    train_set = all_train.subset(args.train_per_class)
+    all_train, train_set, test_set = benchmark_data(args)
     train = TensorLoader(train_set, BATCH, train=True)
     held = TensorLoader(all_train.subset(args.held_per_class, offset=args.train_per_class), 256)
     test = TensorLoader(test_set, 500)

@@ -30,10 +30,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_peers_cifar import fine_tune_row, load_pretrained, rebuild_row  # noqa: E402
+from bench_peers_cifar import benchmark_data, fine_tune_row, load_pretrained, rebuild_row  # noqa: E402
 from peers_tp import PeerBenchmarkError  # noqa: E402
 from compress.io import save_json, save_text  # noqa: E402
-from compress.train.data import TensorLoader, load_image_folder  # noqa: E402
+from compress.train.data import TensorLoader  # noqa: E402
 from compress.train.evaluate import evaluate  # noqa: E402
 
 RECIPES = {  # name -> (uses the pretrained model as teacher, what the page says)
@@ -122,11 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     state = load_run(args.run, args.keys)
     run_args = argparse.Namespace(**state["args"])
     teacher, _ = load_pretrained(run_args)
-    all_train = load_image_folder(run_args.data, "train")
-    train_set = all_train.subset(run_args.train_per_class)
-    test_set = load_image_folder(run_args.data, "test")
-    if run_args.test_per_class:
-        test_set = test_set.subset(run_args.test_per_class)
+    _, train_set, test_set = benchmark_data(run_args)
     test = TensorLoader(test_set, 500)
     x = torch.zeros(1, 3, 32, 32)
     out_json = Path(f"{args.out}.json")
